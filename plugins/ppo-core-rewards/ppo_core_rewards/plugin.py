@@ -1,0 +1,16 @@
+"""The ``rule_rewards`` plugin: the module the ``ppo_core`` entry point names."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ppo_core.hookspecs import hookimpl
+
+from .rewards import EditDistance, ExactMatch, RepetitionPenalty
+
+
+@hookimpl
+def register_rewards(register: Callable[[type], None]) -> None:
+    register(EditDistance)
+    register(ExactMatch)
+    register(RepetitionPenalty)

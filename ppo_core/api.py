@@ -1,0 +1,196 @@
+"""What a plugin author imports: records, samples, and the Reward and Dataset base classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Literal, Mapping, Optional, Sequence, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Solution = Union[str, list[str]]
+Split = Literal["train", "eval"]
+StopReason = Literal["eos", "length"]
+
+
+class Message(BaseModel):
+    """One chat turn."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: str = Field(min_length=1)
+    content: str
+
+
+class Record(BaseModel):
+    """One prompt of a dataset: the conversation so far, its accepted solution(s), and any other fields.
+
+    Three input forms are accepted by :meth:`from_dict`:
+
+    - seed form: ``{"role": "user", "content": "...", "solution": "..." or [...]}``
+    - chat form: ``{"messages": [{"role": ..., "content": ...}, ...], "solution": ...}``
+    - plain form: ``{"prompt": "...", "solution": ...}``
+
+    Keys other than these go to :attr:`fields` and reach the rewards unchanged.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    messages: list[Message] = Field(min_length=1)
+    solution: Optional[Solution] = None
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("solution")
+    @classmethod
+    def _solution_list_not_empty(cls, value: Optional[Solution]) -> Optional[Solution]:
+        if isinstance(value, list) and not value:
+            raise ValueError("a list of solutions must hold at least one string")
+        return value
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> "Record":
+        """Validate a record in any of the three forms; raises pydantic ``ValidationError``."""
+        return cls.model_validate(_normalise_record(obj))
+
+    @property
+    def solutions(self) -> list[str]:
+        return _as_list(self.solution)
+
+    @property
+    def prompt_text(self) -> str:
+        """The conversation as raw text, for tokenizers without a chat template (or with it turned off)."""
+        return "\n".join(message.content for message in self.messages)
+
+
+def _normalise_record(obj: Any) -> Any:
+    if not isinstance(obj, Mapping):
+        return obj  # pydantic reports "Input should be a valid dictionary"
+    data = dict(obj)
+    if "messages" in data:
+        messages = data.pop("messages")
+    elif "prompt" in data:
+        messages = [{"role": "user", "content": data.pop("prompt")}]
+    elif "content" in data or "role" in data:
+        messages = [{"role": data.pop("role", "user"), "content": data.pop("content", _MISSING)}]
+        if messages[0]["content"] is _MISSING:
+            del messages[0]["content"]
+    else:
+        messages = _MISSING
+    out: dict[str, Any] = {}
+    if messages is not _MISSING:
+        out["messages"] = messages
+    if "solution" in data:
+        out["solution"] = data.pop("solution")
+    out["fields"] = data
+    return out
+
+
+_MISSING = object()
+
+
+def _as_list(solution: Optional[Solution]) -> list[str]:
+    if solution is None:
+        return []
+    if isinstance(solution, str):
+        return [solution]
+    return list(solution)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled response, as a reward sees it."""
+
+    prompt: str
+    response: str
+    response_ids: tuple[int, ...]
+    solution: Optional[Solution]
+    stop_reason: StopReason
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def solutions(self) -> list[str]:
+        """The accepted solutions as a list (empty when the record has none)."""
+        return _as_list(self.solution)
+
+
+class NoOptions(BaseModel):
+    """Options model for a plugin that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a plugin may need to know about the run it serves."""
+
+    device: str = "cpu"
+    seed: int = 0
+    tokenizer: Any = None
+    policy_path: Optional[str] = None
+
+
+class Reward:
+    """Base class of a reward.
+
+    Subclasses set ``name`` and, if they take options, ``Options`` (a pydantic model). ppo-core validates
+    the config's ``options:`` against ``Options`` and passes the result to ``__init__``.
+    ``__call__`` scores a batch: it returns exactly one float per sample, or ``None`` to abstain.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel, context: RunContext = RunContext()):
+        self.options = options
+        self.context = context
+
+    def __call__(self, samples: Sequence[Sample]) -> Sequence[Optional[float]]:
+        raise NotImplementedError(f"reward {type(self).__name__} does not implement __call__")
+
+
+class Dataset:
+    """Base class of a dataset.
+
+    Subclasses set ``name`` and ``Options`` and implement :meth:`records`, which yields validated
+    :class:`Record` objects for a split, streaming (a large file is never read whole).
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel, context: RunContext = RunContext()):
+        self.options = options
+        self.context = context
+
+    def records(self, split: Split) -> Iterator[Record]:
+        raise NotImplementedError(f"dataset {type(self).__name__} does not implement records()")
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per problem: ``field.path: message (got value)``."""
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(part) for part in item["loc"])
+        where = ".".join(part for part in (prefix, loc) if part) or "(top level)"
+        message = item["msg"]
+        if item["type"] not in ("missing", "extra_forbidden") and "input" in item:
+            shown = repr(item["input"])
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            message += f" (got {shown})"
+        lines.append(f"{where}: {message}")
+    return "; ".join(lines)
+
+
+__all__ = [
+    "Dataset",
+    "Message",
+    "NoOptions",
+    "Record",
+    "Reward",
+    "RunContext",
+    "Sample",
+    "Solution",
+    "Split",
+    "StopReason",
+    "format_validation_error",
+]

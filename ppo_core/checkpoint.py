@@ -1,0 +1,119 @@
+"""Crash-safe checkpoints: written to a temporary directory, fsynced, then renamed into place.
+
+A checkpoint directory that exists under its final name is complete. It holds everything an exact resume
+needs: policy and critic weights, optimizer and scheduler, KL controller, reward normalisers, the sampling
+generator's state, the data position, the update counter and how many metrics lines were written.
+No pickle: weights and RNG state in safetensors, the rest in JSON; the optimizer state goes through
+``torch.save`` and is read back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "state.json"
+_NAME = re.compile(r"^update-(\d{6,})$")
+
+
+def fsync_tree(directory: Path) -> None:
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            with open(Path(root) / name, "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(Path(root))
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp_dir)``, fsync it, and rename it to ``target`` (replacing an older one)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".partial-{target.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    write(tmp)
+    fsync_tree(tmp)
+    if target.exists():
+        old = target.parent / f".old-{target.name}-{os.getpid()}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)
+    fsync_dir(target.parent)
+    return target
+
+
+def checkpoint_dir(run_dir: Path, update: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR / f"update-{update:06d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _NAME.match(child.name)
+        if match and (child / STATE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def remove_stale_partials(run_dir: Path) -> None:
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith((".partial-", ".old-")):
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for _update, path in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(path)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def save_torch_state(path: Path, state: Any) -> None:
+    torch.save(state, path)
+
+
+def load_torch_state(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

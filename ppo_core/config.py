@@ -1,0 +1,228 @@
+"""The run config: pydantic models for every section, read from YAML or JSON with ``--set`` overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .api import format_validation_error
+from .errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(description="Policy checkpoint: a local directory or a hub id (any transformers causal LM).")
+    tokenizer: Optional[str] = Field(None, description="Tokenizer path or hub id; defaults to `path`.")
+    critic: Literal["shared", "separate"] = Field(
+        "shared", description="`shared`: the value head sits on the policy's backbone (one forward gives logits "
+        "and values). `separate`: the critic has its own backbone.")
+    critic_path: Optional[str] = Field(None, description="Checkpoint the separate critic's backbone starts from; "
+                                       "defaults to the policy's `path`.")
+    value_head_hidden: Optional[int] = Field(None, gt=0, description="Hidden width of the value head's MLP; "
+                                             "defaults to the backbone's hidden size.")
+    trust_remote_code: bool = Field(False, description="Allow checkpoints that ship their own modelling code.")
+    device: str = Field("auto", description="`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:1`...")
+
+
+class DataConfig(Section):
+    dataset: str = Field(description="Name of a registered dataset (see `ppo-core plugins`).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The dataset's own options.")
+    shuffle: bool = Field(True, description="Shuffle the prompts each pass, seeded by `train.seed`.")
+    max_prompt_tokens: int = Field(256, gt=0, description="Longest prompt in tokens.")
+    long_prompts: Literal["truncate", "reject"] = Field(
+        "truncate", description="A longer prompt keeps its last tokens (`truncate`) or stops the run (`reject`).")
+    chat_template: bool = Field(True, description="Apply the tokenizer's chat template when it has one.")
+
+
+class RewardConfig(Section):
+    name: str = Field(description="Name of a registered reward (see `ppo-core plugins`).")
+    weight: float = Field(1.0, description="Weight w_i in total = sum_i w_i * r_i.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The reward's own options.")
+    normalize: bool = Field(False, description="Standardise this reward with running mean/std before weighting.")
+    on_abstain: Union[Literal["skip"], float] = Field(
+        "skip", description="A sample the reward abstains on (None): `skip` leaves the term out of that sample's "
+        "total; a number is used as the reward instead.")
+    on_error: Union[Literal["raise", "skip"], float] = Field(
+        "raise", description="A failing call: `raise` stops the run naming the plugin and sample; `skip` treats "
+        "the batch as abstained; a number is used for every sample. Events are counted in metrics.")
+    timeout_s: Optional[float] = Field(None, gt=0, description="Per-batch time limit for this reward.")
+
+
+class KLConfig(Section):
+    coef: float = Field(0.05, ge=0, description="Initial KL coefficient beta.")
+    estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator: k1 log p/q, k2 1/2 (log p/q)^2, "
+                                                 "k3 (q/p - 1) - log q/p.")
+    placement: Literal["reward", "loss"] = Field("reward", description="Subtract beta*KL from the per-token reward, "
+                                                 "or add beta*KL to the loss.")
+    target: Optional[float] = Field(None, gt=0, description="Target KL for the adaptive controller; unset: fixed beta.")
+    horizon: int = Field(10000, gt=0, description="Horizon of the adaptive controller (in samples).")
+
+
+class PPOConfig(Section):
+    rollout_batch_size: int = Field(64, gt=0, description="Prompts sampled per update.")
+    minibatch_size: int = Field(16, gt=0, description="Samples per optimizer step.")
+    micro_batch_size: Optional[int] = Field(None, gt=0, description="Samples per forward/backward; gradients "
+                                            "accumulate up to `minibatch_size`. Defaults to `minibatch_size`.")
+    epochs: int = Field(4, gt=0, description="Passes over each rollout buffer, freshly shuffled each time.")
+    clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    clip_range_value: Optional[float] = Field(0.2, gt=0, description="Value clip; unset for the unclipped loss.")
+    vf_coef: float = Field(0.1, ge=0, description="c1: weight of the value loss.")
+    entropy_coef: float = Field(0.0, ge=0, description="c2: weight of the entropy bonus.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    kl: KLConfig = Field(default_factory=KLConfig)
+    whiten_advantages: bool = Field(True, description="Whiten advantages over the whole rollout batch.")
+    whiten_rewards: bool = Field(False, description="Whiten the per-token rewards before GAE.")
+    reward_clip: Optional[float] = Field(None, gt=0, description="Clip sequence scores to [-c, c].")
+    missing_eos_penalty: Optional[float] = Field(None, ge=0, description="Subtracted from the score of "
+                                                 "responses cut off by the length limit.")
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> "PPOConfig":
+        if self.rollout_batch_size % self.minibatch_size:
+            raise ValueError(f"minibatch_size ({self.minibatch_size}) must divide rollout_batch_size "
+                             f"({self.rollout_batch_size})")
+        micro = self.micro_batch_size or self.minibatch_size
+        if self.minibatch_size % micro:
+            raise ValueError(f"micro_batch_size ({micro}) must divide minibatch_size ({self.minibatch_size})")
+        return self
+
+
+class GenerationConfig(Section):
+    max_new_tokens: int = Field(32, gt=0, description="Longest response in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use the same one).")
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 keeps all.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 keeps all.")
+    batch_size: Optional[int] = Field(None, gt=0, description="Prompts per generation call; defaults to the "
+                                      "whole rollout batch.")
+
+
+class OptimConfig(Section):
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip the global gradient norm; unset: no clip.")
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up.")
+    schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warm-up, to 0 "
+                                                              "at the last optimizer step.")
+
+
+class TrainConfig(Section):
+    updates: int = Field(100, gt=0, description="PPO updates (rollout + optimisation) to run.")
+    seed: int = Field(0, description="Seeds sampling, shuffling and initialisation.")
+    output_dir: str = Field("runs/ppo", description="Run directory: config, metrics.jsonl, checkpoints, final model.")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N updates (0: only the final model).")
+    keep_checkpoints: int = Field(2, gt=0, description="How many of the newest checkpoints to keep.")
+    threads: Optional[int] = Field(None, gt=0, description="torch CPU threads; unset leaves torch's default.")
+    tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the `tensorboard` extra).")
+    max_nonfinite_steps: int = Field(3, gt=0, description="Stop after this many non-finite steps in a row.")
+    progress: Literal["auto", "bar", "lines", "none"] = Field("auto", description="`auto`: a bar on a terminal, "
+                                                              "plain lines otherwise.")
+
+
+class PluginsConfig(Section):
+    allow: Optional[list[str]] = Field(None, description="Load only these plugins (entry-point or distribution "
+                                       "names); unset loads all. PPO_CORE_PLUGINS narrows it further.")
+    block: list[str] = Field(default_factory=list, description="Never load these. PPO_CORE_BLOCK_PLUGINS adds more.")
+
+
+class RunConfig(Section):
+    model: ModelConfig
+    data: DataConfig
+    rewards: list[RewardConfig] = Field(min_length=1)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+
+    @model_validator(mode="after")
+    def _unique_reward_names(self) -> "RunConfig":
+        names = [reward.name for reward in self.rewards]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"reward(s) listed twice: {', '.join(duplicates)}")
+        return self
+
+
+def read_config_file(path: Union[str, Path]) -> dict[str, Any]:
+    """Read a YAML or JSON mapping (YAML through the safe loader)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config: {error.strerror or error}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                          f"{' '.join(str(error).split())}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``section.key=value`` override; the value is parsed as YAML (``1e-5``, ``true``, ``[a, b]``)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node: Any = data
+    parts = key.strip().split(".")
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} has no item {part}")
+            node = node[int(part)]
+            continue
+        child = node.setdefault(part, {})
+        if not isinstance(child, (dict, list)):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth + 1])} is not a section")
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {key}: no item {last}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {format_validation_error(error)}") from None
+
+
+def load_config(path: Union[str, Path, None], overrides: list[str] = (), base: Optional[dict] = None) -> RunConfig:
+    """Read ``path`` (or start from ``base``), apply ``--set`` overrides, validate."""
+    data = read_config_file(path) if path is not None else json.loads(json.dumps(base or {}))
+    for assignment in overrides:
+        apply_override(data, assignment)
+    source = str(path) if path is not None else "config"
+    if overrides:
+        source += " (with --set " + ", ".join(overrides) + ")"
+    return validate_config(data, source)
+
+
+def save_config(config: RunConfig, path: Union[str, Path]) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+def config_schema() -> dict[str, Any]:
+    return RunConfig.model_json_schema()

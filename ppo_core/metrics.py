@@ -1,0 +1,132 @@
+"""Where a run's numbers go: metrics.jsonl, a progress bar or plain lines, and TensorBoard if installed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional, TextIO
+
+from .errors import UserError
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_KEYS = ("reward/mean", "kl", "entropy", "response/length_mean")
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; null says "no value this update"
+    return value
+
+
+class MetricsLog:
+    """Appends one JSON object per update; every line is flushed and fsynced before the next update."""
+
+    def __init__(self, path: Path, keep_lines: Optional[int] = None):
+        self.path = Path(path)
+        if keep_lines is not None:
+            truncate_lines(self.path, keep_lines)
+        self.lines = count_lines(self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.lines += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def count_lines(path: Path) -> int:
+    if not Path(path).exists():
+        return 0
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.endswith(b"\n"))
+
+
+def truncate_lines(path: Path, keep: int) -> None:
+    """Keep the first ``keep`` complete lines (drops updates logged after the checkpoint, and a torn line)."""
+    path = Path(path)
+    if not path.exists():
+        if keep:
+            raise UserError(f"{path}: missing, but the checkpoint expects {keep} lines in it")
+        return
+    offset = 0
+    with open(path, "rb") as handle:
+        for _ in range(keep):
+            line = handle.readline()
+            if not line.endswith(b"\n"):
+                raise UserError(f"{path}: has fewer than the {keep} lines the checkpoint expects")
+            offset += len(line)
+    with open(path, "r+b") as handle:
+        handle.truncate(offset)
+        os.fsync(handle.fileno())
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+class Progress:
+    """A one-line bar on a terminal, a plain line per update otherwise."""
+
+    def __init__(self, total: int, mode: str = "auto", stream: TextIO = sys.stderr, label: str = "update"):
+        self.total = total
+        self.stream = stream
+        self.label = label
+        if mode == "auto":
+            mode = "bar" if getattr(stream, "isatty", lambda: False)() else "lines"
+        self.mode = mode
+        self.started = time.perf_counter()
+        self.first: Optional[int] = None
+
+    def update(self, done: int, stats: dict) -> None:
+        if self.mode == "none":
+            return
+        if self.first is None:
+            self.first = done - 1
+        elapsed = time.perf_counter() - self.started
+        rate = elapsed / max(done - self.first, 1)
+        summary = " ".join(f"{k}={stats[k]:.4g}" for k in SUMMARY_KEYS
+                           if isinstance(stats.get(k), (int, float)) and stats.get(k) is not None)
+        if self.mode == "bar":
+            width = 24
+            filled = int(width * done / max(self.total, 1))
+            eta = rate * (self.total - done)
+            self.stream.write(f"\r{self.label} {done}/{self.total} [{'#' * filled}{'.' * (width - filled)}] "
+                              f"{rate:.2f}s/it eta {eta:.0f}s {summary}\x1b[K")
+            if done >= self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"{self.label} {done}/{self.total} ({rate:.2f}s/it) {summary}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.mode == "bar":
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class TensorBoardLog:
+    def __init__(self, directory: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("train.tensorboard: TensorBoard is not installed; pip install 'ppo-core[tensorboard]'") from None
+        self.writer = SummaryWriter(log_dir=str(directory))
+
+    def write(self, record: dict) -> None:
+        step = int(record["update"])
+        for key, value in record.items():
+            if key != "update" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,174 @@
+"""Loading the policy, its tokenizer, the critic and the frozen reference model."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import ModelConfig
+from .errors import ConfigError, UserError
+from .ppo.value_head import ValueHead
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+CRITIC_DIR = "critic"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"model.device: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {name!r} asked for, but CUDA is not available")
+    return device
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """Load a tokenizer and make sure it can pad left with a pad token distinct from eos."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise UserError(f"model.tokenizer: cannot load a tokenizer from {path!r}: {_first_line(error)}") from None
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"model.tokenizer: the tokenizer at {path!r} has no eos token; set one in its config")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # pad == eos would mask every eos out as padding, and the model would never learn to stop.
+        tokenizer.add_special_tokens({"pad_token": "<|ppo_core_pad|>"})
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_causal_lm(path: str, trust_remote_code: bool = False, tokenizer=None) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise UserError(f"model.path: cannot load a causal LM from {path!r}: {_first_line(error)}") from None
+    if tokenizer is not None:
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_backbone(path: str, trust_remote_code: bool = False, tokenizer=None) -> nn.Module:
+    """The base transformer (no LM head) of a checkpoint, for a separate critic or a reward model."""
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load a transformer backbone from {path!r}: {_first_line(error)}") from None
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def hidden_size_of(model: nn.Module) -> int:
+    config = model.config
+    for attribute in ("hidden_size", "n_embd", "d_model"):
+        if getattr(config, attribute, None):
+            return int(getattr(config, attribute))
+    raise UserError(f"cannot tell the hidden size of {type(model).__name__} for the value head")
+
+
+def disable_dropout(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+@dataclass
+class PolicyOutput:
+    logits: torch.Tensor
+    values: Optional[torch.Tensor]
+
+
+class ActorCritic(nn.Module):
+    """The trained modules: the policy and the critic (a value head on the shared or its own backbone)."""
+
+    def __init__(self, policy: nn.Module, value_head: ValueHead, critic_backbone: Optional[nn.Module] = None):
+        super().__init__()
+        self.policy = policy
+        self.value_head = value_head
+        self.critic_backbone = critic_backbone
+
+    @property
+    def shared(self) -> bool:
+        return self.critic_backbone is None
+
+    def forward(self, input_ids, attention_mask, position_ids, with_values: bool = True) -> PolicyOutput:
+        if not with_values:
+            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False)
+            return PolicyOutput(out.logits, None)
+        if self.shared:
+            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False, output_hidden_states=True)
+            return PolicyOutput(out.logits, self.value_head(out.hidden_states[-1]))
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False)
+        critic = self.critic_backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                      position_ids=position_ids, use_cache=False)
+        return PolicyOutput(out.logits, self.value_head(critic.last_hidden_state))
+
+    def critic_state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"value_head.{k}": v for k, v in self.value_head.state_dict().items()}
+
+    def save_critic(self, directory: Path) -> None:
+        """The value head in safetensors, and a separate critic's backbone with save_pretrained."""
+        directory = Path(directory)
+        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, directory / VALUE_HEAD_FILE,
+                  metadata={"critic": "shared" if self.shared else "separate"})
+        if not self.shared:
+            self.critic_backbone.save_pretrained(directory / CRITIC_DIR, safe_serialization=True)
+
+    def load_critic(self, directory: Path) -> None:
+        directory = Path(directory)
+        self.value_head.load_state_dict(load_file(directory / VALUE_HEAD_FILE))
+        if not self.shared:
+            from transformers import AutoModel
+
+            backbone = AutoModel.from_pretrained(directory / CRITIC_DIR, dtype=torch.float32)
+            self.critic_backbone.load_state_dict(backbone.state_dict())
+
+
+def build_actor_critic(config: ModelConfig, tokenizer, seed: int) -> ActorCritic:
+    policy = load_causal_lm(config.path, config.trust_remote_code, tokenizer)
+    critic_backbone = None
+    if config.critic == "separate":
+        critic_backbone = load_backbone(config.critic_path or config.path, config.trust_remote_code, tokenizer)
+    hidden = hidden_size_of(critic_backbone if critic_backbone is not None else policy)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        value_head = ValueHead(hidden, config.value_head_hidden)
+    model = ActorCritic(policy, value_head, critic_backbone)
+    disable_dropout(model)
+    return model
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen reference copy of the initial policy."""
+    reference = copy.deepcopy(model)
+    reference.eval()
+    reference.requires_grad_(False)
+    return reference

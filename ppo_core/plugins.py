@@ -1,0 +1,154 @@
+"""The plugin manager: entry-point loading, the allow and block lists, and the registry they fill."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Iterable, Optional
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .registry import Registry
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
+ALLOW_ENV = "PPO_CORE_PLUGINS"
+BLOCK_ENV = "PPO_CORE_BLOCK_PLUGINS"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    distribution: Optional[str] = None
+    version: Optional[str] = None
+    entry_point: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class FailedPlugin:
+    info: PluginInfo
+    error: str
+    traceback: str = ""
+
+    def describe(self) -> str:
+        where = f"entry point '{self.info.name} = {self.info.entry_point}'" if self.info.entry_point else "registered in process"
+        dist = f" of distribution '{self.info.distribution}'" if self.info.distribution else ""
+        return f"plugin '{self.info.name}' ({where}{dist}) failed to load: {self.error}"
+
+
+@dataclass
+class PluginSet:
+    """What loaded, what failed, what was left out, and the registry the loaded plugins filled."""
+
+    manager: pluggy.PluginManager
+    registry: Registry
+    loaded: list[PluginInfo] = field(default_factory=list)
+    failed: list[FailedPlugin] = field(default_factory=list)
+    skipped: list[PluginInfo] = field(default_factory=list)
+
+
+def make_plugin_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def names_from_env(variable: str) -> Optional[list[str]]:
+    value = os.environ.get(variable)
+    if value is None:
+        return None
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def is_allowed(info: PluginInfo, allow: Optional[Iterable[str]], block: Iterable[str]) -> bool:
+    """A plugin is matched by its entry-point name or its distribution name."""
+    names = {info.name, info.distribution} - {None}
+    if names & set(block):
+        return False
+    return allow is None or bool(names & set(allow))
+
+
+def load_plugins(
+    allow: Optional[Iterable[str]] = None,
+    block: Iterable[str] = (),
+    extra: Iterable[tuple[str, Any]] = (),
+    use_entry_points: bool = True,
+) -> PluginSet:
+    """Load the ``ppo_core`` entry points the allow/block lists admit, plus ``extra`` (name, plugin) pairs.
+
+    The environment variables ``PPO_CORE_PLUGINS`` (allow) and ``PPO_CORE_BLOCK_PLUGINS`` (block) narrow the
+    set further; a plugin outside the allow list is never imported. A plugin that fails to import, registers
+    an unknown hook, or raises while registering is reported in ``failed`` and the others still load.
+    """
+    allow_sets = [set(a) for a in (allow, names_from_env(ALLOW_ENV)) if a is not None]
+    allowed = set.intersection(*allow_sets) if allow_sets else None
+    blocked = set(block) | set(names_from_env(BLOCK_ENV) or ())
+
+    manager = make_plugin_manager()
+    plugins = PluginSet(manager=manager, registry=Registry())
+
+    candidates: list[tuple[PluginInfo, Any]] = []
+    if use_entry_points:
+        for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+            dist = getattr(entry_point, "dist", None)
+            info = PluginInfo(
+                name=entry_point.name,
+                distribution=dist.metadata["Name"] if dist is not None else None,
+                version=dist.version if dist is not None else None,
+                entry_point=entry_point.value,
+            )
+            candidates.append((info, entry_point))
+    candidates += [(PluginInfo(name=name), plugin) for name, plugin in extra]
+
+    for info, source in candidates:
+        if not is_allowed(info, allowed, blocked):
+            plugins.skipped.append(info)
+            continue
+        try:
+            plugin = source.load() if isinstance(source, metadata.EntryPoint) else source
+            manager.register(plugin, name=info.name)
+        except Exception as error:  # a broken plugin must not take the others down
+            plugins.failed.append(FailedPlugin(info, f"{type(error).__name__}: {error}", traceback.format_exc()))
+            continue
+        try:
+            manager.check_pending()
+        except pluggy.PluginValidationError as error:
+            manager.unregister(name=info.name)
+            plugins.failed.append(FailedPlugin(info, f"invalid hook implementation: {error}"))
+            continue
+        plugins.loaded.append(info)
+
+    _fill_registry(plugins)
+    plugins.registry.failed_plugins = [failed.info.name for failed in plugins.failed]
+    return plugins
+
+
+def _fill_registry(plugins: PluginSet) -> None:
+    registry = plugins.registry
+    hooks = (("reward", plugins.manager.hook.register_rewards), ("dataset", plugins.manager.hook.register_datasets))
+    broken: dict[str, FailedPlugin] = {}
+    for kind, hook in hooks:
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            name = impl.plugin_name
+            if name in broken:
+                continue
+
+            def register(cls: Any, _kind: str = kind, _plugin: str = name) -> None:
+                registry.register(_kind, cls, _plugin)
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as error:
+                info = next(i for i in plugins.loaded if i.name == name)
+                broken[name] = FailedPlugin(info, f"{type(error).__name__} in {hook.name}: {error}", traceback.format_exc())
+    for name, failure in broken.items():
+        plugins.loaded.remove(failure.info)
+        plugins.failed.append(failure)
+        for kind in ("reward", "dataset"):
+            for entry_name in registry.by_plugin(name, kind):
+                del registry.entries[kind][entry_name]

@@ -1,0 +1,129 @@
+"""Sampling responses with a KV cache, and the one forward that turns tokens into log-probs and values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .functional import entropy_from_logits, logprobs_from_logits
+
+
+@dataclass
+class Responses:
+    """What sampling produced for a left-padded prompt batch."""
+
+    tokens: torch.Tensor  # [B, R] response token ids, pad after the end
+    mask: torch.Tensor  # [B, R] bool, True for real response tokens (up to and including eos)
+    stopped_by_eos: torch.Tensor  # [B] bool; False: cut off by max_new_tokens
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions count real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Mask out tokens outside the top-k and outside the smallest set with probability mass >= top_p."""
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the mass before it already reaches top_p (the most likely token always stays)
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample_responses(
+    policy: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+) -> Responses:
+    """Autoregressive sampling with the model's KV cache; a row stops at its first eos."""
+    batch_size = input_ids.size(0)
+    device = input_ids.device
+    attention_mask = attention_mask.long()
+    position_ids = position_ids_from_mask(attention_mask)
+    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+    past = out.past_key_values
+    next_logits = out.logits[:, -1, :]
+    next_position = position_ids[:, -1:] + 1
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    tokens, masks = [], []
+    for step in range(max_new_tokens):
+        if greedy:
+            token = next_logits.argmax(-1)
+        else:
+            probs = filter_logits(next_logits / temperature, top_k, top_p).softmax(-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        masks.append(~finished)
+        token = token.masked_fill(finished, pad_token_id)
+        tokens.append(token)
+        finished = finished | (token == eos_token_id)
+        if step == max_new_tokens - 1 or bool(finished.all()):
+            break
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        out = policy(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
+                     past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        next_logits = out.logits[:, -1, :]
+        next_position = next_position + 1
+    response = torch.stack(tokens, dim=1)
+    mask = torch.stack(masks, dim=1)
+    stopped_by_eos = ((response == eos_token_id) & mask).any(dim=1)
+    return Responses(tokens=response, mask=mask, stopped_by_eos=stopped_by_eos)
+
+
+@dataclass
+class TokenOutputs:
+    logprobs: torch.Tensor  # [B, R]
+    values: Optional[torch.Tensor]  # [B, R]
+    entropy: Optional[torch.Tensor]  # [B, R]
+
+
+def response_outputs(
+    model: nn.Module,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+    temperature: float,
+    with_values: bool = True,
+    with_entropy: bool = False,
+) -> TokenOutputs:
+    """log pi(a_t|s_t) (logits / temperature), V(s_t) and H at every response position.
+
+    The single code path for log-probs: rollout (log pi_old, log pi_ref) and training both call it, so the
+    ratio is exactly 1 before the first optimizer step. ``model`` is an ActorCritic (returns logits and values)
+    or a plain causal LM (reference model; ``with_values=False``).
+    """
+    position_ids = position_ids_from_mask(attention_mask)
+    if hasattr(model, "value_head"):
+        out = model(sequences, attention_mask, position_ids, with_values=with_values)
+        logits, values = out.logits, out.values
+    else:
+        logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False).logits
+        values = None
+    # the logits at position t predict token t+1: the response tokens are predicted from P-1 .. end-1
+    logits = logits[:, prompt_length - 1 : -1, :]
+    responses = sequences[:, prompt_length:]
+    logprobs = logprobs_from_logits(logits, responses, temperature)
+    entropy = entropy_from_logits(logits, temperature) if with_entropy else None
+    if values is not None:
+        values = values[:, prompt_length - 1 : -1]
+    return TokenOutputs(logprobs=logprobs, values=values, entropy=entropy)

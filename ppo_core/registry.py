@@ -1,0 +1,106 @@
+"""Names -> reward and dataset classes, each stamped with the plugin that registered it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ValidationError
+
+from .api import Dataset, Reward, RunContext, format_validation_error
+from .errors import ConfigError, PluginError, UserError
+
+Kind = Literal["reward", "dataset"]
+_BASES: dict[str, type] = {"reward": Reward, "dataset": Dataset}
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: Kind
+    name: str
+    cls: type
+    plugin: str
+
+
+@dataclass
+class Registry:
+    """The rewards and datasets the loaded plugins registered."""
+
+    entries: dict[Kind, dict[str, Entry]] = field(default_factory=lambda: {"reward": {}, "dataset": {}})
+    failed_plugins: list[str] = field(default_factory=list)
+
+    def register(self, kind: Kind, cls: Any, plugin: str) -> None:
+        _check_class(kind, cls, plugin)
+        existing = self.entries[kind].get(cls.name)
+        if existing is not None:
+            raise PluginError(
+                f"{kind} '{cls.name}' is registered twice: by plugin '{existing.plugin}' and by plugin '{plugin}'"
+            )
+        self.entries[kind][cls.name] = Entry(kind, cls.name, cls, plugin)
+
+    def get(self, kind: Kind, name: str) -> Entry:
+        try:
+            return self.entries[kind][name]
+        except KeyError:
+            known = ", ".join(sorted(self.entries[kind])) or "none"
+            message = f"unknown {kind} '{name}'; known {kind}s: {known}"
+            if self.failed_plugins:
+                message += f" (plugins that failed to load: {', '.join(self.failed_plugins)}; see `ppo-core plugins`)"
+            raise UserError(message) from None
+
+    def names(self, kind: Kind) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def by_plugin(self, plugin: str, kind: Kind) -> list[str]:
+        return sorted(name for name, entry in self.entries[kind].items() if entry.plugin == plugin)
+
+    def build(self, kind: Kind, name: str, options: Mapping[str, Any] | None, context: RunContext,
+              where: str = "") -> Any:
+        """Instantiate a reward or dataset with its validated options.
+
+        ``where`` is the config location of ``options`` (e.g. ``config.yaml: rewards.0.options``).
+        """
+        entry = self.get(kind, name)
+        parsed = validate_options(entry, options or {}, where)
+        try:
+            return entry.cls(parsed, context)
+        except UserError:
+            raise
+        except Exception as error:
+            raise PluginError(
+                f"{kind} '{name}' (plugin '{entry.plugin}') failed to start: {type(error).__name__}: {error}"
+            ) from error
+
+
+def validate_options(entry: Entry, options: Mapping[str, Any], where: str = "") -> BaseModel:
+    """Validate ``options`` against the entry's ``Options`` model; unknown keys are always an error."""
+    model: type[BaseModel] = entry.cls.Options
+    prefix = where or f"{entry.kind} '{entry.name}' options"
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{prefix}: options must be a mapping, got {type(options).__name__}")
+    known = set()
+    for field_name, info in model.model_fields.items():
+        known.add(info.alias or field_name)
+        known.add(field_name)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"{prefix}: unknown option(s) {', '.join(unknown)} for {entry.kind} '{entry.name}' "
+            f"(plugin '{entry.plugin}'); known options: {', '.join(sorted(model.model_fields)) or 'none'}"
+        )
+    try:
+        return model.model_validate(dict(options))
+    except ValidationError as error:
+        raise ConfigError(f"{prefix}: {format_validation_error(error)}") from None
+
+
+def _check_class(kind: Kind, cls: Any, plugin: str) -> None:
+    base = _BASES[kind]
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginError(f"plugin '{plugin}' registered {cls!r} as a {kind}, but it is not a subclass of {base.__module__}.{base.__name__}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise PluginError(f"plugin '{plugin}': {kind} class {cls.__name__} needs a `name` that is an identifier, got {name!r}")
+    options = getattr(cls, "Options", None)
+    if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        raise PluginError(f"plugin '{plugin}': {kind} '{name}' needs `Options` to be a pydantic BaseModel subclass")

@@ -1,0 +1,250 @@
+"""The outer loop: config -> plugins -> models -> engine; logging, checkpoints and the final model."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+
+from . import checkpoint as ckpt
+from .api import RunContext
+from .composer import Composer, build_composer
+from .config import RunConfig, save_config
+from .data import PromptStream, encode_records, left_pad, make_samples
+from .errors import UserError
+from .metrics import METRICS_FILE, MetricsLog, Progress, TensorBoardLog
+from .models import ActorCritic, build_actor_critic, frozen_copy, load_tokenizer, resolve_device
+from .plugins import PluginSet, load_plugins
+from .ppo.engine import PPOEngine, PromptBatch
+from .ppo.rollout import Responses
+
+CONFIG_FILE = "config.yaml"
+FINAL_DIR = "final"
+# fields that may change between a run and its resume without changing what is computed
+RESUMABLE_CHANGES = {"train.updates", "train.save_every", "train.keep_checkpoints", "train.progress",
+                     "train.tensorboard", "train.output_dir", "train.threads"}
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint was written at the last safe point."""
+
+    def __init__(self, signal_name: str, checkpoint: Path, update: int):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.checkpoint = checkpoint
+        self.update = update
+
+
+@dataclass
+class Run:
+    """Everything a training run is built from."""
+
+    config: RunConfig
+    run_dir: Path
+    plugins: PluginSet
+    tokenizer: Any
+    model: ActorCritic
+    engine: PPOEngine
+    composer: Composer
+    prompts: PromptStream
+    device: torch.device
+    update: int = 0
+    extra_state: dict = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise UserError(f"train.output_dir: {run_dir} already holds a run; pass --resume to continue it or "
+                        f"--overwrite to start over")
+    if overwrite and run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "config") -> Run:
+    """Load plugins, tokenizer, models and data and put the engine together (nothing is written)."""
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.model.device)
+    generator = seed_everything(config.train.seed)
+    plugins = load_plugins(config.plugins.allow, config.plugins.block, extra=extra_plugins)
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
+    context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer,
+                         policy_path=config.model.path)
+    dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
+                                     where=f"{source}: data.options")
+    composer = build_composer(config.rewards, plugins.registry, context, source)
+    model = build_actor_critic(config.model, tokenizer, config.train.seed).to(device)
+    reference = frozen_copy(model.policy)
+    engine = PPOEngine(model, reference, config.ppo, config.generation, config.optim, config.train.updates,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       generator=generator, max_nonfinite_steps=config.train.max_nonfinite_steps)
+    prompts = PromptStream(dataset, "train", config.train.seed, config.data.shuffle, name=config.data.dataset)
+    run_dir = Path(config.train.output_dir)
+    return Run(config, run_dir, plugins, tokenizer, model, engine, composer, prompts, device)
+
+
+def next_prompt_batch(run: Run) -> PromptBatch:
+    records = run.prompts.take(run.config.ppo.rollout_batch_size)
+    encoded = encode_records(records, run.tokenizer, run.config.data)
+    input_ids, attention_mask = left_pad([p.ids for p in encoded], run.tokenizer.pad_token_id)
+    return PromptBatch(input_ids.to(run.device), attention_mask.to(run.device), encoded)
+
+
+def make_scorer(composer: Composer, tokenizer):
+    def score(responses: Responses, batch: PromptBatch):
+        samples = make_samples(batch.records, responses.tokens, responses.mask, responses.stopped_by_eos, tokenizer)
+        composition = composer(samples)
+        return torch.tensor(composition.totals, dtype=torch.float32), composition.stats
+
+    return score
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------
+def save_policy(run: Run, directory: Path) -> None:
+    """The policy with save_pretrained (transformers alone loads it), its tokenizer, and the critic."""
+    for name, param in run.model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise UserError(f"refusing to save non-finite weights ({name}); the run diverged")
+    run.model.policy.save_pretrained(directory, safe_serialization=True)
+    run.tokenizer.save_pretrained(directory)
+    run.model.save_critic(directory)
+
+
+def save_checkpoint(run: Run, metrics_lines: int) -> Path:
+    def write(tmp: Path) -> None:
+        save_policy(run, tmp / "policy")
+        engine_state = run.engine.state_dict()
+        ckpt.save_torch_state(tmp / "optimizer.pt", {"optimizer": engine_state["optimizer"],
+                                                      "scheduler": engine_state["scheduler"]})
+        ckpt.save_tensors(tmp / "rng.safetensors", {"generator": engine_state["generator"]})
+        ckpt.write_json(tmp / ckpt.STATE_FILE, {
+            "update": run.update,
+            "metrics_lines": metrics_lines,
+            "data_position": run.prompts.position,
+            "kl_controller": engine_state["kl_controller"],
+            "nonfinite_in_a_row": engine_state["nonfinite_in_a_row"],
+            "composer": run.composer.state_dict(),
+            "config": run.config.model_dump(mode="json"),
+        })
+
+    path = ckpt.write_atomically(ckpt.checkpoint_dir(run.run_dir, run.update), write)
+    ckpt.prune_checkpoints(run.run_dir, run.config.train.keep_checkpoints)
+    return path
+
+
+def load_checkpoint(run: Run, path: Path) -> int:
+    """Restore ``run`` from a checkpoint; returns how many metrics lines belong to it."""
+    from transformers import AutoModelForCausalLM
+
+    state = ckpt.read_json(path / ckpt.STATE_FILE)
+    _check_resumable(state["config"], run.config.model_dump(mode="json"), path)
+    saved = AutoModelForCausalLM.from_pretrained(path / "policy", dtype=torch.float32)
+    run.model.policy.load_state_dict(saved.state_dict())
+    run.model.load_critic(path / "policy")
+    torch_state = ckpt.load_torch_state(path / "optimizer.pt")
+    run.engine.load_state_dict({
+        "optimizer": torch_state["optimizer"],
+        "scheduler": torch_state["scheduler"],
+        "kl_controller": state["kl_controller"],
+        "generator": ckpt.load_tensors(path / "rng.safetensors")["generator"],
+        "nonfinite_in_a_row": state["nonfinite_in_a_row"],
+    })
+    run.composer.load_state_dict(state["composer"])
+    run.prompts.seek(state["data_position"])
+    run.update = int(state["update"])
+    return int(state["metrics_lines"])
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def _check_resumable(saved: dict, current: dict, path: Path) -> None:
+    before, after = _flatten(saved), _flatten(current)
+    changed = sorted(k for k in before.keys() | after.keys()
+                     if before.get(k) != after.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise UserError(f"--resume: the config differs from the one {path} was trained with in: "
+                        f"{', '.join(changed)}")
+
+
+# ---- signals -------------------------------------------------------------------------------------------
+@contextmanager
+def stop_requests():
+    """SIGINT/SIGTERM set a flag that the loop checks between updates (a safe point)."""
+    received: list[str] = []
+
+    def handler(signum, _frame):
+        if received:  # a second signal: stop now
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
+          source: str = "config", progress_stream=None) -> Path:
+    """Run PPO as configured; returns the directory of the final model."""
+    run_dir = Path(config.train.output_dir)
+    prepare_run_dir(run_dir, resume, overwrite)
+    run = build_run(config, extra_plugins, source)
+    ckpt.remove_stale_partials(run_dir)
+    metrics_lines = 0
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        metrics_lines = load_checkpoint(run, latest)
+    save_config(config, run_dir / CONFIG_FILE)
+    log = MetricsLog(run_dir / METRICS_FILE, keep_lines=metrics_lines)
+    board = TensorBoardLog(run_dir / "tensorboard") if config.train.tensorboard else None
+    progress = Progress(config.train.updates, config.train.progress,
+                        **({"stream": progress_stream} if progress_stream else {}))
+    scorer = make_scorer(run.composer, run.tokenizer)
+    try:
+        with stop_requests() as stop:
+            while run.update < config.train.updates:
+                started = time.perf_counter()
+                stats = run.engine.step(next_prompt_batch(run), scorer)
+                run.update += 1
+                elapsed = time.perf_counter() - started
+                record = {"update": run.update, **stats, "time/update_s": elapsed,
+                          "tokens_per_s": stats["response_tokens"] / elapsed}
+                log.write(record)
+                if board:
+                    board.write(record)
+                progress.update(run.update, record)
+                save_every = config.train.save_every
+                if (save_every and run.update % save_every == 0) or (stop and run.update < config.train.updates):
+                    path = save_checkpoint(run, log.lines)
+                    if stop:
+                        raise Interrupted(stop[0], path, run.update)
+        final = ckpt.write_atomically(run_dir / FINAL_DIR, lambda tmp: save_policy(run, tmp))
+    finally:
+        log.close()
+        if board:
+            board.close()
+    return final
