@@ -138,6 +138,10 @@ class Reward:
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: Set (per instance) by a learned reward whose head reads the final hidden state of the policy's initial
+    #: backbone: the engine then passes the frozen reference model's hidden states at each sample's last real
+    #: token to :meth:`score_hidden`, and the reward costs no forward pass of its own.
+    reads_reference_hidden: bool = False
 
     def __init__(self, options: BaseModel, context: RunContext = RunContext()):
         self.options = options
@@ -145,6 +149,10 @@ class Reward:
 
     def __call__(self, samples: Sequence[Sample]) -> Sequence[Optional[float]]:
         raise NotImplementedError(f"reward {type(self).__name__} does not implement __call__")
+
+    def score_hidden(self, samples: Sequence[Sample], hidden: Any) -> Sequence[Optional[float]]:
+        """Score from the reference model's hidden states ``hidden`` [B, H] (only if reads_reference_hidden)."""
+        raise NotImplementedError(f"reward {type(self).__name__} does not implement score_hidden")
 
 
 class Dataset:

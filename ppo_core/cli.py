@@ -130,8 +130,25 @@ def cmd_init_model(args) -> int:
 COMMANDS = {"train": cmd_train, "plugins": cmd_plugins, "config": cmd_config, "init-model": cmd_init_model}
 
 
+def quiet_transformers() -> None:
+    """Our own progress output replaces transformers' per-file bars and advisory warnings."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in ("plugins", "config"):
+        quiet_transformers()
     try:
         return COMMANDS[args.command](args)
     except UserError as error:

@@ -83,13 +83,17 @@ class Composer:
         self.terms = terms
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppo-core-reward")
 
-    def __call__(self, samples: Sequence[Sample]) -> Composition:
+    @property
+    def reads_reference_hidden(self) -> bool:
+        return any(term.reward.reads_reference_hidden for term in self.terms)
+
+    def __call__(self, samples: Sequence[Sample], reference_hidden=None) -> Composition:
         totals = [0.0] * len(samples)
         scored_by_any = [False] * len(samples)
         values: dict[str, list[Optional[float]]] = {}
         stats: dict[str, float] = {}
         for term in self.terms:
-            raw, errors = self._score(term, samples)
+            raw, errors = self._score(term, samples, reference_hidden)
             resolved = [term.config.on_abstain if v is None and term.config.on_abstain != "skip" else v for v in raw]
             values[term.name] = raw
             scored = [v for v in resolved if v is not None]
@@ -113,18 +117,23 @@ class Composer:
         stats["reward/all_abstained"] = float(scored_by_any.count(False))
         return Composition(totals=totals, values=values, stats=stats)
 
-    def _score(self, term: RewardTerm, samples: Sequence[Sample]) -> tuple[list[Optional[float]], int]:
+    def _score(self, term: RewardTerm, samples: Sequence[Sample], reference_hidden=None
+               ) -> tuple[list[Optional[float]], int]:
         try:
-            return self._checked_call(term, samples), 0
+            return self._checked_call(term, samples, reference_hidden), 0
         except RewardError:
             if term.config.on_error == "raise":
                 raise
             fallback = None if term.config.on_error == "skip" else float(term.config.on_error)
             return [fallback] * len(samples), 1
 
-    def _checked_call(self, term: RewardTerm, samples: Sequence[Sample]) -> list[Optional[float]]:
+    def _checked_call(self, term: RewardTerm, samples: Sequence[Sample], reference_hidden=None
+                      ) -> list[Optional[float]]:
         try:
-            answer = self._call_with_timeout(term, samples)
+            if reference_hidden is not None and term.reward.reads_reference_hidden:
+                answer = term.reward.score_hidden(samples, reference_hidden)
+            else:
+                answer = self._call_with_timeout(term, samples)
         except RewardError:
             raise
         except Exception as error:

@@ -105,11 +105,12 @@ def next_prompt_batch(run: Run) -> PromptBatch:
 
 
 def make_scorer(composer: Composer, tokenizer):
-    def score(responses: Responses, batch: PromptBatch):
+    def score(responses: Responses, batch: PromptBatch, reference_hidden=None):
         samples = make_samples(batch.records, responses.tokens, responses.mask, responses.stopped_by_eos, tokenizer)
-        composition = composer(samples)
+        composition = composer(samples, reference_hidden)
         return torch.tensor(composition.totals, dtype=torch.float32), composition.stats
 
+    score.reads_reference_hidden = composer.reads_reference_hidden
     return score
 
 

@@ -62,8 +62,10 @@ class Rollout:
         return self.sequences.size(0)
 
 
-# scorer(responses, prompt batch) -> (scores [B] float tensor, statistics)
-Scorer = Callable[[Responses, PromptBatch], tuple[torch.Tensor, dict[str, float]]]
+# scorer(responses, prompt batch, reference last hidden states or None) -> (scores [B], statistics).
+# A scorer whose attribute ``reads_reference_hidden`` is true gets the frozen reference's final hidden state
+# at each sequence's last real token [B, H], so a learned reward head on that backbone needs no forward.
+Scorer = Callable[[Responses, PromptBatch, Optional[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
 
 def make_kl_controller(ppo: PPOConfig):
@@ -146,20 +148,21 @@ class PPOEngine:
         prompt_length = batch.input_ids.size(1)
         mask = responses.mask.float()
 
-        # 2. score the responses: the composer's weighted total per sample
+        # 2. log pi_old and V(s_t) from the policy, log pi_ref from the frozen reference: one code path
         started = time.perf_counter()
-        scores, stats = scorer(responses, batch)
+        old_logprobs, old_values, ref_logprobs, ref_hidden = self._evaluate(
+            sequences, attention_mask, prompt_length, getattr(scorer, "reads_reference_hidden", False))
+        evaluate_s = time.perf_counter() - started
+
+        # 3. score the responses: the composer's weighted total per sample
+        started = time.perf_counter()
+        scores, stats = scorer(responses, batch, ref_hidden)
         scores = scores.to(self.device, torch.float32)
         score_s = time.perf_counter() - started
         if self.ppo.missing_eos_penalty is not None:
             scores = scores - self.ppo.missing_eos_penalty * (~responses.stopped_by_eos).float()
         if self.ppo.reward_clip is not None:
             scores = scores.clamp(-self.ppo.reward_clip, self.ppo.reward_clip)
-
-        # 3. log pi_old and V(s_t) from the policy, log pi_ref from the frozen reference: one code path
-        started = time.perf_counter()
-        old_logprobs, old_values, ref_logprobs = self._evaluate(sequences, attention_mask, prompt_length)
-        evaluate_s = time.perf_counter() - started
 
         # 4. per-token rewards: -beta * KL on every token, the sequence score on the last real token
         kl = kl_penalty(old_logprobs, ref_logprobs, self.ppo.kl.estimator)
@@ -207,8 +210,9 @@ class PPOEngine:
         ]
         return _concat_responses(parts, self.pad_token_id)
 
-    def _evaluate(self, sequences, attention_mask, prompt_length):
-        """log pi_old, V and log pi_ref in micro-batches of the training size (same shapes, same numbers)."""
+    def _evaluate(self, sequences, attention_mask, prompt_length, with_reference_hidden: bool):
+        """log pi_old, V, log pi_ref (and the reference's last hidden states) in micro-batches of the
+        training size, so rollout and training run the same shapes and get the same numbers."""
         size = self.ppo.micro_batch_size or self.ppo.minibatch_size
         olds, refs = [], []
         for i in range(0, sequences.size(0), size):
@@ -216,8 +220,11 @@ class PPOEngine:
             olds.append(response_outputs(self.model, sequences[rows], attention_mask[rows], prompt_length,
                                          self.generation.temperature))
             refs.append(response_outputs(self.reference, sequences[rows], attention_mask[rows], prompt_length,
-                                         self.generation.temperature, with_values=False).logprobs)
-        return (torch.cat([o.logprobs for o in olds]), torch.cat([o.values for o in olds]), torch.cat(refs))
+                                         self.generation.temperature, with_values=False,
+                                         with_last_hidden=with_reference_hidden))
+        ref_hidden = torch.cat([r.last_hidden for r in refs]) if with_reference_hidden else None
+        return (torch.cat([o.logprobs for o in olds]), torch.cat([o.values for o in olds]),
+                torch.cat([r.logprobs for r in refs]), ref_hidden)
 
     # ---- K epochs of minibatch steps -----------------------------------------------------------------
     def optimise(self, rollout: Rollout) -> dict[str, float]:

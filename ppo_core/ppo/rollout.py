@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .functional import entropy_from_logits, logprobs_from_logits
+from .functional import entropy_from_logits, last_token_index, logprobs_from_logits
 
 
 @dataclass
@@ -40,6 +41,15 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def _cache_argument(model: nn.Module) -> str:
+    """transformers 5.x names the KV cache `cache`; earlier releases `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(out):
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
 @torch.no_grad()
 def sample_responses(
     policy: nn.Module,
@@ -59,8 +69,9 @@ def sample_responses(
     device = input_ids.device
     attention_mask = attention_mask.long()
     position_ids = position_ids_from_mask(attention_mask)
+    cache_argument = _cache_argument(policy)
     out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
-    past = out.past_key_values
+    cache = _returned_cache(out)
     next_logits = out.logits[:, -1, :]
     next_position = position_ids[:, -1:] + 1
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
@@ -79,8 +90,8 @@ def sample_responses(
             break
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
         out = policy(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                     past_key_values=past, use_cache=True)
-        past = out.past_key_values
+                     use_cache=True, **{cache_argument: cache})
+        cache = _returned_cache(out)
         next_logits = out.logits[:, -1, :]
         next_position = next_position + 1
     response = torch.stack(tokens, dim=1)
@@ -92,8 +103,9 @@ def sample_responses(
 @dataclass
 class TokenOutputs:
     logprobs: torch.Tensor  # [B, R]
-    values: Optional[torch.Tensor]  # [B, R]
-    entropy: Optional[torch.Tensor]  # [B, R]
+    values: Optional[torch.Tensor] = None  # [B, R]
+    entropy: Optional[torch.Tensor] = None  # [B, R]
+    last_hidden: Optional[torch.Tensor] = None  # [B, H] final hidden state at each row's last real token
 
 
 def response_outputs(
@@ -104,21 +116,28 @@ def response_outputs(
     temperature: float,
     with_values: bool = True,
     with_entropy: bool = False,
+    with_last_hidden: bool = False,
 ) -> TokenOutputs:
     """log pi(a_t|s_t) (logits / temperature), V(s_t) and H at every response position.
 
     The single code path for log-probs: rollout (log pi_old, log pi_ref) and training both call it, so the
     ratio is exactly 1 before the first optimizer step. ``model`` is an ActorCritic (returns logits and values)
-    or a plain causal LM (reference model; ``with_values=False``).
+    or a plain causal LM (reference model; ``with_values=False``). ``with_last_hidden`` (plain causal LM only)
+    also returns the final hidden state at each row's last real token, which a learned reward head can read
+    without a forward of its own.
     """
     position_ids = position_ids_from_mask(attention_mask)
+    last_hidden = None
     if hasattr(model, "value_head"):
         out = model(sequences, attention_mask, position_ids, with_values=with_values)
         logits, values = out.logits, out.values
     else:
-        logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False).logits
-        values = None
+        out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=False, output_hidden_states=with_last_hidden)
+        logits, values = out.logits, None
+        if with_last_hidden:
+            last = last_token_index(attention_mask)
+            last_hidden = out.hidden_states[-1][torch.arange(sequences.size(0), device=sequences.device), last]
     # the logits at position t predict token t+1: the response tokens are predicted from P-1 .. end-1
     logits = logits[:, prompt_length - 1 : -1, :]
     responses = sequences[:, prompt_length:]
@@ -126,4 +145,4 @@ def response_outputs(
     entropy = entropy_from_logits(logits, temperature) if with_entropy else None
     if values is not None:
         values = values[:, prompt_length - 1 : -1]
-    return TokenOutputs(logprobs=logprobs, values=values, entropy=entropy)
+    return TokenOutputs(logprobs=logprobs, values=values, entropy=entropy, last_hidden=last_hidden)
