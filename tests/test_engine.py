@@ -1,0 +1,176 @@
+"""The engine end to end on a tiny local checkpoint: exact ratio, learning, determinism, resume, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from pydantic import BaseModel
+from safetensors.torch import load_file
+
+from ppo_core import hookimpl
+from ppo_core.api import Reward
+from ppo_core.config import load_config
+from ppo_core.metrics import read_metrics
+from ppo_core.tiny import init_model
+from ppo_core.train import build_run, make_scorer, next_prompt_batch, train
+
+TIMING_KEYS = ("time/", "tokens_per_s")
+
+
+class LetterOptions(BaseModel):
+    letter: str = "a"
+
+
+class LetterShare(Reward):
+    """A trivially learnable reward: the share of one letter in the response."""
+
+    name = "letter_share"
+    Options = LetterOptions
+
+    def __call__(self, samples):
+        return [s.response.count(self.options.letter) / max(len(s.response), 1) for s in samples]
+
+
+class LetterPlugin:
+    @hookimpl
+    def register_rewards(self, register):
+        register(LetterShare)
+
+
+PLUGINS = [("letter_plugin", LetterPlugin())]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return init_model(tmp_path_factory.mktemp("models") / "tiny", "tiny", seed=0)
+
+
+def make_config(model_dir, run_dir, *overrides):
+    base = {
+        "model": {"path": str(model_dir)},
+        "data": {"dataset": "reverse", "options": {"size": 256}},
+        "rewards": [{"name": "letter_share", "options": {"letter": "a"}}],
+        "ppo": {"rollout_batch_size": 32, "minibatch_size": 8, "epochs": 2, "kl": {"coef": 0.001}},
+        "generation": {"max_new_tokens": 16},
+        "optim": {"lr": 1e-3, "schedule": "constant"},
+        "train": {"updates": 15, "output_dir": str(run_dir), "progress": "none", "seed": 0},
+        "plugins": {"allow": ["letter_plugin", "datasets"]},
+    }
+    return load_config(None, list(overrides), base=base)
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING_KEYS)} for r in records]
+
+
+def test_ratio_is_exactly_one_on_the_first_minibatch(tiny_model, tmp_path):
+    config = make_config(tiny_model, tmp_path / "run")
+    run = build_run(config, PLUGINS)
+    rollout, _ = run.engine.collect_rollout(next_prompt_batch(run), make_scorer(run.composer, run.tokenizer))
+    first_losses = []
+    original = run.engine._loss
+
+    def record_first(rollout_, rows):
+        loss, stats = original(rollout_, rows)
+        first_losses.append(stats)
+        return loss, stats
+
+    run.engine._loss = record_first
+    run.engine.optimise(rollout)
+    assert first_losses[0]["approx_kl"] == 0.0
+    assert first_losses[0]["clipfrac"] == 0.0
+    # later minibatches see a policy that has moved
+    assert any(stats["approx_kl"] > 0 for stats in first_losses[1:])
+
+
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_training_raises_a_learnable_reward(tiny_model, tmp_path, critic):
+    config = make_config(tiny_model, tmp_path / "run", f"model.critic={critic}")
+    final = train(config, extra_plugins=PLUGINS)
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [m["update"] for m in metrics] == list(range(1, 16))
+    first = sum(m["reward/mean"] for m in metrics[:3]) / 3
+    last = sum(m["reward/mean"] for m in metrics[-3:]) / 3
+    assert last > first + 0.15, (first, last)
+    assert (final / "value_head.safetensors").is_file()
+    assert (final / "critic").is_dir() == (critic == "separate")
+
+
+def test_same_seed_same_metrics_and_a_different_seed_differs(tiny_model, tmp_path):
+    runs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        config = make_config(tiny_model, tmp_path / name, "train.updates=3", f"train.seed={seed}")
+        train(config, extra_plugins=PLUGINS)
+        runs.append(without_timing(read_metrics(tmp_path / name / "metrics.jsonl")))
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_resume_continues_exactly(tiny_model, tmp_path):
+    straight = make_config(tiny_model, tmp_path / "straight", "train.updates=4", "train.save_every=2")
+    final_straight = train(straight, extra_plugins=PLUGINS)
+
+    interrupted = make_config(tiny_model, tmp_path / "resumed", "train.updates=4", "train.save_every=2")
+    first_half = interrupted.model_copy(update={"train": interrupted.train.model_copy(update={"updates": 3})})
+    train(first_half, extra_plugins=PLUGINS)  # leaves checkpoints of update 2 and a metrics line for update 3
+    final_resumed = train(interrupted, resume=True, extra_plugins=PLUGINS)
+
+    a = without_timing(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    b = without_timing(read_metrics(tmp_path / "resumed" / "metrics.jsonl"))
+    assert [m["update"] for m in b] == [1, 2, 3, 4]
+    assert a == b
+    weights_a = load_file(final_straight / "model.safetensors")
+    weights_b = load_file(final_resumed / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_final_model_loads_with_transformers_alone(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = make_config(tiny_model, tmp_path / "run", "train.updates=1")
+    final = train(config, extra_plugins=PLUGINS)
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    logits = model(**tokenizer(["reverse: abc ="], return_tensors="pt")).logits
+    assert logits.shape[-1] == len(tokenizer)
+    head = load_file(final / "value_head.safetensors")
+    assert set(head) == {"dense.weight", "dense.bias", "out.weight", "out.bias"}
+    saved = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("update", "reward/mean", "reward/std", "reward/letter_share", "kl", "kl_coef", "entropy",
+                "loss/policy", "loss/value", "clipfrac", "approx_kl", "value/explained_variance",
+                "response/length_mean", "response/eos_rate", "time/rollout_s", "time/train_s", "tokens_per_s"):
+        assert key in saved, key
+
+
+def test_dropout_is_off_and_value_head_starts_at_zero(tiny_model, tmp_path):
+    run = build_run(make_config(tiny_model, tmp_path / "run"), PLUGINS)
+    dropouts = [m for m in run.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0.0 for m in dropouts)
+    assert torch.count_nonzero(run.model.value_head.out.weight) == 0
+    assert not any(p.requires_grad for p in run.engine.reference.parameters())
+
+
+def test_missing_eos_penalty_hits_only_responses_cut_off(tiny_model, tmp_path):
+    config = make_config(tiny_model, tmp_path / "run", "ppo.missing_eos_penalty=5.0", "generation.max_new_tokens=4")
+    run = build_run(config, PLUGINS)
+    scorer = make_scorer(run.composer, run.tokenizer)
+    rollout, stats = run.engine.collect_rollout(next_prompt_batch(run), scorer)
+    # with 4 new tokens nearly every response is cut off, and the penalty dominates the letter share
+    assert stats["response/eos_rate"] < 0.5
+    assert stats["score/mean"] < -5.0 * (1 - stats["response/eos_rate"]) + 1.0
+
+
+def test_pad_token_is_added_when_it_equals_eos(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from ppo_core.models import load_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(tmp_path / "tok")
+    loaded = load_tokenizer(str(tmp_path / "tok"))
+    assert loaded.pad_token_id is not None and loaded.pad_token_id != loaded.eos_token_id
+    assert loaded.padding_side == "left"
