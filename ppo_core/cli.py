@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .train import Interrupted, train
 
     config = load_config(args.config, args.overrides)
+    from .train import Interrupted, train  # after the config is read: a config error need not import torch
+
     try:
         final = train(config, resume=args.resume, overwrite=args.overwrite, source=args.config)
     except Interrupted as stop:

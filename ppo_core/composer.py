@@ -8,8 +8,8 @@ that reward's term is left out of the sample's total (it adds 0) and the sample 
 reward's logged mean; with ``on_abstain: <number>`` that number is used as the reward's value. The share of
 abstentions is logged as ``reward/<name>/abstain_rate``.
 
-Faults: an exception, a wrong-length answer, a value that is not a number, a non-finite value or a time-out
-stops the run with an error naming the plugin, the reward and the sample, unless the reward's ``on_error``
+Faults: an exception, a wrong-length answer, a value that is not a number, a non-finite value, a time-out,
+or abstaining on every sample of a batch (with ``on_abstain: skip``) stops the run with an error naming the plugin, the reward and the sample, unless the reward's ``on_error``
 says to go on (``skip``: the batch counts as abstained; a number: used for every sample); such events are
 counted in ``reward/<name>/errors``.
 """
@@ -143,9 +143,14 @@ class Composer:
             answer = list(answer)
         except TypeError:
             raise RewardError(f"{term.describe()} returned {type(answer).__name__}, not a sequence of "
-                              f"{len(samples)} floats") from None
+                              f"{len(samples)} floats, {self._batch_label(samples)}") from None
         if len(answer) != len(samples):
-            raise RewardError(f"{term.describe()} returned {len(answer)} values for {len(samples)} samples")
+            raise RewardError(f"{term.describe()} returned {len(answer)} values for {len(samples)} samples, "
+                              f"{self._batch_label(samples)}")
+        if samples and all(value is None for value in answer) and term.config.on_abstain == "skip":
+            raise RewardError(f"{term.describe()} abstained on all {len(samples)} samples of the batch (first: "
+                              f"{_sample_label(0, samples[0])}); set its on_abstain to a value or on_error: skip "
+                              f"if that is expected")
         checked: list[Optional[float]] = []
         for index, value in enumerate(answer):
             if value is None:
@@ -186,6 +191,10 @@ class Composer:
                     term.reward([sample])
                 except Exception:
                     return f"on {_sample_label(index, sample)}"
+        return self._batch_label(samples)
+
+    @staticmethod
+    def _batch_label(samples: Sequence[Sample]) -> str:
         return f"on a batch of {len(samples)} samples (first: {_sample_label(0, samples[0])})" if samples else ""
 
     def state_dict(self) -> dict:

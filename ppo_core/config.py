@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .api import format_validation_error
 from .errors import ConfigError
@@ -67,7 +67,7 @@ class KLConfig(Section):
 
 class PPOConfig(Section):
     rollout_batch_size: int = Field(64, gt=0, description="Prompts sampled per update.")
-    minibatch_size: int = Field(16, gt=0, description="Samples per optimizer step.")
+    minibatch_size: int = Field(16, gt=0, validate_default=True, description="Samples per optimizer step.")
     micro_batch_size: Optional[int] = Field(None, gt=0, description="Samples per forward/backward; gradients "
                                             "accumulate up to `minibatch_size`. Defaults to `minibatch_size`.")
     epochs: int = Field(4, gt=0, description="Passes over each rollout buffer, freshly shuffled each time.")
@@ -84,15 +84,22 @@ class PPOConfig(Section):
     missing_eos_penalty: Optional[float] = Field(None, ge=0, description="Subtracted from the score of "
                                                  "responses cut off by the length limit.")
 
-    @model_validator(mode="after")
-    def _sizes_fit(self) -> "PPOConfig":
-        if self.rollout_batch_size % self.minibatch_size:
-            raise ValueError(f"minibatch_size ({self.minibatch_size}) must divide rollout_batch_size "
-                             f"({self.rollout_batch_size})")
-        micro = self.micro_batch_size or self.minibatch_size
-        if self.minibatch_size % micro:
-            raise ValueError(f"micro_batch_size ({micro}) must divide minibatch_size ({self.minibatch_size})")
-        return self
+    # field validators (not a model validator) so that the error names the field: ppo.minibatch_size: ...
+    @field_validator("minibatch_size")
+    @classmethod
+    def _minibatch_divides_rollout(cls, minibatch: int, info: ValidationInfo) -> int:
+        rollout = info.data.get("rollout_batch_size")
+        if rollout is not None and rollout % minibatch:
+            raise ValueError(f"minibatch_size ({minibatch}) must divide rollout_batch_size ({rollout})")
+        return minibatch
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _micro_divides_minibatch(cls, micro: Optional[int], info: ValidationInfo) -> Optional[int]:
+        minibatch = info.data.get("minibatch_size")
+        if micro is not None and minibatch is not None and minibatch % micro:
+            raise ValueError(f"micro_batch_size ({micro}) must divide minibatch_size ({minibatch})")
+        return micro
 
 
 class GenerationConfig(Section):
@@ -134,23 +141,58 @@ class PluginsConfig(Section):
     block: list[str] = Field(default_factory=list, description="Never load these. PPO_CORE_BLOCK_PLUGINS adds more.")
 
 
+class SFTConfig(Section):
+    """`ppo-core sft`: supervised fine-tuning on the records' solutions (optim, data, model, train reused)."""
+
+    steps: Optional[int] = Field(None, gt=0, description="Optimizer steps; unset: `epochs` passes over the "
+                                 "train split.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the train split when `steps` is unset.")
+    batch_size: int = Field(16, gt=0, description="Records per optimizer step.")
+    micro_batch_size: Optional[int] = Field(None, gt=0, description="Records per forward/backward; gradients "
+                                            "accumulate up to `batch_size`. Defaults to `batch_size`.")
+    lr: Optional[float] = Field(None, gt=0, description="Peak learning rate; defaults to `optim.lr` (the rest "
+                                "of `optim` -- warm-up, schedule, clipping -- applies as in PPO).")
+    max_response_tokens: Optional[int] = Field(None, gt=0, description="Longest target (solution + eos) in "
+                                               "tokens, longer ones are cut; defaults to "
+                                               "`generation.max_new_tokens`.")
+    dropout: bool = Field(False, description="Keep the checkpoint's dropout (off by default, as in PPO).")
+    log_every: int = Field(1, gt=0, description="Write a metrics line every N steps (the loss averaged over them).")
+    eval_every: int = Field(0, ge=0, description="Every N steps and after the last, log the eval split's loss "
+                            "and greedy exact match and reward means; 0: never.")
+    eval_samples: Optional[int] = Field(None, gt=0, description="Eval records `eval_every` uses (the first N); "
+                                        "unset: the whole eval split.")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only the final model).")
+    output_dir: Optional[str] = Field(None, description="Run directory; defaults to `train.output_dir`.")
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _micro_divides_batch(cls, micro: Optional[int], info: ValidationInfo) -> Optional[int]:
+        batch = info.data.get("batch_size")
+        if micro is not None and batch is not None and batch % micro:
+            raise ValueError(f"micro_batch_size ({micro}) must divide batch_size ({batch})")
+        return micro
+
+
 class RunConfig(Section):
     model: ModelConfig
     data: DataConfig
-    rewards: list[RewardConfig] = Field(min_length=1)
+    # may be empty for `ppo-core sft`/`eval`; `ppo-core train` requires at least one (ppo_core.train.build_run)
+    rewards: list[RewardConfig] = Field(default_factory=list)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
 
-    @model_validator(mode="after")
-    def _unique_reward_names(self) -> "RunConfig":
-        names = [reward.name for reward in self.rewards]
+    @field_validator("rewards")
+    @classmethod
+    def _unique_reward_names(cls, rewards: list[RewardConfig]) -> list[RewardConfig]:
+        names = [reward.name for reward in rewards]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"reward(s) listed twice: {', '.join(duplicates)}")
-        return self
+        return rewards
 
 
 def read_config_file(path: Union[str, Path]) -> dict[str, Any]:

@@ -22,3 +22,7 @@ class PluginError(UserError):
 
 class RewardError(PluginError):
     """A reward failed on a batch: names the plugin, the reward and the sample."""
+
+
+class TrainingError(UserError):
+    """Training cannot go on (for example, too many non-finite steps in a row)."""

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, TextIO
+from typing import Optional, Sequence, TextIO
 
 from .errors import UserError
 
@@ -76,8 +76,10 @@ def read_metrics(path: Path) -> list[dict]:
 class Progress:
     """A one-line bar on a terminal, a plain line per update otherwise."""
 
-    def __init__(self, total: int, mode: str = "auto", stream: TextIO = sys.stderr, label: str = "update"):
+    def __init__(self, total: int, mode: str = "auto", stream: TextIO = sys.stderr, label: str = "update",
+                 keys: Sequence[str] = SUMMARY_KEYS):
         self.total = total
+        self.keys = tuple(keys)
         self.stream = stream
         self.label = label
         if mode == "auto":
@@ -93,7 +95,7 @@ class Progress:
             self.first = done - 1
         elapsed = time.perf_counter() - self.started
         rate = elapsed / max(done - self.first, 1)
-        summary = " ".join(f"{k}={stats[k]:.4g}" for k in SUMMARY_KEYS
+        summary = " ".join(f"{k}={stats[k]:.4g}" for k in self.keys
                            if isinstance(stats.get(k), (int, float)) and stats.get(k) is not None)
         if self.mode == "bar":
             width = 24

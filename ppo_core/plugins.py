@@ -131,7 +131,7 @@ def _fill_registry(plugins: PluginSet) -> None:
     hooks = (("reward", plugins.manager.hook.register_rewards), ("dataset", plugins.manager.hook.register_datasets))
     broken: dict[str, FailedPlugin] = {}
     for kind, hook in hooks:
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order (pluggy lists them so; calls run LIFO)
             name = impl.plugin_name
             if name in broken:
                 continue

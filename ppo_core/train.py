@@ -17,7 +17,7 @@ from .api import RunContext
 from .composer import Composer, build_composer
 from .config import RunConfig, save_config
 from .data import PromptStream, encode_records, left_pad, make_samples
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .metrics import METRICS_FILE, MetricsLog, Progress, TensorBoardLog
 from .models import ActorCritic, build_actor_critic, frozen_copy, load_tokenizer, resolve_device
 from .plugins import PluginSet, load_plugins
@@ -211,6 +211,8 @@ def stop_requests():
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
           source: str = "config", progress_stream=None) -> Path:
     """Run PPO as configured; returns the directory of the final model."""
+    if not config.rewards:
+        raise ConfigError(f"{source}: rewards: PPO needs at least one reward (only `sft` and `eval` run without)")
     run_dir = Path(config.train.output_dir)
     prepare_run_dir(run_dir, resume, overwrite)
     run = build_run(config, extra_plugins, source)

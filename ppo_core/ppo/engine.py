@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import GenerationConfig, OptimConfig, PPOConfig
+from ..errors import TrainingError
 from .functional import (
     AdaptiveKLController,
     FixedKLController,
@@ -31,7 +32,7 @@ from .functional import (
 from .rollout import Responses, response_outputs, sample_responses
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(TrainingError):
     """Too many optimizer steps in a row had a non-finite loss or gradient."""
 
 
@@ -150,7 +151,7 @@ class PPOEngine:
 
         # 2. log pi_old and V(s_t) from the policy, log pi_ref from the frozen reference: one code path
         started = time.perf_counter()
-        old_logprobs, old_values, ref_logprobs, ref_hidden = self._evaluate(
+        old_logprobs, old_values, ref_logprobs, ref_hidden, evaluate_times = self._evaluate(
             sequences, attention_mask, prompt_length, getattr(scorer, "reads_reference_hidden", False))
         evaluate_s = time.perf_counter() - started
 
@@ -191,6 +192,8 @@ class PPOEngine:
             "time/generate_s": generate_s,
             "time/score_s": score_s,
             "time/evaluate_s": evaluate_s,
+            "time/evaluate_policy_s": evaluate_times[0],
+            "time/evaluate_reference_s": evaluate_times[1],
             "response_tokens": float(lengths.sum()),
         })
         rollout = Rollout(sequences=sequences, attention_mask=attention_mask, prompt_length=prompt_length,
@@ -215,16 +218,21 @@ class PPOEngine:
         training size, so rollout and training run the same shapes and get the same numbers."""
         size = self.ppo.micro_batch_size or self.ppo.minibatch_size
         olds, refs = [], []
+        policy_s = reference_s = 0.0
         for i in range(0, sequences.size(0), size):
             rows = slice(i, i + size)
+            started = time.perf_counter()
             olds.append(response_outputs(self.model, sequences[rows], attention_mask[rows], prompt_length,
                                          self.generation.temperature))
+            policy_s += time.perf_counter() - started
+            started = time.perf_counter()
             refs.append(response_outputs(self.reference, sequences[rows], attention_mask[rows], prompt_length,
                                          self.generation.temperature, with_values=False,
                                          with_last_hidden=with_reference_hidden))
+            reference_s += time.perf_counter() - started
         ref_hidden = torch.cat([r.last_hidden for r in refs]) if with_reference_hidden else None
         return (torch.cat([o.logprobs for o in olds]), torch.cat([o.values for o in olds]),
-                torch.cat([r.logprobs for r in refs]), ref_hidden)
+                torch.cat([r.logprobs for r in refs]), ref_hidden, (policy_s, reference_s))
 
     # ---- K epochs of minibatch steps -----------------------------------------------------------------
     def optimise(self, rollout: Rollout) -> dict[str, float]:
@@ -255,7 +263,8 @@ class PPOEngine:
                     if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
                         raise NonFiniteError(
                             f"{self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or "
-                            f"gradient (loss {step_stats['loss/total']}, grad norm {grad_norm}); stopping")
+                            f"gradient (loss {step_stats['loss/total']}, grad norm {grad_norm}); stopping. "
+                            f"Lower optim.lr, set optim.max_grad_norm, or check the rewards' scale")
                     continue
                 self.nonfinite_in_a_row = 0
                 self.optimizer.step()

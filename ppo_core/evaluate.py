@@ -1,0 +1,222 @@
+"""Scoring a model on a dataset split with the configured rewards (`ppo-core eval`).
+
+For each decoding (``greedy``: argmax; ``sampled``: the generation section's temperature/top-k/top-p with a
+generator seeded by ``train.seed``) every record of the split is answered once, through the same prompt
+rendering, left padding and KV-cache sampler as a PPO rollout. The numbers per decoding:
+
+- ``rewards``: the mean of each configured reward over the samples it scored (abstentions left out);
+- ``reward_total``: the mean weighted total (the composer's, as PPO sees it), when rewards are configured;
+- ``exact_match``: the share of samples whose response equals an accepted solution -- the ``exact_match``
+  reward's values when that reward is configured (with its own normalisation options), otherwise
+  :func:`normalise` equality (leading/trailing whitespace stripped, as the reward does by default);
+- ``length_mean`` (response tokens, eos included) and ``eos_rate``.
+
+Everything is deterministic: the same model and config give the same numbers and samples twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .api import Dataset, Record, RunContext, Sample
+from .composer import Composer, build_composer
+from .config import RunConfig
+from .data import encode_records, left_pad, make_samples
+from .errors import DataError, UserError
+from .models import load_causal_lm, load_tokenizer, resolve_device
+from .plugins import load_plugins
+from .ppo.rollout import sample_responses
+
+DECODINGS = ("greedy", "sampled")
+EXACT_MATCH = "exact_match"
+SAMPLES_FILE = "eval_samples.jsonl"
+NUMBERS_FILE = "eval.json"
+
+
+def normalise(text: str) -> str:
+    """What 'equal' means for the built-in exact match (the ``exact_match`` reward's default: strip)."""
+    return text.strip()
+
+
+def string_match(sample: Sample) -> Optional[float]:
+    """1.0 if the response equals one of the solutions after :func:`normalise`; None without a solution."""
+    if not sample.solutions:
+        return None
+    answer = normalise(sample.response)
+    return 1.0 if any(answer == normalise(solution) for solution in sample.solutions) else 0.0
+
+
+def take_records(dataset: Dataset, split: str, limit: Optional[int] = None) -> list[Record]:
+    """The first ``limit`` records of a split, in the dataset's order (no shuffling: always the same ones)."""
+    records: list[Record] = []
+    for record in dataset.records(split):
+        if limit is not None and len(records) >= limit:
+            break
+        records.append(record)
+    return records
+
+
+def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer, records: Sequence[Record], config: RunConfig, device: torch.device,
+             greedy: bool, generator: Optional[torch.Generator]) -> list[Sample]:
+    """Answer every record once, as the PPO rollout would (prompt ids, left padding, sampler, stop at eos)."""
+    gen = config.generation
+    chunk = gen.batch_size or config.ppo.rollout_batch_size
+    samples: list[Sample] = []
+    for start in range(0, len(records), chunk):
+        encoded = encode_records(records[start:start + chunk], tokenizer, config.data)
+        input_ids, attention_mask = left_pad([p.ids for p in encoded], tokenizer.pad_token_id)
+        responses = sample_responses(model, input_ids.to(device), attention_mask.to(device), gen.max_new_tokens,
+                                     tokenizer.eos_token_id, tokenizer.pad_token_id, generator, gen.temperature,
+                                     gen.top_k, gen.top_p, greedy=greedy)
+        samples += make_samples(encoded, responses.tokens.cpu(), responses.mask.cpu(),
+                                responses.stopped_by_eos.cpu(), tokenizer)
+    return samples
+
+
+def score(samples: Sequence[Sample], composer: Composer) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The numbers of one decoding and one row per sample."""
+    composition = composer(samples) if composer.terms else None
+    values = composition.values if composition else {}
+    if EXACT_MATCH in values:
+        exact, source = values[EXACT_MATCH], f"reward:{EXACT_MATCH}"
+    else:
+        exact, source = [string_match(sample) for sample in samples], "string"
+    lengths = [len(sample.response_ids) + (sample.stop_reason == "eos") for sample in samples]
+    numbers = {
+        "exact_match": _mean(exact),
+        "exact_match_source": source,
+        "rewards": {name: _mean(reward_values) for name, reward_values in values.items()},
+        "reward_total": _mean(composition.totals) if composition else None,
+        "length_mean": _mean(lengths),
+        "eos_rate": _mean(float(sample.stop_reason == "eos") for sample in samples),
+    }
+    rows = [
+        {
+            "prompt": sample.prompt,
+            "response": sample.response,
+            "solution": sample.solution,
+            "stop_reason": sample.stop_reason,
+            "exact_match": exact[i],
+            "rewards": {name: reward_values[i] for name, reward_values in values.items()},
+            "reward_total": composition.totals[i] if composition else None,
+        }
+        for i, sample in enumerate(samples)
+    ]
+    return numbers, rows
+
+
+def evaluate_records(model: nn.Module, tokenizer, records: Sequence[Record], config: RunConfig, composer: Composer,
+                     device: torch.device, decodings: Sequence[str] = DECODINGS, seed: Optional[int] = None
+                     ) -> dict[str, Any]:
+    """Score ``model`` on ``records``: ``{"numbers": {decoding: {...}}, "samples": [row, ...]}``."""
+    unknown = [d for d in decodings if d not in DECODINGS]
+    if unknown:
+        raise UserError(f"eval: unknown decoding(s) {', '.join(unknown)}; known: {', '.join(DECODINGS)}")
+    was_training = model.training
+    model.eval()
+    numbers: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        for decoding in decodings:
+            generator = None
+            if decoding == "sampled":
+                generator = torch.Generator(device=device)
+                generator.manual_seed(config.train.seed if seed is None else seed)
+            samples = generate(model, tokenizer, records, config, device, decoding == "greedy", generator)
+            numbers[decoding], decoded = score(samples, composer)
+            rows += [{"decoding": decoding, "index": i, **row} for i, row in enumerate(decoded)]
+    finally:
+        model.train(was_training)
+    return {"numbers": numbers, "samples": rows}
+
+
+def evaluate_model(config: RunConfig, model_dir: Union[str, Path], split: str = "eval",
+                   samples: Optional[int] = None, out: Union[str, Path, None] = None,
+                   numbers_out: Union[str, Path, None] = None, decodings: Sequence[str] = DECODINGS,
+                   seed: Optional[int] = None, extra_plugins: Iterable = (), source: str = "config"
+                   ) -> dict[str, Any]:
+    """Score the model in ``model_dir`` (its own tokenizer) on ``split`` of the config's dataset.
+
+    Returns the numbers: ``{"model", "split", "records", "seed", "generation", "greedy": {...},
+    "sampled": {...}}``. ``out`` (if given) receives one JSON line per sample and decoding; ``numbers_out``
+    (if given) the returned numbers as JSON.
+    """
+    if split not in ("train", "eval"):
+        raise UserError(f"eval: split must be 'train' or 'eval', got {split!r}")
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.model.device)
+    plugins = load_plugins(config.plugins.allow, config.plugins.block, extra=extra_plugins)
+    tokenizer = load_tokenizer(str(model_dir), config.model.trust_remote_code)
+    context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer, policy_path=str(model_dir))
+    dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
+                                     where=f"{source}: data.options")
+    composer = build_composer(config.rewards, plugins.registry, context, source)
+    records = take_records(dataset, split, samples)
+    if not records:
+        raise DataError(f"{source}: the {split} split of dataset '{config.data.dataset}' has no records")
+    model = load_causal_lm(str(model_dir), config.model.trust_remote_code, tokenizer).to(device)
+    seed = config.train.seed if seed is None else seed
+    result = evaluate_records(model, tokenizer, records, config, composer, device, decodings, seed)
+    gen = config.generation
+    numbers = {
+        "model": str(model_dir),
+        "dataset": config.data.dataset,
+        "split": split,
+        "records": len(records),
+        "seed": seed,
+        "generation": {"max_new_tokens": gen.max_new_tokens, "temperature": gen.temperature, "top_k": gen.top_k,
+                       "top_p": gen.top_p},
+        **result["numbers"],
+    }
+    if out is not None:
+        write_samples(Path(out), result["samples"])
+    if numbers_out is not None:
+        Path(numbers_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(numbers_out).write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
+    return numbers
+
+
+def write_samples(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def format_table(numbers: dict[str, Any]) -> str:
+    """A small fixed-width table: one row per decoding, one column per number."""
+    decodings = [d for d in DECODINGS if d in numbers]
+    reward_names = sorted({name for d in decodings for name in numbers[d]["rewards"]})
+    columns = ["exact_match", *(f"reward/{n}" for n in reward_names)]
+    if any(numbers[d]["reward_total"] is not None for d in decodings):
+        columns.append("reward_total")
+    columns += ["length_mean", "eos_rate"]
+
+    def cell(decoding: str, column: str) -> str:
+        entry = numbers[decoding]
+        value = entry["rewards"].get(column[7:]) if column.startswith("reward/") else entry[column]
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+    widths = [max(len("decoding"), *(len(d) for d in decodings))] + [max(len(c), 6) for c in columns]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(["decoding", *columns], widths)).rstrip()]
+    for decoding in decodings:
+        cells = [decoding, *(cell(decoding, c) for c in columns)]
+        lines.append("  ".join(text.ljust(width) for text, width in zip(cells, widths)).rstrip())
+    source = numbers[decodings[0]]["exact_match_source"] if decodings else "string"
+    header = (f"{numbers['model']} on {numbers['dataset']}/{numbers['split']} ({numbers['records']} records, "
+              f"temperature {numbers['generation']['temperature']}, seed {numbers['seed']}; "
+              f"exact_match from {source})")
+    return "\n".join([header, *lines])

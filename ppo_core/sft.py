@@ -1,0 +1,393 @@
+"""Supervised fine-tuning on the records' solutions (`ppo-core sft`), from the same run config as PPO.
+
+Each record becomes one sequence laid out exactly as a PPO rollout lays it out:
+
+    [ left-padded prompt (ppo_core.data.encode_records: the ids the rollout sees) | solution + eos, right-padded ]
+
+and the loss is the token-mean negative log-likelihood of the response tokens only:
+
+    L_SFT = -(1/N) * sum_{t in response} log pi_theta(y_t | prompt, y_<t),   N = number of response tokens
+
+Prompt and padding positions carry the label -100 (``IGNORE_INDEX``) and never count. The response is
+``tokenizer(solution, add_special_tokens=False) + [eos]`` (the first solution when a record lists several).
+
+The run directory gets ``config.yaml``, ``metrics.jsonl`` (one object per logged step), atomic checkpoints
+under ``checkpoints/update-<step>`` (same layout rules as PPO: ``ppo_core.checkpoint``), and ``final/``:
+the model with ``save_pretrained`` plus its tokenizer, which ``AutoModelForCausalLM`` loads and which
+``ppo-core train`` can start from (``model.path: <output_dir>/final``).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt
+from .api import Record, RunContext
+from .composer import Composer, build_composer
+from .config import RunConfig, save_config
+from .data import PromptStream, encode_records, left_pad
+from .errors import DataError, TrainingError, UserError
+from .metrics import METRICS_FILE, MetricsLog, Progress
+from .models import disable_dropout, load_causal_lm, load_tokenizer, resolve_device
+from .plugins import load_plugins
+from .ppo.engine import lr_multiplier
+from .ppo.rollout import position_ids_from_mask
+
+IGNORE_INDEX = -100
+CONFIG_FILE = "config.yaml"
+FINAL_DIR = "final"
+MODEL_DIR = "model"
+SUMMARY_KEYS = ("loss", "lr", "eval/loss", "eval/exact_match")
+# fields that may change between an SFT run and its resume without changing what is computed
+RESUMABLE_PREFIXES = ("rewards", "ppo.", "generation.", "plugins.", "train.updates", "train.save_every",
+                      "train.keep_checkpoints", "train.progress", "train.tensorboard", "train.output_dir",
+                      "train.threads", "sft.save_every", "sft.log_every", "sft.eval_every", "sft.eval_samples",
+                      "sft.output_dir")
+
+
+# ---- batches -----------------------------------------------------------------------------------------
+@dataclass
+class SFTBatch:
+    """Left-padded prompts followed by right-padded responses; ``labels`` is -100 outside the responses."""
+
+    input_ids: torch.Tensor  # [B, P+R]
+    attention_mask: torch.Tensor  # [B, P+R]
+    labels: torch.Tensor  # [B, P+R], IGNORE_INDEX on prompt and padding
+    prompt_length: int  # P
+
+    @property
+    def response_tokens(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
+
+    def rows(self, index: slice) -> "SFTBatch":
+        return SFTBatch(self.input_ids[index], self.attention_mask[index], self.labels[index], self.prompt_length)
+
+    def to(self, device: torch.device) -> "SFTBatch":
+        return SFTBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+                        self.prompt_length)
+
+
+def target_solution(record: Record, where: str = "dataset") -> str:
+    """The solution SFT imitates: the record's solution, or the first one when it lists several."""
+    solutions = record.solutions
+    if not solutions:
+        prompt = record.prompt_text if len(record.prompt_text) <= 60 else record.prompt_text[:57] + "..."
+        raise DataError(f"{where}: record with prompt {prompt!r} has no solution; SFT needs one per record")
+    return solutions[0]
+
+
+def response_ids(solution: str, tokenizer, max_tokens: Optional[int] = None) -> list[int]:
+    """``tokenizer(solution, add_special_tokens=False) + [eos]``, cut to ``max_tokens`` when longer."""
+    ids = list(tokenizer(solution, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    return ids[:max_tokens] if max_tokens else ids
+
+
+def build_batch(records: Sequence[Record], tokenizer, config: RunConfig, where: str = "dataset") -> SFTBatch:
+    """Tokenize records into an :class:`SFTBatch` whose prompt part is exactly the PPO rollout's prompt batch."""
+    max_response = config.sft.max_response_tokens or config.generation.max_new_tokens
+    encoded = encode_records(records, tokenizer, config.data)
+    prompt_ids, prompt_mask = left_pad([p.ids for p in encoded], tokenizer.pad_token_id)
+    responses = [response_ids(target_solution(p.record, where), tokenizer, max_response) for p in encoded]
+    width = max(len(r) for r in responses)
+    response = torch.full((len(responses), width), tokenizer.pad_token_id, dtype=torch.long)
+    response_mask = torch.zeros((len(responses), width), dtype=torch.long)
+    for i, ids in enumerate(responses):
+        response[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        response_mask[i, : len(ids)] = 1
+    labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX),
+                        response.masked_fill(response_mask == 0, IGNORE_INDEX)], dim=1)
+    return SFTBatch(torch.cat([prompt_ids, response], dim=1), torch.cat([prompt_mask, response_mask], dim=1),
+                    labels, prompt_ids.size(1))
+
+
+def response_nll(model: nn.Module, batch: SFTBatch) -> tuple[torch.Tensor, int]:
+    """Sum over response tokens of -log pi(y_t | y_<t), and how many tokens were summed."""
+    position_ids = position_ids_from_mask(batch.attention_mask)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
+                   use_cache=False).logits
+    # the logits at position t predict token t+1: response tokens are predicted from P-1 .. end-1
+    logits = logits[:, batch.prompt_length - 1 : -1, :].float()
+    targets = batch.labels[:, batch.prompt_length :]
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                          reduction="sum")
+    return nll, int((targets != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, records: Sequence[Record], tokenizer, config: RunConfig, device: torch.device,
+              batch_size: Optional[int] = None) -> float:
+    """Token-mean response NLL over ``records`` (teacher forcing), e.g. the eval split's loss."""
+    was_training = model.training
+    model.eval()
+    size = batch_size or config.sft.micro_batch_size or config.sft.batch_size
+    total, tokens = 0.0, 0
+    for start in range(0, len(records), size):
+        nll, n = response_nll(model, build_batch(records[start:start + size], tokenizer, config).to(device))
+        total, tokens = total + float(nll), tokens + n
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+@dataclass
+class SFTRun:
+    config: RunConfig
+    run_dir: Path
+    tokenizer: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    records: PromptStream
+    train_size: int
+    total_steps: int
+    eval_records: list[Record]
+    composer: Composer
+    device: torch.device
+    step: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def output_dir(config: RunConfig) -> Path:
+    return Path(config.sft.output_dir or config.train.output_dir)
+
+
+def planned_steps(config: RunConfig, train_size: int) -> int:
+    """``sft.steps``, or enough steps of ``sft.batch_size`` records for ``sft.epochs`` passes."""
+    if config.sft.steps:
+        return config.sft.steps
+    return max(1, math.ceil(config.sft.epochs * train_size / config.sft.batch_size))
+
+
+def build_sft(config: RunConfig, extra_plugins: Iterable = (), source: str = "config") -> SFTRun:
+    """Load plugins, tokenizer, model and data; nothing is written."""
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.model.device)
+    torch.manual_seed(config.train.seed)
+    plugins = load_plugins(config.plugins.allow, config.plugins.block, extra=extra_plugins)
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
+    context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer,
+                         policy_path=config.model.path)
+    dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
+                                     where=f"{source}: data.options")
+    composer = build_composer(config.rewards, plugins.registry, context, source)
+    train_size = sum(1 for _ in dataset.records("train"))
+    if train_size == 0:
+        raise DataError(f"{source}: data: the train split of dataset '{config.data.dataset}' has no records")
+    eval_records: list[Record] = []
+    if config.sft.eval_every:
+        from .evaluate import take_records
+
+        eval_records = take_records(dataset, "eval", config.sft.eval_samples)
+    model = load_causal_lm(config.model.path, config.model.trust_remote_code, tokenizer).to(device)
+    if not config.sft.dropout:
+        disable_dropout(model)
+    optim = config.optim
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.sft.lr or optim.lr, betas=optim.betas, eps=optim.eps,
+                                  weight_decay=optim.weight_decay)
+    total_steps = planned_steps(config, train_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, total_steps, optim.warmup_steps, optim.schedule))
+    records = PromptStream(dataset, "train", config.train.seed, config.data.shuffle, name=config.data.dataset)
+    return SFTRun(config, output_dir(config), tokenizer, model, optimizer, scheduler, records, train_size,
+                  total_steps, eval_records, composer, device)
+
+
+def sft_step(run: SFTRun) -> dict[str, float]:
+    """One optimizer step on the next ``sft.batch_size`` records (micro-batches weighted by their tokens)."""
+    config = run.config
+    run.model.train()
+    records = run.records.take(config.sft.batch_size)
+    batch = build_batch(records, run.tokenizer, config, where=f"dataset '{config.data.dataset}'").to(run.device)
+    tokens = max(batch.response_tokens, 1)
+    micro = config.sft.micro_batch_size or config.sft.batch_size
+    run.optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for start in range(0, len(records), micro):
+        nll, _n = response_nll(run.model, batch.rows(slice(start, start + micro)))
+        (nll / tokens).backward()
+        total += float(nll)
+    params = [p for p in run.model.parameters() if p.grad is not None]
+    if config.optim.max_grad_norm is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.optim.max_grad_norm))
+    else:
+        grad_norm = float(torch.stack([p.grad.detach().norm() for p in params]).norm())
+    loss = total / tokens
+    stats = {"loss": loss, "grad_norm": grad_norm, "response_tokens": float(batch.response_tokens),
+             "lr": run.scheduler.get_last_lr()[0]}
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        run.optimizer.zero_grad(set_to_none=True)
+        stats["nonfinite"] = 1.0
+        return stats
+    run.optimizer.step()
+    run.scheduler.step()
+    return stats
+
+
+def evaluate_during_sft(run: SFTRun) -> dict[str, float]:
+    """The eval split's teacher-forced loss, and greedy exact match / reward means (``sft.eval_every``)."""
+    from .evaluate import evaluate_records
+
+    if not run.eval_records:
+        return {}
+    stats = {"eval/loss": mean_loss(run.model, run.eval_records, run.tokenizer, run.config, run.device)}
+    result = evaluate_records(run.model, run.tokenizer, run.eval_records, run.config, run.composer, run.device,
+                              decodings=("greedy",))
+    greedy = result["numbers"]["greedy"]
+    stats["eval/exact_match"] = greedy["exact_match"]
+    for name, value in greedy["rewards"].items():
+        stats[f"eval/reward/{name}"] = value
+    return stats
+
+
+# ---- saving ------------------------------------------------------------------------------------------
+def save_model(model: nn.Module, tokenizer, directory: Path) -> None:
+    """The model with save_pretrained (transformers alone loads it) and its tokenizer."""
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise TrainingError(f"refusing to save non-finite weights ({name}); the run diverged")
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+
+
+def save_checkpoint(run: SFTRun, metrics_lines: int) -> Path:
+    def write(tmp: Path) -> None:
+        save_model(run.model, run.tokenizer, tmp / MODEL_DIR)
+        ckpt.save_torch_state(tmp / "optimizer.pt", {"optimizer": run.optimizer.state_dict(),
+                                                      "scheduler": run.scheduler.state_dict()})
+        ckpt.save_tensors(tmp / "rng.safetensors", {"torch": torch.get_rng_state()})
+        ckpt.write_json(tmp / ckpt.STATE_FILE, {
+            "step": run.step,
+            "metrics_lines": metrics_lines,
+            "data_position": run.records.position,
+            "config": run.config.model_dump(mode="json"),
+        })
+
+    path = ckpt.write_atomically(ckpt.checkpoint_dir(run.run_dir, run.step), write)
+    ckpt.prune_checkpoints(run.run_dir, run.config.train.keep_checkpoints)
+    return path
+
+
+def load_checkpoint(run: SFTRun, path: Path) -> int:
+    """Restore ``run`` from a checkpoint; returns how many metrics lines belong to it."""
+    from transformers import AutoModelForCausalLM
+
+    state = ckpt.read_json(path / ckpt.STATE_FILE)
+    _check_resumable(state["config"], run.config.model_dump(mode="json"), path)
+    saved = AutoModelForCausalLM.from_pretrained(path / MODEL_DIR, dtype=torch.float32)
+    run.model.load_state_dict(saved.state_dict())
+    torch_state = ckpt.load_torch_state(path / "optimizer.pt")
+    run.optimizer.load_state_dict(torch_state["optimizer"])
+    run.scheduler.load_state_dict(torch_state["scheduler"])
+    torch.set_rng_state(ckpt.load_tensors(path / "rng.safetensors")["torch"])
+    run.records.seek(state["data_position"])
+    run.step = int(state["step"])
+    return int(state["metrics_lines"])
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def _check_resumable(saved: dict, current: dict, path: Path) -> None:
+    before, after = _flatten(saved), _flatten(current)
+    changed = sorted(k for k in before.keys() | after.keys()
+                     if before.get(k) != after.get(k) and not k.startswith(RESUMABLE_PREFIXES))
+    if changed:
+        raise UserError(f"--resume: the config differs from the one {path} was trained with in: "
+                        f"{', '.join(changed)}")
+
+
+def prepare_output_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise UserError(f"{field_name}: {run_dir} already holds a run; pass --resume to continue it or "
+                        f"--overwrite to start over")
+    if overwrite and run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+# ---- the loop ----------------------------------------------------------------------------------------
+def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
+              source: str = "config", progress_stream=None) -> Path:
+    """Run SFT as configured; returns the directory of the final model (``<output_dir>/final``)."""
+    from .train import Interrupted, stop_requests
+
+    run_dir = output_dir(config)
+    prepare_output_dir(run_dir, resume, overwrite, "sft.output_dir" if config.sft.output_dir else "train.output_dir")
+    run = build_sft(config, extra_plugins, source)
+    ckpt.remove_stale_partials(run_dir)
+    metrics_lines = 0
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        metrics_lines = load_checkpoint(run, latest)
+    save_config(config, run_dir / CONFIG_FILE)
+    log = MetricsLog(run_dir / METRICS_FILE, keep_lines=metrics_lines)
+    progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
+                        **({"stream": progress_stream} if progress_stream else {}))
+    sft = config.sft
+    window = {"nll": 0.0, "tokens": 0.0, "time": 0.0, "grad_norm": 0.0, "steps": 0}
+    nonfinite_in_a_row = 0
+    try:
+        with stop_requests() as stop:
+            while run.step < run.total_steps:
+                started = time.perf_counter()
+                stats = sft_step(run)
+                elapsed = time.perf_counter() - started
+                if stats.get("nonfinite"):
+                    nonfinite_in_a_row += 1
+                    if nonfinite_in_a_row >= config.train.max_nonfinite_steps:
+                        raise TrainingError(f"sft: {nonfinite_in_a_row} steps in a row had a non-finite loss or "
+                                            f"gradient (loss {stats['loss']}); lower sft.lr or optim.lr")
+                    continue
+                nonfinite_in_a_row = 0
+                run.step += 1
+                window["nll"] += stats["loss"] * stats["response_tokens"]
+                window["tokens"] += stats["response_tokens"]
+                window["time"] += elapsed
+                window["grad_norm"] += stats["grad_norm"]
+                window["steps"] += 1
+                last = run.step == run.total_steps
+                evaluate = bool(sft.eval_every) and (run.step % sft.eval_every == 0 or last)
+                save = bool(sft.save_every and run.step % sft.save_every == 0) or bool(stop and not last)
+                # a checkpoint closes the logging window, so a resumed run logs exactly the same lines
+                if run.step % sft.log_every == 0 or last or evaluate or save:
+                    record = {
+                        "step": run.step,
+                        "epoch": run.step * sft.batch_size / run.train_size,
+                        "loss": window["nll"] / max(window["tokens"], 1.0),
+                        "lr": stats["lr"],
+                        "grad_norm": window["grad_norm"] / window["steps"],
+                        "response_tokens": window["tokens"],
+                        "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
+                        "time/step_s": window["time"] / window["steps"],
+                    }
+                    if evaluate:
+                        record.update(evaluate_during_sft(run))
+                    log.write(record)
+                    progress.update(run.step, record)
+                    window = dict.fromkeys(window, 0.0)
+                    window["steps"] = 0
+                if save:
+                    path = save_checkpoint(run, log.lines)
+                    if stop:
+                        raise Interrupted(stop[0], path, run.step)
+        final = ckpt.write_atomically(run_dir / FINAL_DIR, lambda tmp: save_model(run.model, run.tokenizer, tmp))
+    finally:
+        log.close()
+    return final
