@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="config helpers")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_commands.add_parser("schema", help="print the run config's JSON schema")
+    config_commands.add_parser("reference", help="print the configuration reference (Markdown)")
     check = config_commands.add_parser("check", help="validate a config and print it resolved")
     _add_config_args(check)
 
@@ -108,6 +109,11 @@ def cmd_config(args) -> int:
 
     if args.config_command == "schema":
         print(json.dumps(config_schema(), indent=2))
+        return 0
+    if args.config_command == "reference":
+        from .docs import config_reference_markdown
+
+        print(config_reference_markdown())
         return 0
     import yaml
 
