@@ -20,6 +20,10 @@ class PluginError(UserError):
     """A plugin misbehaved: names the plugin (and its distribution where known)."""
 
 
+class DuplicateNameError(PluginError):
+    """Two plugins registered the same reward or dataset name."""
+
+
 class RewardError(PluginError):
     """A reward failed on a batch: names the plugin, the reward and the sample."""
 

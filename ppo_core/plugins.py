@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import DuplicateNameError
 from .registry import Registry
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
@@ -36,7 +36,7 @@ class FailedPlugin:
     def describe(self) -> str:
         where = f"entry point '{self.info.name} = {self.info.entry_point}'" if self.info.entry_point else "registered in process"
         dist = f" of distribution '{self.info.distribution}'" if self.info.distribution else ""
-        return f"plugin '{self.info.name}' ({where}{dist}) failed to load: {self.error}"
+        return f"plugin '{self.info.name}' ({where}{dist}) failed to load: {' '.join(self.error.split())}"
 
 
 @dataclass
@@ -141,9 +141,9 @@ def _fill_registry(plugins: PluginSet) -> None:
 
             try:
                 impl.function(register=register)
-            except PluginError:
+            except DuplicateNameError:
                 raise
-            except Exception as error:
+            except Exception as error:  # an invalid class or a crash inside the hook: this plugin only
                 info = next(i for i in plugins.loaded if i.name == name)
                 broken[name] = FailedPlugin(info, f"{type(error).__name__} in {hook.name}: {error}", traceback.format_exc())
     for name, failure in broken.items():

@@ -8,7 +8,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ValidationError
 
 from .api import Dataset, Reward, RunContext, format_validation_error
-from .errors import ConfigError, PluginError, UserError
+from .errors import ConfigError, DuplicateNameError, PluginError, UserError
 
 Kind = Literal["reward", "dataset"]
 _BASES: dict[str, type] = {"reward": Reward, "dataset": Dataset}
@@ -33,8 +33,9 @@ class Registry:
         _check_class(kind, cls, plugin)
         existing = self.entries[kind].get(cls.name)
         if existing is not None:
-            raise PluginError(
-                f"{kind} '{cls.name}' is registered twice: by plugin '{existing.plugin}' and by plugin '{plugin}'"
+            raise DuplicateNameError(
+                f"{kind} '{cls.name}' is registered twice: by plugin '{existing.plugin}' and by plugin '{plugin}'; "
+                f"block one of them (plugins.block in the config, or PPO_CORE_BLOCK_PLUGINS)"
             )
         self.entries[kind][cls.name] = Entry(kind, cls.name, cls, plugin)
 
