@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -117,3 +117,39 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# ---- run directories -----------------------------------------------------------------------------------
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> None:
+    """Refuse to write into a previous run's directory unless asked to resume it or start it over."""
+    from .errors import UserError
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise UserError(f"{field_name}: {run_dir} already holds a run; pass --resume to continue it or "
+                        f"--overwrite to start over")
+    if overwrite and run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}"""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def check_resumable(saved: dict, current: dict, path: Path, may_change: Sequence[str]) -> None:
+    """A resumed run must compute what the interrupted one did: only keys starting with ``may_change`` differ."""
+    from .errors import UserError
+
+    before, after = flatten(saved), flatten(current)
+    changed = sorted(k for k in before.keys() | after.keys()
+                     if before.get(k) != after.get(k) and not k.startswith(tuple(may_change)))
+    if changed:
+        raise UserError(f"--resume: the config differs from the one {path} was trained with in: "
+                        f"{', '.join(changed)}")

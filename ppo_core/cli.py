@@ -47,6 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--n-positions", type=int, default=None, help="context length (default 128)")
     init.add_argument("--overwrite", action="store_true")
+
+    sft = commands.add_parser("sft", help="supervised fine-tuning on the dataset's solutions (same config)")
+    _add_config_args(sft)
+    sft.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run dir")
+    sft.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+    evaluate = commands.add_parser("eval", help="score a model on a split with the configured rewards")
+    _add_config_args(evaluate)
+    evaluate.add_argument("--model", required=True, metavar="DIR", help="the model to score (and its tokenizer)")
+    evaluate.add_argument("--split", default="eval", choices=("eval", "train"))
+    evaluate.add_argument("--samples", type=int, default=None, metavar="N", help="the first N records only")
+    evaluate.add_argument("--out", default=None, metavar="FILE", help="samples JSONL (default: "
+                          "DIR/eval_samples.jsonl for a local model, else ./eval_samples.jsonl)")
+    evaluate.add_argument("--json", dest="numbers", default=None, metavar="FILE",
+                          help="the numbers (default: eval.json next to the samples file)")
+    evaluate.add_argument("--seed", type=int, default=None, help="seed of sampled decoding (default: train.seed)")
+
+    train_reward = commands.add_parser("train-reward", help="train a reward model (backbone + MLP head) on "
+                                       "preference pairs or scalar labels, normalise it and save it")
+    _add_config_args(train_reward)
+    train_reward.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
     return parser
 
 
@@ -134,22 +155,85 @@ def cmd_init_model(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "plugins": cmd_plugins, "config": cmd_config, "init-model": cmd_init_model}
+def cmd_sft(args) -> int:
+    from .config import load_config
 
+    config = load_config(args.config, args.overrides)
+    from .sft import train_sft
+    from .train import Interrupted
+
+    try:
+        final = train_sft(config, resume=args.resume, overwrite=args.overwrite, source=args.config)
+    except Interrupted as stop:
+        command = shlex.join(["ppo-core", "sft", args.config, *sum((["--set", o] for o in args.overrides), []),
+                              "--resume"])
+        print(f"ppo-core: stopped by {stop.signal_name} after step {stop.update}; checkpoint {stop.checkpoint}\n"
+              f"resume with: {command}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"final model: {final}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.samples is not None and args.samples <= 0:
+        raise UserError(f"eval: --samples must be positive, got {args.samples}")
+    from .evaluate import NUMBERS_FILE, SAMPLES_FILE, evaluate_model, format_table
+
+    model = Path(args.model)
+    out = Path(args.out) if args.out else (model if model.is_dir() else Path.cwd()) / SAMPLES_FILE
+    numbers_out = Path(args.numbers) if args.numbers else out.parent / NUMBERS_FILE
+    numbers = evaluate_model(config, args.model, split=args.split, samples=args.samples, out=out,
+                             numbers_out=numbers_out, seed=args.seed, source=args.config)
+    print(format_table(numbers))
+    print(f"samples: {out}\nnumbers: {numbers_out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "plugins": cmd_plugins, "config": cmd_config, "init-model": cmd_init_model,
+            "sft": cmd_sft, "eval": cmd_eval}
+
+
+
+def cmd_train_reward(args) -> int:
+    from .reward_model import load_train_reward_config, run_train_reward
+
+    config = load_train_reward_config(args.config, args.overrides)
+
+    def progress(entry: dict) -> None:
+        accuracy = f", train pair accuracy {entry['accuracy']:.3f}" if "accuracy" in entry else ""
+        print(f"epoch {int(entry['epoch'])}/{config.train.epochs}: loss {entry['loss']:.4f}{accuracy}", flush=True)
+
+    outcome = run_train_reward(config, overwrite=args.overwrite, source=args.config, progress=progress)
+    metrics = outcome.result.metrics
+    kind = "preference pairs" if metrics["kind"] == "pairs" else "labelled responses"
+    print(f"data: {metrics['train_size']} {kind} for training, {metrics['held_out_size']} held out "
+          f"({outcome.data.source})")
+    for split, name in (("held_out", "held-out"), ("train", "train")):
+        accuracy = metrics[f"{split}_accuracy"]
+        line = f"{name} pair accuracy: " + (f"{accuracy:.4f}" if accuracy is not None else "n/a")
+        if metrics["kind"] == "labels" and metrics[f"{split}_mse"] is not None:
+            line += f", {name} MSE: {metrics[f'{split}_mse']:.4f}"
+        print(line)
+    norm = outcome.normalization
+    if norm is not None:
+        print(f"normalisation: gain {norm.gain:.6g}, bias {norm.bias:.6g} (raw mean {norm.raw_mean:.6g}, "
+              f"std {norm.raw_std:.6g} over {norm.count} responses; {norm.source})")
+    print(f"saved reward model: {outcome.path}")
+    return 0
+
+
+COMMANDS["train-reward"] = cmd_train_reward
 
 def quiet_transformers() -> None:
-    """Our own progress output replaces transformers' per-file bars and advisory warnings."""
+    """Our own progress output replaces transformers' per-file bars and advisory warnings (set before
+    transformers is imported, so that a config error costs no import)."""
     import os
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

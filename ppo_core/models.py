@@ -91,6 +91,28 @@ def hidden_size_of(model: nn.Module) -> int:
     raise UserError(f"cannot tell the hidden size of {type(model).__name__} for the value head")
 
 
+class FusedGELUTanh(nn.Module):
+    """GELU, tanh approximation, as one fused torch kernel: the function of transformers' ``gelu_new``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+def fuse_activations(model: nn.Module) -> nn.Module:
+    """Swap transformers' Python tanh-GELU (``NewGELUActivation``, GPT-2's ``gelu_new``: 8 elementwise kernels
+    forward and more backward) for torch's fused kernel of the same formula (differences are float rounding,
+    below 1e-6). Only the module objects change: the config, and so every saved checkpoint, stays as it was."""
+    try:
+        from transformers.activations import NewGELUActivation
+    except ImportError:  # pragma: no cover - very old or very new transformers
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, FusedGELUTanh())
+    return model
+
+
 def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
@@ -131,8 +153,10 @@ class ActorCritic(nn.Module):
                                       position_ids=position_ids, use_cache=False)
         return PolicyOutput(out.logits, self.value_head(critic.last_hidden_state))
 
-    def critic_state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"value_head.{k}": v for k, v in self.value_head.state_dict().items()}
+    def critic_parameters(self):
+        yield from self.value_head.parameters()
+        if not self.shared:
+            yield from self.critic_backbone.parameters()
 
     def save_critic(self, directory: Path) -> None:
         """The value head in safetensors, and a separate critic's backbone with save_pretrained."""
@@ -163,7 +187,19 @@ def build_actor_critic(config: ModelConfig, tokenizer, seed: int) -> ActorCritic
         value_head = ValueHead(hidden, config.value_head_hidden)
     model = ActorCritic(policy, value_head, critic_backbone)
     disable_dropout(model)
+    fuse_activations(model)
     return model
+
+
+def save_model(model: nn.Module, tokenizer, directory: Path) -> None:
+    """``save_pretrained`` (transformers alone loads it) and the tokenizer; non-finite weights are refused."""
+    from .errors import TrainingError
+
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise TrainingError(f"refusing to save non-finite weights ({name}); the run diverged")
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -20,7 +20,6 @@ the model with ``save_pretrained`` plus its tokenizer, which ``AutoModelForCausa
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from .config import RunConfig, save_config
 from .data import PromptStream, encode_records, left_pad
 from .errors import DataError, TrainingError, UserError
 from .metrics import METRICS_FILE, MetricsLog, Progress
-from .models import disable_dropout, load_causal_lm, load_tokenizer, resolve_device
+from .models import disable_dropout, load_causal_lm, load_tokenizer, resolve_device, save_model
 from .plugins import load_plugins
 from .ppo.engine import lr_multiplier
 from .ppo.rollout import position_ids_from_mask
@@ -216,7 +215,7 @@ def sft_step(run: SFTRun) -> dict[str, float]:
     for start in range(0, len(records), micro):
         nll, _n = response_nll(run.model, batch.rows(slice(start, start + micro)))
         (nll / tokens).backward()
-        total += float(nll)
+        total += float(nll.detach())
     params = [p for p in run.model.parameters() if p.grad is not None]
     if config.optim.max_grad_norm is not None:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.optim.max_grad_norm))
@@ -251,15 +250,6 @@ def evaluate_during_sft(run: SFTRun) -> dict[str, float]:
 
 
 # ---- saving ------------------------------------------------------------------------------------------
-def save_model(model: nn.Module, tokenizer, directory: Path) -> None:
-    """The model with save_pretrained (transformers alone loads it) and its tokenizer."""
-    for name, param in model.named_parameters():
-        if not torch.isfinite(param).all():
-            raise TrainingError(f"refusing to save non-finite weights ({name}); the run diverged")
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-
-
 def save_checkpoint(run: SFTRun, metrics_lines: int) -> Path:
     def write(tmp: Path) -> None:
         save_model(run.model, run.tokenizer, tmp / MODEL_DIR)
@@ -283,7 +273,7 @@ def load_checkpoint(run: SFTRun, path: Path) -> int:
     from transformers import AutoModelForCausalLM
 
     state = ckpt.read_json(path / ckpt.STATE_FILE)
-    _check_resumable(state["config"], run.config.model_dump(mode="json"), path)
+    ckpt.check_resumable(state["config"], run.config.model_dump(mode="json"), path, RESUMABLE_PREFIXES)
     saved = AutoModelForCausalLM.from_pretrained(path / MODEL_DIR, dtype=torch.float32)
     run.model.load_state_dict(saved.state_dict())
     torch_state = ckpt.load_torch_state(path / "optimizer.pt")
@@ -295,33 +285,6 @@ def load_checkpoint(run: SFTRun, path: Path) -> int:
     return int(state["metrics_lines"])
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
-def _check_resumable(saved: dict, current: dict, path: Path) -> None:
-    before, after = _flatten(saved), _flatten(current)
-    changed = sorted(k for k in before.keys() | after.keys()
-                     if before.get(k) != after.get(k) and not k.startswith(RESUMABLE_PREFIXES))
-    if changed:
-        raise UserError(f"--resume: the config differs from the one {path} was trained with in: "
-                        f"{', '.join(changed)}")
-
-
-def prepare_output_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
-        raise UserError(f"{field_name}: {run_dir} already holds a run; pass --resume to continue it or "
-                        f"--overwrite to start over")
-    if overwrite and run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 # ---- the loop ----------------------------------------------------------------------------------------
 def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
               source: str = "config", progress_stream=None) -> Path:
@@ -329,7 +292,7 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
     from .train import Interrupted, stop_requests
 
     run_dir = output_dir(config)
-    prepare_output_dir(run_dir, resume, overwrite, "sft.output_dir" if config.sft.output_dir else "train.output_dir")
+    ckpt.prepare_run_dir(run_dir, resume, overwrite, "sft.output_dir" if config.sft.output_dir else "train.output_dir")
     run = build_sft(config, extra_plugins, source)
     ckpt.remove_stale_partials(run_dir)
     metrics_lines = 0
@@ -340,6 +303,7 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
     log = MetricsLog(run_dir / METRICS_FILE, keep_lines=metrics_lines)
     progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
                         **({"stream": progress_stream} if progress_stream else {}))
+    progress.first = run.step  # lines are not written every step: time per step counts from here
     sft = config.sft
     window = {"nll": 0.0, "tokens": 0.0, "time": 0.0, "grad_norm": 0.0, "steps": 0}
     nonfinite_in_a_row = 0

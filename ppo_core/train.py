@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import time
 from contextlib import contextmanager
@@ -17,9 +16,9 @@ from .api import RunContext
 from .composer import Composer, build_composer
 from .config import RunConfig, save_config
 from .data import PromptStream, encode_records, left_pad, make_samples
-from .errors import ConfigError, UserError
+from .errors import ConfigError, TrainingError
 from .metrics import METRICS_FILE, MetricsLog, Progress, TensorBoardLog
-from .models import ActorCritic, build_actor_critic, frozen_copy, load_tokenizer, resolve_device
+from .models import ActorCritic, build_actor_critic, frozen_copy, load_tokenizer, resolve_device, save_model
 from .plugins import PluginSet, load_plugins
 from .ppo.engine import PPOEngine, PromptBatch
 from .ppo.rollout import Responses
@@ -27,8 +26,8 @@ from .ppo.rollout import Responses
 CONFIG_FILE = "config.yaml"
 FINAL_DIR = "final"
 # fields that may change between a run and its resume without changing what is computed
-RESUMABLE_CHANGES = {"train.updates", "train.save_every", "train.keep_checkpoints", "train.progress",
-                     "train.tensorboard", "train.output_dir", "train.threads"}
+RESUMABLE_CHANGES = ("train.updates", "train.save_every", "train.keep_checkpoints", "train.progress",
+                     "train.tensorboard", "train.output_dir", "train.threads", "sft.")
 
 
 class Interrupted(Exception):
@@ -63,15 +62,6 @@ def seed_everything(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
-        raise UserError(f"train.output_dir: {run_dir} already holds a run; pass --resume to continue it or "
-                        f"--overwrite to start over")
-    if overwrite and run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "config") -> Run:
@@ -117,11 +107,9 @@ def make_scorer(composer: Composer, tokenizer):
 # ---- checkpoints ---------------------------------------------------------------------------------------
 def save_policy(run: Run, directory: Path) -> None:
     """The policy with save_pretrained (transformers alone loads it), its tokenizer, and the critic."""
-    for name, param in run.model.named_parameters():
-        if not torch.isfinite(param).all():
-            raise UserError(f"refusing to save non-finite weights ({name}); the run diverged")
-    run.model.policy.save_pretrained(directory, safe_serialization=True)
-    run.tokenizer.save_pretrained(directory)
+    if not all(torch.isfinite(p).all() for p in run.model.critic_parameters()):
+        raise TrainingError("refusing to save non-finite critic weights; the run diverged")
+    save_model(run.model.policy, run.tokenizer, directory)
     run.model.save_critic(directory)
 
 
@@ -152,7 +140,7 @@ def load_checkpoint(run: Run, path: Path) -> int:
     from transformers import AutoModelForCausalLM
 
     state = ckpt.read_json(path / ckpt.STATE_FILE)
-    _check_resumable(state["config"], run.config.model_dump(mode="json"), path)
+    ckpt.check_resumable(state["config"], run.config.model_dump(mode="json"), path, RESUMABLE_CHANGES)
     saved = AutoModelForCausalLM.from_pretrained(path / "policy", dtype=torch.float32)
     run.model.policy.load_state_dict(saved.state_dict())
     run.model.load_critic(path / "policy")
@@ -168,24 +156,6 @@ def load_checkpoint(run: Run, path: Path) -> int:
     run.prompts.seek(state["data_position"])
     run.update = int(state["update"])
     return int(state["metrics_lines"])
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
-def _check_resumable(saved: dict, current: dict, path: Path) -> None:
-    before, after = _flatten(saved), _flatten(current)
-    changed = sorted(k for k in before.keys() | after.keys()
-                     if before.get(k) != after.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        raise UserError(f"--resume: the config differs from the one {path} was trained with in: "
-                        f"{', '.join(changed)}")
 
 
 # ---- signals -------------------------------------------------------------------------------------------
@@ -214,7 +184,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
     if not config.rewards:
         raise ConfigError(f"{source}: rewards: PPO needs at least one reward (only `sft` and `eval` run without)")
     run_dir = Path(config.train.output_dir)
-    prepare_run_dir(run_dir, resume, overwrite)
+    ckpt.prepare_run_dir(run_dir, resume, overwrite)
     run = build_run(config, extra_plugins, source)
     ckpt.remove_stale_partials(run_dir)
     metrics_lines = 0
