@@ -105,6 +105,9 @@ class Sample:
     solution: Optional[Solution]
     stop_reason: StopReason
     fields: Mapping[str, Any] = field(default_factory=dict)
+    #: The prompt's token ids exactly as the engine ran them (chat template, special tokens, truncation
+    #: applied); ``None`` when the sample was not made by the engine.
+    prompt_ids: Optional[tuple[int, ...]] = None
 
     @property
     def solutions(self) -> list[str]:

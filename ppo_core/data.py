@@ -136,6 +136,6 @@ def make_samples(prompts: Sequence[EncodedPrompt], response_tokens: torch.Tensor
     texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
     return [
         Sample(prompt=p.text, response=text, response_ids=tuple(ids), solution=p.record.solution,
-               stop_reason="eos" if stopped else "length", fields=p.record.fields)
+               stop_reason="eos" if stopped else "length", fields=p.record.fields, prompt_ids=tuple(p.ids))
         for p, text, ids, stopped in zip(prompts, texts, kept, eos)
     ]

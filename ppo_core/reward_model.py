@@ -46,6 +46,8 @@ from torch import nn
 from .api import Record, Sample, format_validation_error
 from .config import PluginsConfig, Section
 from .errors import ConfigError, DataError, UserError
+from .ppo.functional import last_token_index
+from .ppo.rollout import position_ids_from_mask
 
 REWARD_MODEL_FILE = "reward_model.json"
 REWARD_HEAD_FILE = "reward_head.safetensors"
@@ -79,6 +81,7 @@ __all__ = [
     "normalize_on_responses",
     "read_reward_data",
     "read_reward_model_info",
+    "resolve_reference",
     "run_train_reward",
     "sample_token_ids",
     "save_reward_model",
@@ -121,18 +124,6 @@ class RewardHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.out(torch.tanh(self.dense(hidden))).squeeze(-1)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    from .ppo.rollout import position_ids_from_mask as positions
-
-    return positions(attention_mask)
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    from .ppo.functional import last_token_index as last
-
-    return last(attention_mask)
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -370,6 +361,17 @@ def _detect_kind(row: Any, where: str) -> DataKind:
                     f"{{prompt, response, score}} (keys: {', '.join(sorted(row)) if isinstance(row, Mapping) else type(row).__name__})")
 
 
+def _check_same_kind(row: Mapping[str, Any], kind: DataKind, where: str, first: int) -> None:
+    try:
+        own = _detect_kind(row, where)
+    except DataError:
+        return  # neither kind: validation names the missing fields
+    if own != kind:
+        names = {"pairs": "a preference pair", "labels": "a scalar label"}
+        raise DataError(f"{where}: {names[own]} in a file of {kind} (line {first} decided the kind; "
+                        f"keep pairs and labels in separate files)")
+
+
 def _validate_row(row: Any, kind: DataKind, where: str):
     try:
         return _MODELS[kind].model_validate(row)
@@ -389,6 +391,7 @@ def read_reward_data(path: Union[str, Path], kind: Union[DataKind, Literal["auto
     except OSError as error:
         raise DataError(f"{path}: cannot read reward data: {error.strerror or error}") from None
     items: list = []
+    detected_at: Optional[int] = None
     with handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -401,7 +404,9 @@ def read_reward_data(path: Union[str, Path], kind: Union[DataKind, Literal["auto
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
             if kind == "auto":
-                kind = _detect_kind(row, where)
+                kind, detected_at = _detect_kind(row, where), number
+            elif detected_at is not None:
+                _check_same_kind(row, kind, where, detected_at)
             items.append(_validate_row(row, kind, where))
     if not items:
         raise DataError(f"{path}: no records")
@@ -560,24 +565,18 @@ def build_reward_model(backbone_path: str, tokenizer_path: Optional[str] = None,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = RewardHead(hidden_size_of(backbone), head_hidden)
-    model = RewardModel(backbone, head, tokenizer, backbone_path=_reference(backbone_path),
-                        tokenizer_path=_reference(tokenizer_path), backbone_frozen=frozen,
+    model = RewardModel(backbone, head, tokenizer, backbone_path=resolve_reference(backbone_path),
+                        tokenizer_path=resolve_reference(tokenizer_path), backbone_frozen=frozen,
                         trust_remote_code=trust_remote_code)
     if frozen:
         backbone.requires_grad_(False)
     return model.to(device)
 
 
-def _reference(path: str) -> str:
-    """A local path made absolute (resolved); a hub id unchanged."""
+def resolve_reference(path: str) -> str:
+    """A local checkpoint path made absolute and resolved (symlinks, ``..``); a hub id unchanged."""
     local = Path(path).expanduser()
     return str(local.resolve()) if local.exists() else path
-
-
-def _same_reference(a: Optional[str], b: Optional[str]) -> bool:
-    if a is None or b is None:
-        return False
-    return _reference(a) == _reference(b)
 
 
 def train_reward_model(backbone_path: str, data: Union[RewardData, Sequence[Any]],
@@ -607,9 +606,7 @@ def train_reward_model(backbone_path: str, data: Union[RewardData, Sequence[Any]
         targets = torch.tensor([s.score for s in data.items], dtype=torch.float32)
 
     generator = torch.Generator().manual_seed(options.seed)
-    order = torch.randperm(len(rows), generator=generator).tolist()
-    held = _held_out_count(len(rows), options.held_out_fraction)
-    held_out, train = sorted(order[:held]), sorted(order[held:])
+    held_out, train = _split([item.prompt for item in data.items], options.held_out_fraction, generator)
 
     trainer = _FrozenTrainer(model, rows, options) if not options.train_backbone else _FullTrainer(model, rows, options)
     trainer.fit(train, targets, data.kind, generator, progress)
@@ -628,6 +625,27 @@ def _held_out_count(n: int, fraction: float) -> int:
     return min(max(1, round(n * fraction)), n - 1)
 
 
+def _split(prompts: Sequence[str], fraction: float, generator: torch.Generator) -> tuple[list[int], list[int]]:
+    """(held-out, train) indices. Items sharing a prompt stay on one side (several pairs made from one record
+    would otherwise put its chosen response on both sides); with a single prompt, items are split one by one."""
+    groups: dict[str, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(index)
+    if len(groups) < 2:
+        groups = {str(index): [index] for index in range(len(prompts))}
+    keys = list(groups)
+    wanted = _held_out_count(len(prompts), fraction)
+    held: list[int] = []
+    for position in torch.randperm(len(keys), generator=generator).tolist():
+        if len(held) >= wanted:
+            break
+        held += groups[keys[position]]
+    if len(held) == len(prompts):  # one group took everything: keep some to train on
+        held = held[:-1] if len(held) > 1 else []
+    chosen = set(held)
+    return sorted(chosen), [index for index in range(len(prompts)) if index not in chosen]
+
+
 def _evaluate(rewards: torch.Tensor, targets: torch.Tensor, kind: DataKind) -> dict[str, Optional[float]]:
     """Pairs: rewards [N, 2] (chosen, rejected). Labels: rewards [N], targets [N]."""
     if rewards.numel() == 0:
@@ -636,13 +654,17 @@ def _evaluate(rewards: torch.Tensor, targets: torch.Tensor, kind: DataKind) -> d
         margin = rewards[:, 0] - rewards[:, 1]
         return {"accuracy": _ranked_right(margin), "loss": float(-F.logsigmoid(margin).mean())}
     mse = float(F.mse_loss(rewards, targets))
-    better = targets[:, None] > targets[None, :]
-    accuracy = _ranked_right((rewards[:, None] - rewards[None, :])[better]) if bool(better.any()) else None
-    return {"accuracy": accuracy, "loss": mse, "mse": mse}
+    right = total = 0.0
+    for start in range(0, rewards.numel(), 1024):  # every ordered pair with different labels, in row chunks
+        better = targets[start:start + 1024, None] > targets[None, :]
+        margin = (rewards[start:start + 1024, None] - rewards[None, :])[better]
+        right += float((margin > 0).double().sum() + 0.5 * (margin == 0).double().sum())
+        total += margin.numel()
+    return {"accuracy": right / total if total else None, "loss": mse, "mse": mse}
 
 
 def _ranked_right(margin: torch.Tensor) -> float:
-    return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
+    return float(((margin > 0).double() + 0.5 * (margin == 0).double()).mean())
 
 
 def _loss(rewards: torch.Tensor, targets: torch.Tensor, kind: DataKind) -> torch.Tensor:
@@ -685,7 +707,7 @@ class _Trainer:
                 if options.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, options.max_grad_norm)
                 optimizer.step()
-                total += float(loss) * len(batch)
+                total += float(loss.detach()) * len(batch)
                 if kind == "pairs":
                     correct += _ranked_right(rewards[:, 0].detach() - rewards[:, 1].detach()) * len(batch)
             entry = {"epoch": float(epoch), "loss": total / len(train)}
@@ -786,10 +808,12 @@ def normalize_on_responses(model: RewardModel, prompts: Sequence[str], responses
     """Fit gain and bias on given (prompt, response) texts, and store them on ``model``."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    rows = [text_token_ids(model.tokenizer, p, r, append_eos) for p, r in zip(prompts, responses)]
-    samples = [Sample(prompt=p, response=r, response_ids=(), solution=None,
-                      stop_reason="eos" if append_eos else "length") for p, r in zip(prompts, responses)]
-    return _apply_normalization(model, model.score_ids(rows, batch_size, normalize=False), "responses", samples)
+    tokenizer = model.tokenizer
+    samples = [Sample(prompt=p, response=r, response_ids=tuple(tokenizer(r, add_special_tokens=False)["input_ids"]),
+                      solution=None, stop_reason="eos" if append_eos else "length")
+               for p, r in zip(prompts, responses)]
+    raw = model.score_samples(samples, batch_size, normalize=False)
+    return _apply_normalization(model, raw, "given responses", samples)
 
 
 def choose_prompts(prompts: Sequence[str], count: int, seed: int) -> list[str]:
@@ -848,7 +872,7 @@ def normalize_on_policy(model: RewardModel, policy_path: str, prompts: Sequence[
         device=model.device)
     same_vocab = tokenizers_compatible(policy_tokenizer, model.tokenizer)
     raw = model.score_samples(samples, batch_size, normalize=False, same_vocab=same_vocab)
-    return _apply_normalization(model, raw, f"policy {_reference(policy_path)}", samples)
+    return _apply_normalization(model, raw, f"policy {resolve_reference(policy_path)}", samples)
 
 
 # ---- the saved directory ---------------------------------------------------------------------------------
@@ -1076,6 +1100,7 @@ class TrainRewardConfig(Section):
     train: RewardTrainOptions = Field(default_factory=RewardTrainOptions)
     normalization: NormalizationSection = Field(default_factory=NormalizationSection)
     output_dir: str = Field("runs/reward-model", description="The reward model directory to write.")
+    threads: Optional[int] = Field(None, gt=0, description="torch CPU threads; unset leaves torch's default.")
     plugins: PluginsConfig = Field(default_factory=PluginsConfig, description="Which plugins load (to find "
                                    "`data.dataset`), as in a run config.")
 
@@ -1130,6 +1155,8 @@ def run_train_reward(config: TrainRewardConfig, overwrite: bool = False, source:
     """Train, normalise and save as ``config`` says; returns where it saved and the metrics."""
     from .models import load_tokenizer, resolve_device
 
+    if config.threads:
+        torch.set_num_threads(config.threads)
     output = Path(config.output_dir)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise UserError(f"output_dir: {output} already exists; pass --overwrite to replace it")
