@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "preference pairs or scalar labels, normalise it and save it")
     _add_config_args(train_reward)
     train_reward.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
+
+    demo = commands.add_parser("demo", help="the whole pipeline on an embedded default, with a report")
+    demo.add_argument("--out", default="runs/demo", help="directory for every stage and the report")
+    demo.add_argument("--quick", action="store_true", help="a few steps of each stage (what the tests run)")
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing demo directory")
+    demo.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -192,8 +198,6 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "plugins": cmd_plugins, "config": cmd_config, "init-model": cmd_init_model,
-            "sft": cmd_sft, "eval": cmd_eval}
 
 
 
@@ -225,7 +229,15 @@ def cmd_train_reward(args) -> int:
     return 0
 
 
-COMMANDS["train-reward"] = cmd_train_reward
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick, overwrite=args.overwrite, seed=args.seed)
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config, "init-model": cmd_init_model,
+            "sft": cmd_sft, "eval": cmd_eval, "train-reward": cmd_train_reward}
 
 def quiet_transformers() -> None:
     """Our own progress output replaces transformers' per-file bars and advisory warnings (set before

@@ -64,3 +64,17 @@ def config_reference_markdown() -> str:
         lines += _rows(model, prefix)
     lines += ["", END]
     return "\n".join(lines)
+
+
+def replace_reference(text: str) -> str:
+    """``text`` with the block between the markers regenerated."""
+    start, end = text.index(START), text.index(END) + len(END)
+    return text[:start] + config_reference_markdown() + text[end:]
+
+
+if __name__ == "__main__":  # python -m ppo_core.docs README.md
+    import sys
+    from pathlib import Path
+
+    readme = Path(sys.argv[1])
+    readme.write_text(replace_reference(readme.read_text(encoding="utf-8")), encoding="utf-8")

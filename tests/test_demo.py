@@ -1,0 +1,50 @@
+"""The demo pipeline at a reduced size (so it cannot rot), and its example configs kept in step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ppo_core.cli import main
+from ppo_core.demo import EXAMPLE_FILES, example_config_texts
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_example_configs_are_the_demo_configs():
+    for name, text in example_config_texts().items():
+        path = REPO / "examples" / "demo" / EXAMPLE_FILES[name]
+        assert path.read_text(encoding="utf-8") == text, "regenerate with: python -m ppo_core.demo examples/demo"
+
+
+def test_the_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = out / "report" / "report.md"
+    assert f"report: {report}" in printed
+    for stage in ("1/5", "2/5", "3/5", "4/5", "5/5"):
+        assert f"== {stage}" in printed
+    text = report.read_text()
+    assert "| SFT start | greedy |" in text and "| PPO result | sampled |" in text
+    assert "![rewards](rewards.png)" in text
+    assert (out / "report" / "rewards.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert text.count("| `reverse: ") == 8
+    for numbers in ("eval_sft.json", "eval_ppo.json"):
+        loaded = json.loads((out / "report" / numbers).read_text())
+        assert loaded["records"] == 16 and 0.0 <= loaded["greedy"]["exact_match"] <= 1.0
+    metrics = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["update"] for m in metrics] == [1, 2]
+    assert {"reward/reward_model", "reward/edit_distance", "reward/exact_match", "reward/repetition_penalty"} <= set(metrics[0])
+    # the learned reward is read from the reference forward: no forward of its own
+    assert all(m["time/score_s"] < m["time/evaluate_s"] for m in metrics)
+
+
+def test_the_demo_refuses_to_overwrite_a_previous_demo(tmp_path, capsys):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "keep.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "demo" / "keep.txt").read_text() == "mine"

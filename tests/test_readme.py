@@ -1,0 +1,48 @@
+"""The README stays true: its configuration reference matches the schema, its commands exist, CI runs its
+test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ppo_core.cli import build_parser
+from ppo_core.docs import END, START, config_reference_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_config_reference_matches_the_schema():
+    block = README[README.index(START):README.index(END) + len(END)]
+    assert block == config_reference_markdown(), "regenerate with: python -m ppo_core.docs README.md"
+
+
+def test_every_config_field_is_in_the_reference():
+    from ppo_core.config import RunConfig
+
+    def keys(model, prefix=""):
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            inner = getattr(annotation, "__args__", (None,))[0] if str(annotation).startswith("list[") else None
+            target = inner or annotation
+            if isinstance(target, type) and hasattr(target, "model_fields"):
+                yield from keys(target, f"{prefix}{name}{'[]' if inner else ''}.")
+            else:
+                yield f"{prefix}{name}"
+
+    for key in keys(RunConfig):
+        assert f"| `{key}` |" in README, key
+
+
+def test_every_command_in_the_readme_exists():
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    mentioned = set(re.findall(r"`ppo-core ([a-z-]+)", README))
+    assert mentioned, "the README names no command"
+    assert mentioned <= set(subcommands), mentioned - set(subcommands)
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in README
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.MULTILINE)
