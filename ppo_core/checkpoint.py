@@ -120,14 +120,21 @@ def read_json(path: Path) -> Any:
 
 
 # ---- run directories -----------------------------------------------------------------------------------
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> None:
-    """Refuse to write into a previous run's directory unless asked to resume it or start it over."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> None:
+    """Refuse a previous run's directory unless asked to resume it or start it over (nothing is written)."""
     from .errors import UserError
 
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
         raise UserError(f"{field_name}: {run_dir} already holds a run; pass --resume to continue it or "
                         f"--overwrite to start over")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> None:
+    """:func:`check_run_dir`, then empty the directory for ``overwrite`` and create it. Call it only once the
+    run has been built, so that a config, plugin or model error never removes the previous run."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume, overwrite, field_name)
     if overwrite and run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -216,7 +216,8 @@ def build_composer(rewards: Sequence[RewardConfig], registry: Registry, context:
     terms = []
     for index, config in enumerate(rewards):
         reward = registry.build("reward", config.name, config.options, context,
-                                where=f"{source}: rewards.{index}.options")
+                                where=f"{source}: rewards.{index}.options",
+                                name_where=f"{source}: rewards.{index}.name")
         entry = registry.get("reward", config.name)
         terms.append(RewardTerm(config, reward, entry.plugin, RunningMoments() if config.normalize else None))
     return Composer(terms)

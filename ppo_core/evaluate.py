@@ -159,15 +159,15 @@ def evaluate_model(config: RunConfig, model_dir: Union[str, Path], split: str = 
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.model.device)
     plugins = load_plugins(config.plugins.allow, config.plugins.block, extra=extra_plugins)
-    tokenizer = load_tokenizer(str(model_dir), config.model.trust_remote_code)
+    tokenizer = load_tokenizer(str(model_dir), config.model.trust_remote_code, field="--model")
     context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer, policy_path=str(model_dir))
     dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
-                                     where=f"{source}: data.options")
+                                     where=f"{source}: data.options", name_where=f"{source}: data.dataset")
     composer = build_composer(config.rewards, plugins.registry, context, source)
     records = take_records(dataset, split, samples)
     if not records:
         raise DataError(f"{source}: the {split} split of dataset '{config.data.dataset}' has no records")
-    model = load_causal_lm(str(model_dir), config.model.trust_remote_code, tokenizer).to(device)
+    model = load_causal_lm(str(model_dir), config.model.trust_remote_code, tokenizer, field="--model").to(device)
     seed = config.train.seed if seed is None else seed
     result = evaluate_records(model, tokenizer, records, config, composer, device, decodings, seed)
     gen = config.generation

@@ -32,16 +32,35 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
-    """Load a tokenizer and make sure it can pad left with a pad token distinct from eos."""
+_CHECKPOINT_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
+
+
+def _local_path_problem(path: str) -> Optional[str]:
+    """Plain words for two common mistakes, instead of transformers' 'bad repo id' or a cut-off message: a path
+    that can only be local (absolute, ./, ../, ~) and is missing, and a directory that holds no checkpoint."""
+    local = Path(path).expanduser()
+    if (local.is_absolute() or path.startswith((".", "~"))) and not local.exists():
+        return "no such file or directory"
+    if local.is_dir() and not any((local / name).is_file() for name in _CHECKPOINT_FILES):
+        return f"the directory is not a transformers checkpoint (it has none of {', '.join(_CHECKPOINT_FILES)})"
+    return None
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, field: str = "model.tokenizer"):
+    """Load a tokenizer and make sure it can pad left with a pad token distinct from eos.
+
+    ``field`` names where ``path`` came from in messages (``model.path`` when ``model.tokenizer`` is unset)."""
     from transformers import AutoTokenizer
 
+    problem = _local_path_problem(path)
+    if problem:
+        raise UserError(f"{field}: cannot load a tokenizer from {path!r}: {problem}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise UserError(f"model.tokenizer: cannot load a tokenizer from {path!r}: {_first_line(error)}") from None
+        raise UserError(f"{field}: cannot load a tokenizer from {path!r}: {_first_line(error)}") from None
     if tokenizer.eos_token_id is None:
-        raise UserError(f"model.tokenizer: the tokenizer at {path!r} has no eos token; set one in its config")
+        raise UserError(f"{field}: the tokenizer at {path!r} has no eos token; set one in its config")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         # pad == eos would mask every eos out as padding, and the model would never learn to stop.
         tokenizer.add_special_tokens({"pad_token": "<|ppo_core_pad|>"})
@@ -49,13 +68,17 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_causal_lm(path: str, trust_remote_code: bool = False, tokenizer=None) -> nn.Module:
+def load_causal_lm(path: str, trust_remote_code: bool = False, tokenizer=None,
+                   field: str = "model.path") -> nn.Module:
     from transformers import AutoModelForCausalLM
 
+    problem = _local_path_problem(path)
+    if problem:
+        raise UserError(f"{field}: cannot load a causal LM from {path!r}: {problem}")
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise UserError(f"model.path: cannot load a causal LM from {path!r}: {_first_line(error)}") from None
+        raise UserError(f"{field}: cannot load a causal LM from {path!r}: {_first_line(error)}") from None
     if tokenizer is not None:
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))

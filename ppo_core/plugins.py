@@ -123,6 +123,7 @@ def load_plugins(
 
     _fill_registry(plugins)
     plugins.registry.failed_plugins = [failed.info.name for failed in plugins.failed]
+    plugins.registry.skipped_plugins = [info.name for info in plugins.skipped]
     return plugins
 
 

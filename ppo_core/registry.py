@@ -28,6 +28,7 @@ class Registry:
 
     entries: dict[Kind, dict[str, Entry]] = field(default_factory=lambda: {"reward": {}, "dataset": {}})
     failed_plugins: list[str] = field(default_factory=list)
+    skipped_plugins: list[str] = field(default_factory=list)  # left out by the allow/block lists
 
     def register(self, kind: Kind, cls: Any, plugin: str) -> None:
         _check_class(kind, cls, plugin)
@@ -47,6 +48,8 @@ class Registry:
             message = f"unknown {kind} '{name}'; known {kind}s: {known}"
             if self.failed_plugins:
                 message += f" (plugins that failed to load: {', '.join(self.failed_plugins)}; see `ppo-core plugins`)"
+            if self.skipped_plugins:
+                message += f" (plugins left out by the allow/block lists: {', '.join(self.skipped_plugins)})"
             raise UserError(message) from None
 
     def names(self, kind: Kind) -> list[str]:
@@ -56,12 +59,18 @@ class Registry:
         return sorted(name for name, entry in self.entries[kind].items() if entry.plugin == plugin)
 
     def build(self, kind: Kind, name: str, options: Mapping[str, Any] | None, context: RunContext,
-              where: str = "") -> Any:
+              where: str = "", name_where: str = "") -> Any:
         """Instantiate a reward or dataset with its validated options.
 
-        ``where`` is the config location of ``options`` (e.g. ``config.yaml: rewards.0.options``).
+        ``where`` is the config location of ``options`` (e.g. ``config.yaml: rewards.0.options``), ``name_where``
+        that of the name (e.g. ``config.yaml: rewards.0.name``), which prefixes an unknown-name error.
         """
-        entry = self.get(kind, name)
+        try:
+            entry = self.get(kind, name)
+        except UserError as error:
+            if not name_where:
+                raise
+            raise ConfigError(f"{name_where}: {error}") from None
         parsed = validate_options(entry, options or {}, where)
         try:
             return entry.cls(parsed, context)

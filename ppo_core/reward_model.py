@@ -1138,7 +1138,8 @@ def load_config_data(config: TrainRewardConfig, tokenizer: Any = None, source: s
 
     plugins = load_plugins(config.plugins.allow, config.plugins.block)
     context = RunContext(seed=config.train.seed, tokenizer=tokenizer, policy_path=config.model.path)
-    dataset = plugins.registry.build("dataset", data.dataset, data.options, context, where=f"{source}: data.options")
+    dataset = plugins.registry.build("dataset", data.dataset, data.options, context, where=f"{source}: data.options",
+                                     name_where=f"{source}: data.dataset")
     records = list(dataset.records(data.split))
 
     def render(record: Record) -> str:
@@ -1162,7 +1163,8 @@ def run_train_reward(config: TrainRewardConfig, overwrite: bool = False, source:
         raise UserError(f"output_dir: {output} already exists; pass --overwrite to replace it")
     device = resolve_device(config.model.device)
     tokenizer_path = config.model.tokenizer or config.model.path
-    tokenizer = load_tokenizer(tokenizer_path, config.model.trust_remote_code)
+    tokenizer = load_tokenizer(tokenizer_path, config.model.trust_remote_code,
+                               field="model.tokenizer" if config.model.tokenizer else "model.path")
     data = load_config_data(config, tokenizer, source)
     result = train_reward_model(config.model.path, data, config.train, tokenizer_path=tokenizer_path, device=device,
                                 trust_remote_code=config.model.trust_remote_code, progress=progress)

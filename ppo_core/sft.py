@@ -173,13 +173,17 @@ def build_sft(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
     device = resolve_device(config.model.device)
     torch.manual_seed(config.train.seed)
     plugins = load_plugins(config.plugins.allow, config.plugins.block, extra=extra_plugins)
-    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code,
+                               field="model.tokenizer" if config.model.tokenizer else "model.path")
     context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer,
                          policy_path=config.model.path)
     dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
-                                     where=f"{source}: data.options")
+                                     where=f"{source}: data.options", name_where=f"{source}: data.dataset")
     composer = build_composer(config.rewards, plugins.registry, context, source)
-    train_size = sum(1 for _ in dataset.records("train"))
+    train_size = 0
+    for record in dataset.records("train"):  # every record needs a solution: fail before anything is written
+        train_size += 1
+        target_solution(record, f"{source}: data: train record {train_size} of dataset '{config.data.dataset}'")
     if train_size == 0:
         raise DataError(f"{source}: data: the train split of dataset '{config.data.dataset}' has no records")
     eval_records: list[Record] = []
@@ -292,8 +296,10 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
     from .train import Interrupted, stop_requests
 
     run_dir = output_dir(config)
-    ckpt.prepare_run_dir(run_dir, resume, overwrite, "sft.output_dir" if config.sft.output_dir else "train.output_dir")
-    run = build_sft(config, extra_plugins, source)
+    field_name = "sft.output_dir" if config.sft.output_dir else "train.output_dir"
+    ckpt.check_run_dir(run_dir, resume, overwrite, field_name)
+    run = build_sft(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
+    ckpt.prepare_run_dir(run_dir, resume, overwrite, field_name)
     ckpt.remove_stale_partials(run_dir)
     metrics_lines = 0
     latest = ckpt.latest_checkpoint(run_dir) if resume else None

@@ -182,7 +182,7 @@ def init_model(
     out = Path(out_dir).expanduser().absolute()
     _size_kwargs(size, n_positions)  # validate before touching the filesystem
     if _is_nonempty(out) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{out} already exists and is not empty (pass --overwrite to replace it)")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -71,11 +71,12 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
     device = resolve_device(config.model.device)
     generator = seed_everything(config.train.seed)
     plugins = load_plugins(config.plugins.allow, config.plugins.block, extra=extra_plugins)
-    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code,
+                               field="model.tokenizer" if config.model.tokenizer else "model.path")
     context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer,
                          policy_path=config.model.path)
     dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
-                                     where=f"{source}: data.options")
+                                     where=f"{source}: data.options", name_where=f"{source}: data.dataset")
     composer = build_composer(config.rewards, plugins.registry, context, source)
     model = build_actor_critic(config.model, tokenizer, config.train.seed).to(device)
     reference = frozen_copy(model.policy)
@@ -184,8 +185,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
     if not config.rewards:
         raise ConfigError(f"{source}: rewards: PPO needs at least one reward (only `sft` and `eval` run without)")
     run_dir = Path(config.train.output_dir)
+    ckpt.check_run_dir(run_dir, resume, overwrite)
+    run = build_run(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
     ckpt.prepare_run_dir(run_dir, resume, overwrite)
-    run = build_run(config, extra_plugins, source)
     ckpt.remove_stale_partials(run_dir)
     metrics_lines = 0
     latest = ckpt.latest_checkpoint(run_dir) if resume else None

@@ -1,0 +1,469 @@
+"""The fault catalogue: every user-facing mistake -- in a config, a data file, a plugin, a model directory or
+the command line -- ends the CLI with exit status 2 and ONE line ``ppo-core: error: ...`` on stderr that names
+where the problem is (the file, the line, the field or the plugin), never a traceback, and never damages what
+an earlier run wrote.
+
+One table-driven test runs each case through ``ppo_core.cli.main([...])`` in-process; a few cases run again
+as real subprocesses (``python -m ppo_core.cli``) to prove the same at process level. The file is
+self-contained: it writes its own tiny model (once per module), configs, data files and a throwaway plugin
+distribution (``*.dist-info`` on ``sys.path``, discovered through its entry point like an installed one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import yaml
+
+from ppo_core.cli import main
+from ppo_core.plugins import ALLOW_ENV, BLOCK_ENV
+
+DELETE = object()  # in a Fault's `change`: remove this key from the base config
+
+# The base run: every case is this config with its fault applied, so a case that gets past its fault is cheap.
+BASE: dict[str, Any] = {
+    "model": {"path": "{model}"},
+    "data": {"dataset": "reverse", "options": {"size": 8, "eval_size": 4}},
+    "rewards": [{"name": "exact_match"}],
+    "ppo": {"rollout_batch_size": 4, "minibatch_size": 2, "epochs": 1},
+    "generation": {"max_new_tokens": 4},
+    "train": {"updates": 1, "threads": 1, "output_dir": "{tmp}/run", "progress": "none"},
+    "sft": {"steps": 1, "batch_size": 2},
+}
+
+# A throwaway reward plugin: one reward per way a reward can misbehave while scoring a batch.
+FAULTY_REWARDS = '''
+    import time
+
+    from ppo_core import hookimpl
+    from ppo_core.api import Reward
+
+
+    class Raises(Reward):
+        name = "raises"
+
+        def __call__(self, samples):
+            raise ValueError("kaboom")
+
+
+    class NotANumber(Reward):
+        name = "not_a_number"
+
+        def __call__(self, samples):
+            return [float("nan")] * len(samples)
+
+
+    class WrongLength(Reward):
+        name = "wrong_length"
+
+        def __call__(self, samples):
+            return [1.0] * (len(samples) + 1)
+
+
+    class WrongType(Reward):
+        name = "wrong_type"
+
+        def __call__(self, samples):
+            return ["high"] * len(samples)
+
+
+    class AbstainsAll(Reward):
+        name = "abstains_all"
+
+        def __call__(self, samples):
+            return [None] * len(samples)
+
+
+    class Sleeps(Reward):
+        name = "sleeps"
+
+        def __call__(self, samples):
+            time.sleep(1.5)
+            return [0.0] * len(samples)
+
+
+    class FailsToStart(Reward):
+        name = "fails_to_start"
+
+        def __init__(self, options, context):
+            raise RuntimeError("no licence for this reward")
+
+
+    @hookimpl
+    def register_rewards(register):
+        for reward in (Raises, NotANumber, WrongLength, WrongType, AbstainsAll, Sleeps, FailsToStart):
+            register(reward)
+'''
+
+BROKEN_AT_IMPORT = '''
+    raise ImportError("cannot import name 'frobnicate' from 'somewhere'")
+'''
+
+PLUGINS = {"faulty": FAULTY_REWARDS, "broken": BROKEN_AT_IMPORT}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One mistake and what the error line must say about it.
+
+    Strings may hold ``{tmp}`` (the case's own directory), ``{model}`` (the tiny model) and ``{config}``
+    (the config file the case writes); ``expect`` fragments are matched after the same substitution.
+    """
+
+    id: str
+    expect: tuple[str, ...]
+    change: dict = field(default_factory=dict)  # deep-merged into BASE; DELETE removes a key
+    command: str = "train"
+    args: tuple[str, ...] = ()  # after the config path
+    text: Optional[str] = None  # the config file's raw text instead of BASE + change
+    name: str = "bad.yaml"  # the config file's name (its suffix picks YAML or JSON)
+    files: dict = field(default_factory=dict)  # more files in {tmp}: name -> text, "@path" (a copy of path), or
+    #                                            a name ending in "/" (an empty directory)
+    plugin: Optional[str] = None  # a key of PLUGINS: installed as a throwaway distribution for this case
+    env: dict = field(default_factory=dict)
+    run_dir: Optional[str] = None  # "previous": {tmp}/run holds a finished run with a checkpoint at update 1
+    argv: Optional[tuple[str, ...]] = None  # the whole command line instead of COMMAND CONFIG ARGS
+
+
+def rewards(*entries: dict) -> dict:
+    return {"rewards": list(entries)}
+
+
+def jsonl(*lines: Any) -> str:
+    return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+
+
+def on_jsonl(path: str = "{tmp}/data.jsonl", **data: Any) -> dict:
+    return {"data": {"dataset": "jsonl", "options": {"path": path, "size": DELETE, "eval_size": DELETE}, **data}}
+
+
+GOOD_LINE = {"prompt": "reverse: abc =", "solution": "cba"}
+
+FAULTS = [
+    # ---- the config's shape: sections and keys --------------------------------------------------------------
+    Fault("unknown-section", ("{config}", "trainer", "Extra inputs"), {"trainer": {"updates": 3}}),
+    Fault("unknown-key-model", ("{config}", "model.revision", "Extra inputs"), {"model": {"revision": "main"}}),
+    Fault("unknown-key-data", ("{config}", "data.split", "Extra inputs"), {"data": {"split": "train"}}),
+    Fault("unknown-key-reward", ("{config}", "rewards.0.wieght", "Extra inputs"),
+          rewards({"name": "exact_match", "wieght": 2})),
+    Fault("unknown-key-ppo", ("{config}", "ppo.minibatch", "Extra inputs"), {"ppo": {"minibatch": 2}}),
+    Fault("unknown-key-ppo-kl", ("{config}", "ppo.kl.beta", "Extra inputs"), {"ppo": {"kl": {"beta": 0.1}}}),
+    Fault("unknown-key-generation", ("{config}", "generation.max_tokens", "Extra inputs"),
+          {"generation": {"max_tokens": 8}}),
+    Fault("unknown-key-optim", ("{config}", "optim.learning_rate", "Extra inputs"),
+          {"optim": {"learning_rate": 1e-4}}),
+    Fault("unknown-key-train", ("{config}", "train.epochs", "Extra inputs"), {"train": {"epochs": 2}}),
+    Fault("unknown-key-plugins", ("{config}", "plugins.deny", "Extra inputs"), {"plugins": {"deny": ["x"]}}),
+    Fault("unknown-key-sft", ("{config}", "sft.learning_rate", "Extra inputs"), {"sft": {"learning_rate": 1}}),
+    Fault("missing-model-section", ("{config}", "model", "Field required"), {"model": DELETE}),
+    # ---- wrong types -------------------------------------------------------------------------------------------
+    Fault("wrong-type-int", ("{config}", "ppo.epochs", "'many'"), {"ppo": {"epochs": "many"}}),
+    Fault("wrong-type-bool", ("{config}", "data.shuffle", "'sometimes'"), {"data": {"shuffle": "sometimes"}}),
+    Fault("wrong-type-section", ("{config}", "generation", "dictionary"), {"generation": 5}),
+    Fault("wrong-type-rewards-not-a-list", ("{config}", "rewards", "list"), {"rewards": "exact_match"}),
+    Fault("wrong-type-betas", ("{config}", "optim.betas"), {"optim": {"betas": "fast"}}),
+    Fault("wrong-choice", ("{config}", "ppo.kl.estimator", "'k4'"), {"ppo": {"kl": {"estimator": "k4"}}}),
+    # ---- out-of-range values and inconsistent batch sizes --------------------------------------------------
+    Fault("negative-lr", ("{config}", "optim.lr", "greater than 0"), {"optim": {"lr": -1e-5}}),
+    Fault("temperature-zero", ("{config}", "generation.temperature", "greater than 0"),
+          {"generation": {"temperature": 0}}),
+    Fault("top-p-above-one", ("{config}", "generation.top_p", "less than or equal to 1"),
+          {"generation": {"top_p": 1.5}}),
+    Fault("gamma-above-one", ("{config}", "ppo.gamma", "less than or equal to 1"), {"ppo": {"gamma": 1.5}}),
+    Fault("clip-range-zero", ("{config}", "ppo.clip_range", "greater than 0"), {"ppo": {"clip_range": 0}}),
+    Fault("minibatch-not-dividing-rollout", ("{config}", "ppo.minibatch_size", "divide rollout_batch_size (4)"),
+          {"ppo": {"minibatch_size": 3}}),
+    Fault("micro-not-dividing-minibatch", ("{config}", "ppo.micro_batch_size", "divide minibatch_size (2)"),
+          {"ppo": {"micro_batch_size": 3}}),
+    Fault("sft-micro-not-dividing-batch", ("{config}", "sft.micro_batch_size", "divide batch_size (2)"),
+          {"sft": {"micro_batch_size": 3}}, command="sft"),
+    # ---- rewards and datasets by name and options --------------------------------------------------------
+    Fault("duplicate-reward-names", ("{config}", "rewards", "twice: exact_match"),
+          rewards({"name": "exact_match"}, {"name": "exact_match", "weight": 2})),
+    Fault("empty-rewards-for-train", ("{config}", "rewards", "at least one reward"), {"rewards": []}),
+    Fault("unknown-reward-name", ("{config}", "rewards.0.name", "unknown reward 'exact_mtach'", "exact_match"),
+          rewards({"name": "exact_mtach"})),
+    Fault("unknown-dataset-name", ("{config}", "data.dataset", "unknown dataset 'revrese'", "reverse"),
+          {"data": {"dataset": "revrese"}}),
+    Fault("unknown-reward-option", ("{config}", "rewards.0.options", "ignore_case", "plugin 'rule_rewards'"),
+          rewards({"name": "exact_match", "options": {"ignore_case": True}})),
+    Fault("wrong-type-reward-option", ("{config}", "rewards.0.options", "strip", "'yes please'"),
+          rewards({"name": "exact_match", "options": {"strip": "yes please"}})),
+    Fault("options-not-a-mapping", ("{config}", "rewards.0.options", "dictionary"),
+          rewards({"name": "exact_match", "options": ["strip"]})),
+    Fault("unknown-dataset-option", ("{config}", "data.options", "length", "plugin 'datasets'"),
+          {"data": {"options": {"length": 5}}}),
+    # ---- --set -------------------------------------------------------------------------------------------------
+    Fault("set-without-equals", ("--set 'ppo.epochs'", "section.key=value"), args=("--set", "ppo.epochs")),
+    Fault("set-into-a-non-section", ("--set model.path.name", "model.path is not a section"),
+          args=("--set", "model.path.name=x")),
+    Fault("set-missing-list-item", ("--set rewards.3.weight", "rewards has no item 3"),
+          args=("--set", "rewards.3.weight=2")),
+    Fault("set-wrong-type", ("{config}", "--set ppo.epochs=two", "ppo.epochs", "'two'"),
+          args=("--set", "ppo.epochs=two")),
+    # ---- unreadable config files ------------------------------------------------------------------------------
+    Fault("missing-config-file", ("{tmp}/missing.yaml", "cannot read config", "No such file"),
+          argv=("train", "{tmp}/missing.yaml")),
+    Fault("yaml-syntax-error", ("{config}", "not valid YAML", "line 3"),
+          text="model:\n  path: x\ndata: [reverse\nrewards: []\n"),
+    Fault("json-syntax-error", ("{config}", "not valid JSON", "line 1"), name="bad.json",
+          text='{"model": {"path": "x"},, "data": {}}'),
+    Fault("config-not-a-mapping", ("{config}", "must be a mapping", "list"), text="- model\n- data\n"),
+    Fault("python-object-yaml-tag", ("{config}", "not valid YAML", "python/object"),
+          text="model: !!python/object/apply:os.system ['echo pwned']\n"),
+    # ---- the model -------------------------------------------------------------------------------------------
+    Fault("model-path-missing", ("model.path", "{tmp}/no-such-model", "no such file or directory"),
+          {"model": {"path": "{tmp}/no-such-model"}}),
+    Fault("tokenizer-path-missing", ("model.tokenizer", "{tmp}/no-such-tokenizer", "no such file or directory"),
+          {"model": {"tokenizer": "{tmp}/no-such-tokenizer"}}),
+    Fault("model-dir-empty", ("model.path", "{tmp}/empty-model", "not a transformers checkpoint"),
+          {"model": {"path": "{tmp}/empty-model"}}, files={"empty-model/": ""}),
+    Fault("model-dir-junk-config", ("model.path", "{tmp}/junk-model", "no-such-architecture"),
+          {"model": {"path": "{tmp}/junk-model"}},
+          files={"junk-model/config.json": '{"model_type": "no-such-architecture", "hidden_size": "wide"}',
+                 "junk-model/tokenizer.json": "@{model}/tokenizer.json",
+                 "junk-model/tokenizer_config.json": "@{model}/tokenizer_config.json"}),
+    Fault("model-device-unavailable", ("model.device", "'cuda:7'"), {"model": {"device": "cuda:7"}}),
+    # ---- jsonl data ------------------------------------------------------------------------------------------
+    Fault("jsonl-file-missing", ("{tmp}/data.jsonl", "no such file", "option 'path'", "dataset 'jsonl'"),
+          on_jsonl()),
+    Fault("jsonl-bad-json-on-line-3", ("{tmp}/data.jsonl, line 3", "not valid JSON"), on_jsonl(),
+          files={"data.jsonl": jsonl(GOOD_LINE, GOOD_LINE, '{"prompt": "x", solution: "y"}')}),
+    Fault("jsonl-missing-content-on-line-2", ("{tmp}/data.jsonl, line 2", "content", "Field required"), on_jsonl(),
+          files={"data.jsonl": jsonl(GOOD_LINE, {"role": "user", "solution": "cba"})}),
+    Fault("jsonl-missing-prompt-on-line-2", ("{tmp}/data.jsonl, line 2", "prompt: missing"), on_jsonl(),
+          files={"data.jsonl": jsonl(GOOD_LINE, {"question": "x", "solution": "cba"})}),
+    Fault("jsonl-wrong-solution-type", ("{tmp}/data.jsonl, line 1", "solution", "string or a list of strings"),
+          on_jsonl(), files={"data.jsonl": jsonl({"prompt": "reverse: abc =", "solution": 42})}),
+    Fault("jsonl-empty-file", ("{tmp}/data.jsonl", "no records"), on_jsonl(), files={"data.jsonl": ""}),
+    Fault("prompt-too-long-rejected", ("data.max_prompt_tokens", "more than 4", "reverse: "),
+          {"data": {"max_prompt_tokens": 4, "long_prompts": "reject"}}),
+    # ---- run directories ------------------------------------------------------------------------------------
+    Fault("existing-run-dir", ("train.output_dir", "{tmp}/run", "--resume", "--overwrite"), run_dir="previous"),
+    Fault("resume-with-changed-config", ("--resume", "ppo.clip_range", "update-000001"),
+          {"ppo": {"clip_range": 0.3}, "train": {"updates": 2}}, args=("--resume",), run_dir="previous"),
+    Fault("overwrite-with-a-bad-reward", ("{config}", "rewards.0.name", "unknown reward 'nope'"),
+          rewards({"name": "nope"}), args=("--overwrite",), run_dir="previous"),
+    # ---- plugins: allow and block lists --------------------------------------------------------------------
+    Fault("plugin-blocked-in-config", ("{config}", "unknown reward 'exact_match'", "rule_rewards"),
+          {"plugins": {"block": ["rule_rewards"]}}),
+    Fault("plugin-blocked-by-env", ("{config}", "unknown reward 'exact_match'", "rule_rewards"),
+          env={"PPO_CORE_BLOCK_PLUGINS": "ppo-core-rewards"}),
+    Fault("allow-list-excludes-the-dataset", ("{config}", "unknown dataset 'reverse'", "datasets"),
+          {"plugins": {"allow": ["rule_rewards"]}}),
+    Fault("allow-env-excludes-the-dataset", ("{config}", "unknown dataset 'reverse'", "datasets"),
+          env={"PPO_CORE_PLUGINS": "rule_rewards"}),
+    Fault("plugin-fails-to-import", ("unknown reward 'raises'", "failed to load: broken"),
+          rewards({"name": "raises"}), plugin="broken"),
+    # ---- rewards misbehaving during training ---------------------------------------------------------------
+    Fault("reward-raises", ("reward 'raises'", "plugin 'faulty'", "ValueError: kaboom", "sample 0"),
+          rewards({"name": "raises"}), plugin="faulty"),
+    Fault("reward-returns-nan", ("reward 'not_a_number'", "plugin 'faulty'", "returned nan", "sample 0"),
+          rewards({"name": "not_a_number"}), plugin="faulty"),
+    Fault("reward-wrong-length", ("reward 'wrong_length'", "plugin 'faulty'", "5 values for 4 samples"),
+          rewards({"name": "wrong_length"}), plugin="faulty"),
+    Fault("reward-wrong-type", ("reward 'wrong_type'", "plugin 'faulty'", "returned str 'high'", "sample 0"),
+          rewards({"name": "wrong_type"}), plugin="faulty"),
+    Fault("reward-abstains-on-all", ("reward 'abstains_all'", "plugin 'faulty'", "abstained on all 4 samples"),
+          rewards({"name": "abstains_all"}), plugin="faulty"),
+    Fault("reward-times-out", ("reward 'sleeps'", "plugin 'faulty'", "timeout_s=0.05"),
+          rewards({"name": "sleeps", "timeout_s": 0.05}), plugin="faulty"),
+    Fault("reward-fails-to-start", ("reward 'fails_to_start'", "plugin 'faulty'", "no licence"),
+          rewards({"name": "fails_to_start"}), plugin="faulty"),
+    # ---- the other commands ----------------------------------------------------------------------------------
+    Fault("eval-model-dir-missing", ("--model", "{tmp}/nowhere", "no such file or directory"), command="eval",
+          args=("--model", "{tmp}/nowhere")),
+    Fault("eval-model-dir-not-a-checkpoint", ("--model", "{tmp}/notes", "not a transformers checkpoint"),
+          command="eval", args=("--model", "{tmp}/notes"), files={"notes/readme.txt": "not a model\n"}),
+    Fault("eval-samples-zero", ("--samples", "0"), command="eval", args=("--model", "{model}", "--samples", "0")),
+    Fault("sft-dataset-without-solutions", ("{config}", "train record 2 of dataset 'jsonl'", "'b'", "no solution"),
+          on_jsonl(), command="sft", files={"data.jsonl": jsonl(GOOD_LINE, {"prompt": "b"}, {"prompt": "c"})}),
+    Fault("sft-overwrite-with-a-bad-dataset", ("{config}", "data.dataset", "unknown dataset 'nope'"),
+          {"data": {"dataset": "nope"}}, command="sft", args=("--overwrite",), run_dir="previous"),
+    Fault("train-reward-bad-pairs-line", ("{tmp}/pairs.jsonl, line 2", "not valid JSON"),
+          text="model: {path: '{model}'}\ndata: {path: '{tmp}/pairs.jsonl'}\noutput_dir: '{tmp}/rm'\n",
+          command="train-reward",
+          files={"pairs.jsonl": jsonl({"prompt": "p", "chosen": "a", "rejected": "b"}, "{prompt: p}")}),
+    Fault("train-reward-pair-missing-field", ("{tmp}/pairs.jsonl, line 1", "rejected", "Field required"),
+          text="model: {path: '{model}'}\ndata: {path: '{tmp}/pairs.jsonl'}\noutput_dir: '{tmp}/rm'\n",
+          command="train-reward", files={"pairs.jsonl": jsonl({"prompt": "p", "chosen": "a"})}),
+    Fault("train-reward-unknown-key", ("{config}", "data.pairs", "Extra inputs"),
+          text="model: {path: '{model}'}\ndata: {pairs: '{tmp}/pairs.jsonl'}\n", command="train-reward"),
+    Fault("init-model-into-non-empty-dir", ("init-model", "{tmp}/occupied", "not empty"),
+          argv=("init-model", "{tmp}/occupied", "--size", "tiny"), files={"occupied/notes.txt": "mine\n"}),
+    Fault("init-model-size-huge", ("init-model", "'huge'", "tiny"), argv=("init-model", "{tmp}/new", "--size", "huge")),
+]
+
+# the same faults as real processes: exit status and no traceback at process level
+SUBPROCESS_FAULTS = ("unknown-key-ppo", "missing-config-file", "jsonl-bad-json-on-line-3")
+
+
+# ---- fixtures ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from ppo_core.tiny import init_model
+
+    return init_model(tmp_path_factory.mktemp("fault-model") / "model", "tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def previous_run(tmp_path_factory, tiny_model) -> Path:
+    """A finished one-update run with a checkpoint: what the run-directory cases must leave intact."""
+    root = tmp_path_factory.mktemp("fault-previous")
+    config = substitute(merge(BASE, {"train": {"save_every": 1}}), tmp=root, model=tiny_model)
+    (root / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch, as_a_cli_process():
+        for variable in (ALLOW_ENV, BLOCK_ENV):  # module scope: conftest's per-test clean-up has not run yet
+            patch.delenv(variable, raising=False)
+        assert main(["train", str(root / "run.yaml")]) == 0
+    assert (root / "run" / "metrics.jsonl").stat().st_size > 0
+    assert (root / "run" / "checkpoints" / "update-000001").is_dir()
+    return root / "run"
+
+
+@contextmanager
+def as_a_cli_process():
+    """What the CLI process has that an in-process ``main`` may not: transformers quiet (no progress bars,
+    errors only) even when it was imported before ``main`` set its environment. Also puts back torch's thread
+    count, which ``train.threads: 1`` changes for the whole process."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    bars, level, threads = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity(), torch.get_num_threads()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(level)
+        torch.set_num_threads(threads)
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------
+def merge(base: Any, change: Any) -> Any:
+    if isinstance(base, dict) and isinstance(change, dict):
+        out = dict(base)
+        for key, value in change.items():
+            if value is DELETE:
+                out.pop(key, None)
+            else:
+                out[key] = merge(base.get(key), value)
+        return out
+    return change
+
+
+def substitute(value: Any, **names: Any) -> Any:
+    if isinstance(value, str):
+        for name, replacement in names.items():
+            value = value.replace("{" + name + "}", str(replacement))
+        return value
+    if isinstance(value, dict):
+        return {key: substitute(item, **names) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(substitute(item, **names) for item in value)
+    return value
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file under ``roots``, by content hash: what was written before the case ran."""
+    found = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def prepare(fault: Fault, tmp: Path, model: Path, previous: Optional[Path], make_distribution,
+            monkeypatch) -> list[str]:
+    """Write the case's files, install its plugin, set its environment; returns the argv."""
+    names = {"tmp": tmp, "model": model, "config": tmp / fault.name}
+    for name, text in fault.files.items():
+        path = tmp / name
+        if name.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if text.startswith("@"):  # a copy of an existing file
+            shutil.copyfile(substitute(text[1:], **names), path)
+        else:
+            path.write_text(substitute(text, **names), encoding="utf-8")
+    if fault.run_dir == "previous":
+        shutil.copytree(previous, tmp / "run")
+    if fault.plugin:
+        make_distribution(f"ppo-core-{fault.plugin}", entry_points={fault.plugin: f"ppo_core_fault_{fault.plugin}"},
+                          modules={f"ppo_core_fault_{fault.plugin}": PLUGINS[fault.plugin]})
+    for variable, value in fault.env.items():
+        monkeypatch.setenv(variable, value)
+    if fault.argv is not None:
+        return [str(part) for part in substitute(list(fault.argv), **names)]
+    config = tmp / fault.name
+    if fault.text is not None:
+        config.write_text(substitute(fault.text, **names), encoding="utf-8")
+    else:
+        data = substitute(merge(BASE, fault.change), **names)
+        text = json.dumps(data) if config.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
+        config.write_text(text, encoding="utf-8")
+    return [fault.command, str(config), *substitute(list(fault.args), **names)]
+
+
+def check_error_line(code: int, stdout: str, stderr: str, expected: list[str]) -> str:
+    assert "Traceback" not in stdout + stderr, stderr
+    assert code == 2, f"exit status {code}, stderr: {stderr!r}"
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
+    line = lines[0]
+    assert line.startswith("ppo-core: error: "), line
+    missing = [fragment for fragment in expected if fragment not in line]
+    assert not missing, f"{missing} not in: {line}"
+    return line
+
+
+# ---- the catalogue -------------------------------------------------------------------------------------------
+def test_catalogue_is_large_and_ids_unique():
+    ids = [fault.id for fault in FAULTS]
+    assert len(ids) >= 40 and len(set(ids)) == len(ids)
+    assert set(SUBPROCESS_FAULTS) <= set(ids)
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[fault.id for fault in FAULTS])
+def test_fault_is_one_line_naming_where(fault, tmp_path, tiny_model, request, make_distribution, monkeypatch,
+                                        capsys):
+    previous = request.getfixturevalue("previous_run") if fault.run_dir else None
+    monkeypatch.chdir(tmp_path)
+    argv = prepare(fault, tmp_path, tiny_model, previous, make_distribution, monkeypatch)
+    before = snapshot(tmp_path, tiny_model)
+    capsys.readouterr()
+    with as_a_cli_process():
+        code = main(argv)
+    out, err = capsys.readouterr()
+    names = {"tmp": tmp_path, "model": tiny_model, "config": tmp_path / fault.name}
+    check_error_line(code, out, err, substitute(list(fault.expect), **names))
+    after = snapshot(tmp_path, tiny_model)
+    damaged = [path for path, digest in before.items() if after.get(path) != digest]
+    assert not damaged, f"changed or removed by a failed command: {damaged}"
+    if fault.run_dir:
+        assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == (previous / "metrics.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f.id in SUBPROCESS_FAULTS], ids=lambda f: f.id)
+def test_fault_in_a_real_process(fault, tmp_path, tiny_model, make_distribution, monkeypatch):
+    argv = prepare(fault, tmp_path, tiny_model, None, make_distribution, monkeypatch)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "ppo_core.cli", *argv], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)
+    names = {"tmp": tmp_path, "model": tiny_model, "config": tmp_path / fault.name}
+    check_error_line(done.returncode, done.stdout, done.stderr, substitute(list(fault.expect), **names))
