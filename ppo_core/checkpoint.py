@@ -61,6 +61,13 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
+def save_checkpoint(run_dir: Path, step: int, keep: int, write: Callable[[Path], None]) -> Path:
+    """Write checkpoint ``step`` of a run atomically, then drop all but the newest ``keep``."""
+    path = write_atomically(checkpoint_dir(run_dir, step), write)
+    prune_checkpoints(run_dir, keep)
+    return path
+
+
 def checkpoint_dir(run_dir: Path, update: int) -> Path:
     return Path(run_dir) / CHECKPOINTS_DIR / f"update-{update:06d}"
 

@@ -77,22 +77,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args) -> int:
+def _run_resumable(args, command: str, unit: str, run) -> int:
+    """Run ``run(config)`` for `train`/`sft`; a SIGINT/SIGTERM stop says how to resume."""
     from .config import load_config
 
     config = load_config(args.config, args.overrides)
-    from .train import Interrupted, train  # after the config is read: a config error need not import torch
+    from .train import Interrupted  # after the config is read: a config error need not import torch
 
     try:
-        final = train(config, resume=args.resume, overwrite=args.overwrite, source=args.config)
+        final = run(config)
     except Interrupted as stop:
-        command = shlex.join(["ppo-core", "train", args.config, *sum((["--set", o] for o in args.overrides), []),
-                              "--resume"])
-        print(f"ppo-core: stopped by {stop.signal_name} after update {stop.update}; checkpoint {stop.checkpoint}\n"
-              f"resume with: {command}", file=sys.stderr)
+        resume = shlex.join(["ppo-core", command, args.config, *sum((["--set", o] for o in args.overrides), []),
+                             "--resume"])
+        print(f"ppo-core: stopped by {stop.signal_name} after {unit} {stop.update}; checkpoint {stop.checkpoint}\n"
+              f"resume with: {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"final model: {final}")
     return 0
+
+
+def cmd_train(args) -> int:
+    def run(config):
+        from .train import train
+
+        return train(config, resume=args.resume, overwrite=args.overwrite, source=args.config)
+
+    return _run_resumable(args, "train", "update", run)
 
 
 def cmd_plugins(args) -> int:
@@ -162,22 +172,12 @@ def cmd_init_model(args) -> int:
 
 
 def cmd_sft(args) -> int:
-    from .config import load_config
+    def run(config):
+        from .sft import train_sft
 
-    config = load_config(args.config, args.overrides)
-    from .sft import train_sft
-    from .train import Interrupted
+        return train_sft(config, resume=args.resume, overwrite=args.overwrite, source=args.config)
 
-    try:
-        final = train_sft(config, resume=args.resume, overwrite=args.overwrite, source=args.config)
-    except Interrupted as stop:
-        command = shlex.join(["ppo-core", "sft", args.config, *sum((["--set", o] for o in args.overrides), []),
-                              "--resume"])
-        print(f"ppo-core: stopped by {stop.signal_name} after step {stop.update}; checkpoint {stop.checkpoint}\n"
-              f"resume with: {command}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(f"final model: {final}")
-    return 0
+    return _run_resumable(args, "sft", "step", run)
 
 
 def cmd_eval(args) -> int:

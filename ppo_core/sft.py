@@ -267,9 +267,7 @@ def save_checkpoint(run: SFTRun, metrics_lines: int) -> Path:
             "config": run.config.model_dump(mode="json"),
         })
 
-    path = ckpt.write_atomically(ckpt.checkpoint_dir(run.run_dir, run.step), write)
-    ckpt.prune_checkpoints(run.run_dir, run.config.train.keep_checkpoints)
-    return path
+    return ckpt.save_checkpoint(run.run_dir, run.step, run.config.train.keep_checkpoints, write)
 
 
 def load_checkpoint(run: SFTRun, path: Path) -> int:
