@@ -29,6 +29,7 @@ the ``ppo-core-reward-model`` plugin serves the result as the reward ``reward_mo
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import os
@@ -673,7 +674,7 @@ def _loss(rewards: torch.Tensor, targets: torch.Tensor, kind: DataKind) -> torch
     return F.mse_loss(rewards, targets)
 
 
-class _Trainer:
+class _Trainer(abc.ABC):
     def __init__(self, model: RewardModel, rows: list[tuple[list[int], ...]], options: RewardTrainOptions):
         self.model = model
         self.rows = rows
@@ -683,9 +684,9 @@ class _Trainer:
     def parameters(self) -> list[dict[str, Any]]:
         return [{"params": list(self.model.head.parameters()), "lr": self.options.lr}]
 
+    @abc.abstractmethod
     def rewards(self, indices: Sequence[int], grad: bool = False) -> torch.Tensor:
         """[len(indices), k] for k sequences per row (2 for pairs), or [len(indices)] for labels."""
-        raise NotImplementedError
 
     def fit(self, train: list[int], targets: torch.Tensor, kind: DataKind, generator: torch.Generator,
             progress: Optional[Callable[[dict[str, float]], None]]) -> None:

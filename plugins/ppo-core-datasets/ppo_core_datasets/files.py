@@ -6,6 +6,7 @@ stream too). ``json`` reads a top-level array, which has to be parsed whole: use
 
 from __future__ import annotations
 
+import abc
 import gzip
 import hashlib
 import json
@@ -58,7 +59,7 @@ def in_eval(number: int, split_seed: int, eval_fraction: float) -> bool:
     return int.from_bytes(digest, "big") < eval_fraction * 2.0**64
 
 
-class _FileDataset(Dataset):
+class _FileDataset(Dataset, abc.ABC):
     Options: ClassVar[type[BaseModel]] = FileOptions
     unit: ClassVar[str]  # what one record is called in messages: "line" or "index"
 
@@ -99,8 +100,9 @@ class _FileDataset(Dataset):
             dataset=self.name, split_hint=hint,
         )
 
+    @abc.abstractmethod
     def _items(self, path: Path) -> Iterator[tuple[int, Callable[[], Record]]]:
-        raise NotImplementedError
+        """(line or index, a function that parses and validates that record) for each record of the file."""
 
 
 class JsonlDataset(_FileDataset):

@@ -13,6 +13,7 @@ the eval split. So eval never overlaps train, and changing ``eval_size`` never c
 
 from __future__ import annotations
 
+import abc
 import math
 import random
 import string
@@ -52,7 +53,7 @@ def draw_word(rng: random.Random, min_len: int, max_len: int) -> str:
     return "".join(rng.choice(LETTERS) for _ in range(length))
 
 
-class _WordTask(Dataset):
+class _WordTask(Dataset, abc.ABC):
     """A task ``"<name>: <word> ="`` -> ``solve(word)``; subclasses set ``name`` and ``solve``."""
 
     Options: ClassVar[type[BaseModel]] = SyntheticOptions
@@ -62,8 +63,9 @@ class _WordTask(Dataset):
         self._words = self._draw_splits()
 
     @staticmethod
+    @abc.abstractmethod
     def solve(word: str) -> str:
-        raise NotImplementedError
+        """The task's answer for ``word``."""
 
     @staticmethod
     def key(word: str) -> str:
