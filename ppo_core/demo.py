@@ -46,12 +46,14 @@ def demo_configs(out: str = "runs/demo", seed: int = SEED) -> dict[str, dict[str
         "generation": generation,
         "optim": {"lr": 3.0e-3, "schedule": "constant", "warmup_steps": 20},
         "train": {"seed": seed, "output_dir": sft_dir, "threads": 2},
-        "sft": {"steps": 300, "batch_size": 32, "log_every": 25},
+        "sft": {"steps": 330, "batch_size": 32, "log_every": 25},
     }
     reward = {
         "model": {"path": start},
-        "data": {"dataset": TASK["dataset"], "options": {**TASK["options"], "eval_size": 0}, "pairs_per_record": 2,
-                 "seed": seed},
+        # no deletions: they make the rejected answer shorter, and a head that learns "longer is better" gets
+        # exploited by PPO (the responses grow and exact match falls)
+        "data": {"dataset": TASK["dataset"], "options": {**TASK["options"], "eval_size": 0},
+                 "corruptions": ["substitute", "shuffle"], "pairs_per_record": 2, "seed": seed},
         "train": {"train_backbone": False, "epochs": 20, "lr": 3.0e-3, "batch_size": 64, "seed": seed},
         "normalization": {"source": "policy", "prompts": 128, "seed": seed, **generation},
         "output_dir": reward_dir,
@@ -60,11 +62,11 @@ def demo_configs(out: str = "runs/demo", seed: int = SEED) -> dict[str, dict[str
     ppo = {
         "model": {"path": start, "critic": "shared"},
         "data": TASK,
-        "rewards": [{"name": "reward_model", "weight": 0.5, "options": {"path": reward_dir}}, *rule_rewards],
+        "rewards": [{"name": "reward_model", "weight": 0.05, "options": {"path": reward_dir}}, *rule_rewards],
         "ppo": {"rollout_batch_size": 64, "minibatch_size": 16, "epochs": 4, "kl": {"coef": 0.01}},
         "generation": generation,
-        "optim": {"lr": 5.0e-4, "schedule": "linear"},
-        "train": {"seed": seed, "updates": 60, "output_dir": f"{out}/ppo", "threads": 2},
+        "optim": {"lr": 1.0e-3, "schedule": "linear"},
+        "train": {"seed": seed, "updates": 80, "output_dir": f"{out}/ppo", "threads": 2},
     }
     return {"sft": sft, "reward": reward, "ppo": ppo}
 
