@@ -77,8 +77,10 @@ def make_kl_controller(ppo: PPOConfig):
 
 def make_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    # fused: one kernel per step instead of ~8 per parameter (and no .item() per parameter); CPU and CUDA
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, eps=optim.eps,
-                             weight_decay=optim.weight_decay)
+                             weight_decay=optim.weight_decay, fused=fused or None)
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -308,8 +310,9 @@ class PPOEngine:
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.optim_config.max_grad_norm
         if max_norm is None:
-            norms = [p.grad.detach().norm() for p in params]
-            return float(torch.stack(norms).norm()) if norms else 0.0
+            # the global norm, for the statistics only: one foreach kernel rather than a norm per parameter
+            grads = [p.grad.detach() for p in params]
+            return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     # ---- state for checkpoints -----------------------------------------------------------------------
