@@ -37,7 +37,7 @@ def demo_configs(out: str = "runs/demo", seed: int = SEED) -> dict[str, dict[str
     rule_rewards = [
         {"name": "exact_match", "weight": 1.0},
         {"name": "edit_distance", "weight": 1.0},
-        {"name": "repetition_penalty", "weight": 0.1, "options": {"n": 2}},
+        {"name": "repetition_penalty", "weight": 0.1},
     ]
     sft = {
         "model": {"path": model},
@@ -62,11 +62,11 @@ def demo_configs(out: str = "runs/demo", seed: int = SEED) -> dict[str, dict[str
     ppo = {
         "model": {"path": start, "critic": "shared"},
         "data": TASK,
-        "rewards": [{"name": "reward_model", "weight": 0.05, "options": {"path": reward_dir}}, *rule_rewards],
+        "rewards": [{"name": "reward_model", "weight": 0.01, "options": {"path": reward_dir}}, *rule_rewards],
         "ppo": {"rollout_batch_size": 64, "minibatch_size": 16, "epochs": 4, "kl": {"coef": 0.01}},
         "generation": generation,
         "optim": {"lr": 1.0e-3, "schedule": "linear"},
-        "train": {"seed": seed, "updates": 80, "output_dir": f"{out}/ppo", "threads": 2},
+        "train": {"seed": seed, "updates": 110, "output_dir": f"{out}/ppo", "threads": 2},
     }
     return {"sft": sft, "reward": reward, "ppo": ppo}
 

@@ -46,3 +46,27 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in README
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.MULTILINE)
+
+
+def test_every_example_config_validates():
+    from ppo_core.config import load_config
+
+    for path in sorted((REPO / "examples").glob("*.yaml")) + [REPO / "examples" / "demo" / "ppo.yaml",
+                                                               REPO / "examples" / "demo" / "sft.yaml"]:
+        load_config(path)
+
+
+def test_bring_your_own_example_trains_on_a_checkpoint_saved_to_disk(tmp_path, monkeypatch):
+    from ppo_core.config import load_config
+    from ppo_core.metrics import read_metrics
+    from ppo_core.tiny import init_model
+    from ppo_core.train import train
+
+    monkeypatch.chdir(REPO)  # the example's data path is relative to the repository root
+    model = init_model(tmp_path / "checkpoint", "tiny", seed=0)
+    config = load_config(REPO / "examples" / "bring-your-own.yaml", [
+        f"model.path={model}", "train.updates=1", "train.save_every=0", f"train.output_dir={tmp_path / 'run'}",
+        "train.progress=none", "generation.max_new_tokens=4", "data.options.eval_fraction=0"])
+    final = train(config)
+    assert (final / "model.safetensors").is_file()
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["update"] == 1

@@ -632,3 +632,13 @@ def test_train_reward_cli_bad_set_override(checkpoint, tmp_path, capsys):
     assert main(["train-reward", str(config), "--set", "train.lr=-1"]) == 2
     err = capsys.readouterr().err
     assert "(with --set train.lr=-1)" in err and "train.lr: Input should be greater than 0" in err
+
+
+def test_zero_extra_forward_off_can_be_written_unquoted_in_yaml():
+    import yaml
+
+    from ppo_core_reward_model.reward import RewardModelOptions
+
+    options = yaml.safe_load("path: somewhere\nzero_extra_forward: off\n")
+    assert options["zero_extra_forward"] is False  # what YAML 1.1 makes of it
+    assert RewardModelOptions.model_validate(options).zero_extra_forward == "off"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar, Literal, Optional, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ppo_core.api import Reward, RunContext, Sample
 from ppo_core.reward_model import (
@@ -47,6 +47,12 @@ class RewardModelOptions(BaseModel):
         "auto", description="`auto`: read the PPO engine's reference hidden states instead of running the "
         "backbone, when the head sits on the frozen backbone of the policy's starting checkpoint; `off`: always "
         "run the reward model's own backbone.")
+
+    @field_validator("zero_extra_forward", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        # YAML 1.1 reads an unquoted `off` as false
+        return "off" if value is False else value
 
 
 class RewardModelReward(Reward):
