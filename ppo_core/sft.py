@@ -30,14 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
-from .api import Record, RunContext
-from .composer import Composer, build_composer
+from .api import Record
+from .composer import Composer
 from .config import RunConfig, save_config
 from .data import PromptStream, encode_records, left_pad
-from .errors import DataError, TrainingError, UserError
+from .errors import DataError, TrainingError
 from .metrics import METRICS_FILE, MetricsLog, Progress
-from .models import disable_dropout, load_causal_lm, load_tokenizer, resolve_device, save_model
-from .plugins import load_plugins
+from .models import disable_dropout, load_causal_lm, save_model
+from .train import Interrupted, load_run_inputs, stop_requests
 from .ppo.engine import lr_multiplier
 from .ppo.rollout import position_ids_from_mask
 
@@ -168,18 +168,9 @@ def planned_steps(config: RunConfig, train_size: int) -> int:
 
 def build_sft(config: RunConfig, extra_plugins: Iterable = (), source: str = "config") -> SFTRun:
     """Load plugins, tokenizer, model and data; nothing is written."""
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    device = resolve_device(config.model.device)
     torch.manual_seed(config.train.seed)
-    plugins = load_plugins(config.plugins.allow, config.plugins.block, extra=extra_plugins)
-    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code,
-                               field="model.tokenizer" if config.model.tokenizer else "model.path")
-    context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer,
-                         policy_path=config.model.path)
-    dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
-                                     where=f"{source}: data.options", name_where=f"{source}: data.dataset")
-    composer = build_composer(config.rewards, plugins.registry, context, source)
+    inputs = load_run_inputs(config, extra_plugins, source)
+    device, tokenizer, dataset, composer = inputs.device, inputs.tokenizer, inputs.dataset, inputs.composer
     train_size = 0
     for record in dataset.records("train"):  # every record needs a solution: fail before anything is written
         train_size += 1
@@ -291,8 +282,6 @@ def load_checkpoint(run: SFTRun, path: Path) -> int:
 def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
               source: str = "config", progress_stream=None) -> Path:
     """Run SFT as configured; returns the directory of the final model (``<output_dir>/final``)."""
-    from .train import Interrupted, stop_requests
-
     run_dir = output_dir(config)
     field_name = "sft.output_dir" if config.sft.output_dir else "train.output_dir"
     ckpt.check_run_dir(run_dir, resume, overwrite, field_name)

@@ -7,7 +7,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import torch
 
@@ -64,12 +64,23 @@ def seed_everything(seed: int) -> torch.Generator:
     return generator
 
 
-def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "config") -> Run:
-    """Load plugins, tokenizer, models and data and put the engine together (nothing is written)."""
+@dataclass
+class RunInputs:
+    """What every command that trains or scores starts from: device, plugins, tokenizer, dataset, rewards."""
+
+    device: torch.device
+    plugins: PluginSet
+    tokenizer: Any
+    context: RunContext
+    dataset: Any
+    composer: Composer
+
+
+def load_run_inputs(config: RunConfig, extra_plugins: Iterable = (), source: str = "config") -> RunInputs:
+    """Threads, device, plugins, tokenizer, the dataset and the composer, as the config says."""
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.model.device)
-    generator = seed_everything(config.train.seed)
     plugins = load_plugins(config.plugins.allow, config.plugins.block, extra=extra_plugins)
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code,
                                field="model.tokenizer" if config.model.tokenizer else "model.path")
@@ -78,6 +89,15 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
     dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
                                      where=f"{source}: data.options", name_where=f"{source}: data.dataset")
     composer = build_composer(config.rewards, plugins.registry, context, source)
+    return RunInputs(device, plugins, tokenizer, context, dataset, composer)
+
+
+def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "config") -> Run:
+    """Load plugins, tokenizer, models and data and put the engine together (nothing is written)."""
+    generator = seed_everything(config.train.seed)
+    inputs = load_run_inputs(config, extra_plugins, source)
+    device, plugins, tokenizer, dataset, composer = (inputs.device, inputs.plugins, inputs.tokenizer,
+                                                     inputs.dataset, inputs.composer)
     model = build_actor_critic(config.model, tokenizer, config.train.seed).to(device)
     reference = frozen_copy(model.policy)
     engine = PPOEngine(model, reference, config.ppo, config.generation, config.optim, config.train.updates,

@@ -141,7 +141,6 @@ class PPOEngine:
     @torch.no_grad()
     def collect_rollout(self, batch: PromptBatch, scorer: Scorer) -> tuple[Rollout, dict[str, float]]:
         self.model.eval()
-        gen = self.generation
         # 1. sample responses from the current policy (KV cache; a row stops at eos)
         started = time.perf_counter()
         responses = self.generate(batch.input_ids, batch.attention_mask)

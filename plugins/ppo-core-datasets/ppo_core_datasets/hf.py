@@ -16,7 +16,7 @@ through to the record's fields. Without a mapping, rows are read in the three fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
