@@ -32,17 +32,16 @@ from torch import nn
 from . import checkpoint as ckpt
 from .api import Record
 from .composer import Composer
-from .config import RunConfig, save_config
+from .config import RunConfig
 from .data import PromptStream, encode_records, left_pad
 from .errors import DataError, TrainingError
-from .metrics import METRICS_FILE, MetricsLog, Progress
+from .metrics import Progress
 from .models import disable_dropout, load_causal_lm, save_model
-from .train import Interrupted, load_run_inputs, stop_requests
+from .train import Interrupted, load_run_inputs, open_run_dir, stop_requests
 from .ppo.engine import lr_multiplier
 from .ppo.rollout import position_ids_from_mask
 
 IGNORE_INDEX = -100
-CONFIG_FILE = "config.yaml"
 FINAL_DIR = "final"
 MODEL_DIR = "model"
 SUMMARY_KEYS = ("loss", "lr", "eval/loss", "eval/exact_match")
@@ -286,14 +285,7 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
     field_name = "sft.output_dir" if config.sft.output_dir else "train.output_dir"
     ckpt.check_run_dir(run_dir, resume, overwrite, field_name)
     run = build_sft(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
-    ckpt.prepare_run_dir(run_dir, resume, overwrite, field_name)
-    ckpt.remove_stale_partials(run_dir)
-    metrics_lines = 0
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
-    if latest is not None:
-        metrics_lines = load_checkpoint(run, latest)
-    save_config(config, run_dir / CONFIG_FILE)
-    log = MetricsLog(run_dir / METRICS_FILE, keep_lines=metrics_lines)
+    log = open_run_dir(run_dir, config, resume, overwrite, lambda path: load_checkpoint(run, path), field_name)
     progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
                         **({"stream": progress_stream} if progress_stream else {}))
     progress.first = run.step  # lines are not written every step: time per step counts from here

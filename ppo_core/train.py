@@ -197,6 +197,20 @@ def stop_requests():
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
+def open_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool, load, field_name: str =
+                 "train.output_dir") -> MetricsLog:
+    """Empty (--overwrite) or resume the run directory, save the resolved config, open metrics.jsonl.
+
+    ``load(checkpoint_path)`` restores the newest checkpoint and returns how many metrics lines belong to it.
+    """
+    ckpt.prepare_run_dir(run_dir, resume, overwrite, field_name)
+    ckpt.remove_stale_partials(run_dir)
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    metrics_lines = load(latest) if latest is not None else 0
+    save_config(config, run_dir / CONFIG_FILE)
+    return MetricsLog(run_dir / METRICS_FILE, keep_lines=metrics_lines)
+
+
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
           source: str = "config", progress_stream=None) -> Path:
     """Run PPO as configured; returns the directory of the final model."""
@@ -205,14 +219,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
     run_dir = Path(config.train.output_dir)
     ckpt.check_run_dir(run_dir, resume, overwrite)
     run = build_run(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
-    ckpt.prepare_run_dir(run_dir, resume, overwrite)
-    ckpt.remove_stale_partials(run_dir)
-    metrics_lines = 0
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
-    if latest is not None:
-        metrics_lines = load_checkpoint(run, latest)
-    save_config(config, run_dir / CONFIG_FILE)
-    log = MetricsLog(run_dir / METRICS_FILE, keep_lines=metrics_lines)
+    log = open_run_dir(run_dir, config, resume, overwrite, lambda path: load_checkpoint(run, path))
     board = TensorBoardLog(run_dir / "tensorboard") if config.train.tensorboard else None
     progress = Progress(config.train.updates, config.train.progress,
                         **({"stream": progress_stream} if progress_stream else {}))
