@@ -17,6 +17,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _must_divide(part: Optional[int], name: str, whole_name: str, info: ValidationInfo) -> Optional[int]:
+    """Batch sizes nest: ``part`` (the field ``name``) must divide the already-validated field ``whole_name``."""
+    whole = info.data.get(whole_name)
+    if part is not None and whole is not None and whole % part:
+        raise ValueError(f"{name} ({part}) must divide {whole_name} ({whole})")
+    return part
+
+
 class ModelConfig(Section):
     path: str = Field(description="Policy checkpoint: a local directory or a hub id (any transformers causal LM).")
     tokenizer: Optional[str] = Field(None, description="Tokenizer path or hub id; defaults to `path`.")
@@ -88,18 +96,12 @@ class PPOConfig(Section):
     @field_validator("minibatch_size")
     @classmethod
     def _minibatch_divides_rollout(cls, minibatch: int, info: ValidationInfo) -> int:
-        rollout = info.data.get("rollout_batch_size")
-        if rollout is not None and rollout % minibatch:
-            raise ValueError(f"minibatch_size ({minibatch}) must divide rollout_batch_size ({rollout})")
-        return minibatch
+        return _must_divide(minibatch, "minibatch_size", "rollout_batch_size", info)
 
     @field_validator("micro_batch_size")
     @classmethod
     def _micro_divides_minibatch(cls, micro: Optional[int], info: ValidationInfo) -> Optional[int]:
-        minibatch = info.data.get("minibatch_size")
-        if micro is not None and minibatch is not None and minibatch % micro:
-            raise ValueError(f"micro_batch_size ({micro}) must divide minibatch_size ({minibatch})")
-        return micro
+        return _must_divide(micro, "micro_batch_size", "minibatch_size", info)
 
 
 class GenerationConfig(Section):
@@ -167,10 +169,7 @@ class SFTConfig(Section):
     @field_validator("micro_batch_size")
     @classmethod
     def _micro_divides_batch(cls, micro: Optional[int], info: ValidationInfo) -> Optional[int]:
-        batch = info.data.get("batch_size")
-        if micro is not None and batch is not None and batch % micro:
-            raise ValueError(f"micro_batch_size ({micro}) must divide batch_size ({batch})")
-        return micro
+        return _must_divide(micro, "micro_batch_size", "batch_size", info)
 
 
 class RunConfig(Section):
