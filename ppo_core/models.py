@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -135,6 +137,23 @@ def fuse_activations(model: nn.Module) -> nn.Module:
     return model
 
 
+@functools.cache
+def _logits_to_keep_argument(model_class: type) -> Optional[str]:
+    parameters = inspect.signature(model_class.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):  # transformers >= 4.50, and the older name
+        if name in parameters:
+            return name
+    return None
+
+
+def logits_to_keep(model: nn.Module, count: int) -> dict:
+    """Forward keyword asking a causal LM for the logits of its last ``count`` positions only, or {} when the
+    model cannot (it then returns all of them; callers slice the end either way). Real vocabularies make the
+    logits over prompt positions the largest tensor of a forward, and nothing reads them."""
+    name = _logits_to_keep_argument(type(model))
+    return {name: count} if name else {}
+
+
 def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
@@ -160,20 +179,22 @@ class ActorCritic(nn.Module):
     def shared(self) -> bool:
         return self.critic_backbone is None
 
-    def forward(self, input_ids, attention_mask, position_ids, with_values: bool = True) -> PolicyOutput:
+    def forward(self, input_ids, attention_mask, position_ids, with_values: bool = True,
+                last_positions: int = 0) -> PolicyOutput:
+        """Logits and values; with ``last_positions`` > 0 only those of the last that many positions."""
+        keep = logits_to_keep(self.policy, last_positions) if last_positions else {}
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         if not with_values:
-            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False)
-            return PolicyOutput(out.logits, None)
+            return PolicyOutput(self.policy(**inputs, **keep).logits, None)
         if self.shared:
-            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False, output_hidden_states=True)
-            return PolicyOutput(out.logits, self.value_head(out.hidden_states[-1]))
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False)
-        critic = self.critic_backbone(input_ids=input_ids, attention_mask=attention_mask,
-                                      position_ids=position_ids, use_cache=False)
-        return PolicyOutput(out.logits, self.value_head(critic.last_hidden_state))
+            out = self.policy(**inputs, **keep, output_hidden_states=True)
+            hidden = out.hidden_states[-1]
+        else:
+            out = self.policy(**inputs, **keep)
+            hidden = self.critic_backbone(**inputs).last_hidden_state
+        if last_positions:
+            hidden = hidden[:, -last_positions:]
+        return PolicyOutput(out.logits, self.value_head(hidden))
 
     def critic_parameters(self):
         yield from self.value_head.parameters()
