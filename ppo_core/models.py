@@ -138,19 +138,22 @@ def fuse_activations(model: nn.Module) -> nn.Module:
 
 
 @functools.cache
-def _logits_to_keep_argument(model_class: type) -> Optional[str]:
+def _forward_argument(model_class: type, names: tuple[str, ...]) -> Optional[str]:
     parameters = inspect.signature(model_class.forward).parameters
-    for name in ("logits_to_keep", "num_logits_to_keep"):  # transformers >= 4.50, and the older name
-        if name in parameters:
-            return name
-    return None
+    return next((name for name in names if name in parameters), None)
+
+
+def forward_argument(model: nn.Module, *names: str) -> Optional[str]:
+    """The first of ``names`` that the model's forward accepts (transformers renames arguments across
+    releases), or None."""
+    return _forward_argument(type(model), names)
 
 
 def logits_to_keep(model: nn.Module, count: int) -> dict:
     """Forward keyword asking a causal LM for the logits of its last ``count`` positions only, or {} when the
     model cannot (it then returns all of them; callers slice the end either way). Real vocabularies make the
     logits over prompt positions the largest tensor of a forward, and nothing reads them."""
-    name = _logits_to_keep_argument(type(model))
+    name = forward_argument(model, "logits_to_keep", "num_logits_to_keep")  # transformers >= 4.50, and older
     return {name: count} if name else {}
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..models import logits_to_keep
+from ..models import forward_argument, logits_to_keep
 from .functional import entropy_from_logits, last_token_index, logprobs_from_logits
 
 
@@ -45,7 +44,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def _cache_argument(model: nn.Module) -> str:
     """transformers 5.x names the KV cache `cache`; earlier releases `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return forward_argument(model, "cache") or "past_key_values"
 
 
 def _returned_cache(out):
@@ -92,13 +91,12 @@ def preallocated_cache(model: nn.Module, capacity: int):
         from transformers.cache_utils import DynamicCache, DynamicLayer
 
         cache = DynamicCache(config=model.config)
+        layers = getattr(cache, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            return None  # sliding-window, linear-attention or other special layers keep their own cache
+        cache.layers = [_preallocated_layer_class()(capacity) for _ in layers]
     except (ImportError, TypeError, ValueError, AttributeError):
         return None
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        return None  # sliding-window, linear-attention or other special layers keep their own cache
-    layer_class = _preallocated_layer_class()
-    cache.layers = [layer_class(capacity) for _ in layers]
     return cache
 
 
