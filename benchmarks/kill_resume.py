@@ -22,8 +22,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from ppo_core.metrics import read_metrics
-from ppo_core.tiny import init_model
+from ppo_core.modeling.tiny import init_model
+from ppo_core.runtime.metrics import read_metrics
 
 TIMING = ("time/", "tokens_per_s")
 

@@ -1,7 +1,7 @@
 """PPO throughput of ppo-core on the TRL baseline's workload, and an interleaved comparison with TRL 1.0.0.
 
 The workload is /work/shared/trl-baseline's, exactly: the character tokenizer; a random GPT-2 policy (``small``
-4x256 or ``medium`` 6x512, built by ``ppo_core.tiny.init_model`` -- byte-identical to the baseline's policy);
+4x256 or ``medium`` 6x512, built by ``ppo_core.modeling.tiny.init_model`` -- byte-identical to the baseline's policy);
 the 512 ``reverse`` prompts (the ``ppo-core-datasets`` synthetic dataset with default options); 64 rollouts an
 update, at most 32 new tokens, temperature 1.0, stop at eos; 4 epochs x 4 minibatches of 16 (16 optimizer
 steps); fp32; 2 threads; AdamW lr 3e-6 decaying linearly to 0 over the run; KL coef 0.05 (k1, in the reward);
@@ -103,7 +103,7 @@ def update_flops(cfg, value_inner: int, batch: int, prompt_len: int, response_le
 
 # ---- models --------------------------------------------------------------------------------------------
 def model_dir(size: str, n_positions: int) -> Path:
-    from ppo_core.tiny import init_model
+    from ppo_core.modeling.tiny import init_model
 
     name = size if n_positions == 128 else f"{size}-np{n_positions}"
     path = BENCH_DIR / "models" / name
@@ -156,7 +156,7 @@ def run_ppo_core(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from ppo_core.train import build_run, make_scorer, next_prompt_batch
+    from ppo_core.commands.train import build_run, make_scorer, next_prompt_batch
 
     peak_before = matmul_peak_subprocess(args.threads)
     path = Path(args.model_dir) if args.model_dir else model_dir(args.size, args.n_positions)

@@ -20,8 +20,8 @@ from pathlib import Path
 RUN = r"""
 import json, sys, torch
 from ppo_core.config import load_config
-from ppo_core.train import train
-from ppo_core.metrics import read_metrics
+from ppo_core.commands.train import train
+from ppo_core.runtime.metrics import read_metrics
 config = load_config(sys.argv[1], ["rewards.0.options.zero_extra_forward=" + sys.argv[2]])
 train(config, overwrite=True)
 rows = read_metrics(config.train.output_dir + "/metrics.jsonl")[1:]  # the first update warms up
@@ -38,8 +38,9 @@ def main() -> None:
 
     import yaml
 
-    from ppo_core.reward_model import TrainRewardConfig, run_train_reward
-    from ppo_core.tiny import init_model
+    from ppo_core.commands.train_reward import run_train_reward
+    from ppo_core.config.train_reward import TrainRewardConfig
+    from ppo_core.modeling.tiny import init_model
 
     work = Path(tempfile.mkdtemp(prefix="rm-forward-"))
     model = init_model(work / "model", args.size, seed=0)

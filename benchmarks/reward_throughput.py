@@ -17,8 +17,8 @@ import random
 import statistics
 import time
 
-from ppo_core.api import RunContext, Sample
-from ppo_core.plugins import load_plugins
+from ppo_core import RunContext, Sample
+from ppo_core.plugin.loading import load_plugins
 
 TARGET = 100_000
 

@@ -1,7 +1,45 @@
-"""ppo-core: PPO fine-tuning of causal language models with plugin rewards and datasets."""
+"""ppo-core: PPO fine-tuning of causal language models with plugin rewards and datasets.
 
-from .hookspecs import hookimpl
+The public surface. Plugin authors import from here::
+
+    from ppo_core import hookimpl, Reward, Dataset, Record, Sample
+
+and Python users call the entry functions (``ppo_core.train``, ``ppo_core.sft``, ``ppo_core.evaluate``,
+``ppo_core.train_reward``), which load torch and transformers only when first used.
+"""
+
+from .errors import (
+    ConfigError,
+    DataError,
+    PluginError,
+    RewardError,
+    TrainingError,
+    UserError,
+)
+from .plugin.contract import Dataset, Message, NoOptions, Record, Reward, RunContext, Sample, Solution, Split
+from .plugin.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-__all__ = ["hookimpl", "__version__"]
+_ENTRY_FUNCTIONS = {
+    "train": ("ppo_core.commands.train", "train"),
+    "sft": ("ppo_core.commands.sft", "train_sft"),
+    "evaluate": ("ppo_core.commands.evaluate", "evaluate_model"),
+    "train_reward": ("ppo_core.commands.train_reward", "run_train_reward"),
+}
+
+
+def __getattr__(name: str):
+    if name in _ENTRY_FUNCTIONS:
+        import importlib
+
+        module, attribute = _ENTRY_FUNCTIONS[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'ppo_core' has no attribute {name!r}")
+
+
+__all__ = [
+    "ConfigError", "DataError", "Dataset", "Message", "NoOptions", "PluginError", "Record", "Reward", "RewardError",
+    "RunContext", "Sample", "Solution", "Split", "TrainingError", "UserError", "__version__", "evaluate", "hookimpl", "sft", "train",
+    "train_reward",
+]

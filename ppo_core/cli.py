@@ -82,7 +82,7 @@ def _run_resumable(args, command: str, unit: str, run) -> int:
     from .config import load_config
 
     config = load_config(args.config, args.overrides)
-    from .train import Interrupted  # after the config is read: a config error need not import torch
+    from .commands.train import Interrupted
 
     try:
         final = run(config)
@@ -98,7 +98,7 @@ def _run_resumable(args, command: str, unit: str, run) -> int:
 
 def cmd_train(args) -> int:
     def run(config):
-        from .train import train
+        from .commands.train import train
 
         return train(config, resume=args.resume, overwrite=args.overwrite, source=args.config)
 
@@ -106,7 +106,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from .plugins import load_plugins
+    from .plugin.loading import load_plugins
 
     plugins = load_plugins()
     registry = plugins.registry
@@ -148,7 +148,7 @@ def cmd_config(args) -> int:
         print(json.dumps(config_schema(), indent=2))
         return 0
     if args.config_command == "reference":
-        from .docs import config_reference_markdown
+        from .config.reference import config_reference_markdown
 
         print(config_reference_markdown())
         return 0
@@ -160,7 +160,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_init_model(args) -> int:
-    from .tiny import init_model
+    from .modeling.tiny import init_model
 
     try:
         path = init_model(args.directory, size=args.size, seed=args.seed, n_positions=args.n_positions,
@@ -173,7 +173,7 @@ def cmd_init_model(args) -> int:
 
 def cmd_sft(args) -> int:
     def run(config):
-        from .sft import train_sft
+        from .commands.sft import train_sft
 
         return train_sft(config, resume=args.resume, overwrite=args.overwrite, source=args.config)
 
@@ -186,7 +186,12 @@ def cmd_eval(args) -> int:
     config = load_config(args.config, args.overrides)
     if args.samples is not None and args.samples <= 0:
         raise UserError(f"eval: --samples must be positive, got {args.samples}")
-    from .evaluate import NUMBERS_FILE, SAMPLES_FILE, evaluate_model, format_table
+    from .commands.evaluate import (
+        NUMBERS_FILE,
+        SAMPLES_FILE,
+        evaluate_model,
+        format_table,
+    )
 
     model = Path(args.model)
     out = Path(args.out) if args.out else (model if model.is_dir() else Path.cwd()) / SAMPLES_FILE
@@ -202,7 +207,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train_reward(args) -> int:
-    from .reward_model import load_train_reward_config, run_train_reward
+    from .commands.train_reward import run_train_reward
+    from .config.train_reward import load_train_reward_config
 
     config = load_train_reward_config(args.config, args.overrides)
 
@@ -230,7 +236,7 @@ def cmd_train_reward(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .commands.demo import run_demo
 
     run_demo(args.out, quick=args.quick, overwrite=args.overwrite, seed=args.seed)
     return 0

@@ -1,5 +1,7 @@
 """Errors that reach the user as one clear line (the CLI exits with status 2 on these)."""
 
+from pydantic import ValidationError
+
 
 class UserError(Exception):
     """A mistake in the user's config, data, plugins or command line.
@@ -30,3 +32,19 @@ class RewardError(PluginError):
 
 class TrainingError(UserError):
     """Training cannot go on (for example, too many non-finite steps in a row)."""
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per problem: ``field.path: message (got value)``."""
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(part) for part in item["loc"])
+        where = ".".join(part for part in (prefix, loc) if part) or "(top level)"
+        message = item["msg"]
+        if item["type"] not in ("missing", "extra_forbidden") and "input" in item:
+            shown = repr(item["input"])
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            message += f" (got {shown})"
+        lines.append(f"{where}: {message}")
+    return "; ".join(lines)

@@ -5,8 +5,8 @@
 - ``make_plugin`` builds an in-process plugin (a module object holding ``@hookimpl`` functions);
 - ``make_distribution`` builds a REAL throwaway distribution (``*.dist-info`` with ``entry_points.txt``)
   on ``sys.path``, so entry-point discovery runs exactly as for a pip-installed plugin;
-- ``make_sample`` builds a :class:`ppo_core.api.Sample`;
-- ``tiny_model_dir`` is a tiny random checkpoint written once per session by :func:`ppo_core.tiny.init_model`.
+- ``make_sample`` builds a :class:`ppo_core.Sample`;
+- ``tiny_model_dir`` is a tiny random checkpoint written once per session by :func:`ppo_core.modeling.tiny.init_model`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from ppo_core.api import Sample
-from ppo_core.plugins import ALLOW_ENV, BLOCK_ENV
+from ppo_core import Sample
+from ppo_core.plugin.loading import ALLOW_ENV, BLOCK_ENV
 
 _plugin_ids = itertools.count()
 
@@ -97,6 +97,6 @@ def make_sample() -> Callable[..., Sample]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random GPT-2 checkpoint with the character tokenizer (written once per test session)."""
-    from ppo_core.tiny import init_model
+    from ppo_core.modeling.tiny import init_model
 
     return init_model(tmp_path_factory.mktemp("tiny-model") / "model", size="tiny", seed=0)

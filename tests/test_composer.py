@@ -16,12 +16,11 @@ import pytest
 from pydantic import BaseModel
 from pytest import approx
 
-from ppo_core import hookimpl
-from ppo_core.api import Reward, RunContext
-from ppo_core.composer import Composer, build_composer
+from ppo_core import Reward, RunContext, hookimpl
 from ppo_core.config import RewardConfig
 from ppo_core.errors import ConfigError, PluginError, RewardError, UserError
-from ppo_core.plugins import load_plugins
+from ppo_core.plugin.loading import load_plugins
+from ppo_core.rewards.composer import Composer, build_composer
 
 PLUGIN = "test_rewards"
 RELEASE = threading.Event()  # lets a sleeping reward go when its test ends

@@ -19,8 +19,20 @@ import pytest
 import yaml
 
 from ppo_core.cli import main
-from ppo_core.config import (GenerationConfig, KLConfig, OptimConfig, PluginsConfig, PPOConfig, RewardConfig,
-                             RunConfig, TrainConfig, apply_override, load_config, save_config, validate_config)
+from ppo_core.config import (
+    GenerationConfig,
+    KLConfig,
+    OptimConfig,
+    PluginsConfig,
+    PPOConfig,
+    RewardConfig,
+    RunConfig,
+    TrainConfig,
+    apply_override,
+    load_config,
+    save_config,
+    validate_config,
+)
 from ppo_core.errors import ConfigError
 
 MINIMAL = {"model": {"path": "some/model"}, "data": {"dataset": "reverse"}, "rewards": [{"name": "exact_match"}]}
@@ -122,7 +134,7 @@ def test_invalid_config_names_file_and_field(tmp_path, case):
 
 
 def test_rewards_may_be_left_out_of_the_config_but_train_needs_one(tmp_path):
-    from ppo_core.train import train
+    from ppo_core.commands.train import train
 
     data = minimal()
     del data["rewards"]

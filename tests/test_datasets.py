@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from ppo_core.api import Record, RunContext
+from ppo_core import Record, RunContext
 from ppo_core.errors import ConfigError, DataError
-from ppo_core.plugins import ALLOW_ENV, BLOCK_ENV, load_plugins
+from ppo_core.plugin.loading import ALLOW_ENV, BLOCK_ENV, load_plugins
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from ppo_core.cli import main
-from ppo_core.demo import EXAMPLE_FILES, example_config_texts
+from ppo_core.commands.demo import EXAMPLE_FILES, example_config_texts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_example_configs_are_the_demo_configs():
     for name, text in example_config_texts().items():
         path = REPO / "examples" / "demo" / EXAMPLE_FILES[name]
-        assert path.read_text(encoding="utf-8") == text, "regenerate with: python -m ppo_core.demo examples/demo"
+        assert path.read_text(encoding="utf-8") == text, "regenerate with: python -m ppo_core.commands.demo examples/demo"
 
 
 def test_the_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):

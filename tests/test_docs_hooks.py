@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ppo_core import hookimpl, hookspecs
-from ppo_core.plugins import ENTRY_POINT_GROUP, make_plugin_manager
+from ppo_core import hookimpl
+from ppo_core.plugin import hookspecs
+from ppo_core.plugin.loading import ENTRY_POINT_GROUP, make_plugin_manager
 
 TESTS = Path(__file__).parent
 SPEC_MARK = f"{hookspecs.PROJECT_NAME}_spec"

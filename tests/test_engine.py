@@ -9,12 +9,11 @@ import torch
 from pydantic import BaseModel
 from safetensors.torch import load_file
 
-from ppo_core import hookimpl
-from ppo_core.api import Reward
+from ppo_core import Reward, hookimpl
+from ppo_core.commands.train import build_run, make_scorer, next_prompt_batch, train
 from ppo_core.config import load_config
-from ppo_core.metrics import read_metrics
-from ppo_core.tiny import init_model
-from ppo_core.train import build_run, make_scorer, next_prompt_batch, train
+from ppo_core.modeling.tiny import init_model
+from ppo_core.runtime.metrics import read_metrics
 
 TIMING_KEYS = ("time/", "tokens_per_s")
 
@@ -166,7 +165,7 @@ def test_missing_eos_penalty_hits_only_responses_cut_off(tiny_model, tmp_path):
 def test_pad_token_is_added_when_it_equals_eos(tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
-    from ppo_core.models import load_tokenizer
+    from ppo_core.modeling.loading import load_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     tokenizer.pad_token = tokenizer.eos_token

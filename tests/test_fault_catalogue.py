@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from ppo_core.cli import main
-from ppo_core.plugins import ALLOW_ENV, BLOCK_ENV
+from ppo_core.plugin.loading import ALLOW_ENV, BLOCK_ENV
 
 DELETE = object()  # in a Fault's `change`: remove this key from the base config
 
@@ -46,7 +46,7 @@ FAULTY_REWARDS = '''
     import time
 
     from ppo_core import hookimpl
-    from ppo_core.api import Reward
+    from ppo_core import Reward
 
 
     class Raises(Reward):
@@ -311,7 +311,7 @@ SUBPROCESS_FAULTS = ("unknown-key-ppo", "missing-config-file", "jsonl-bad-json-o
 # ---- fixtures ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from ppo_core.tiny import init_model
+    from ppo_core.modeling.tiny import init_model
 
     return init_model(tmp_path_factory.mktemp("fault-model") / "model", "tiny", seed=0)
 

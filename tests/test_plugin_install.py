@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ppo_core.tiny import init_model
+from ppo_core.modeling.tiny import init_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_a_throwaway_plugin_distribution_installs_lists_trains_and_uninstalls(tm
     """))
     (source / "ppo_core_throwaway.py").write_text(textwrap.dedent("""
         from ppo_core import hookimpl
-        from ppo_core.api import Reward
+        from ppo_core import Reward
 
         class VowelShare(Reward):
             name = "vowel_share"

@@ -19,11 +19,10 @@ from typing import Callable, Iterator
 import pytest
 from pydantic import BaseModel
 
-from ppo_core import hookimpl
-from ppo_core.api import Dataset, NoOptions, Record, Reward, RunContext
+from ppo_core import Dataset, NoOptions, Record, Reward, RunContext, hookimpl
 from ppo_core.cli import main
 from ppo_core.errors import PluginError, UserError
-from ppo_core.plugins import ALLOW_ENV, BLOCK_ENV, PluginSet, load_plugins
+from ppo_core.plugin.loading import ALLOW_ENV, BLOCK_ENV, PluginSet, load_plugins
 
 RULE_PLUGIN, RULE_DIST = "rule_rewards", "ppo-core-rewards"
 DATA_PLUGIN, DATA_DIST = "datasets", "ppo-core-datasets"

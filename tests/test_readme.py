@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ppo_core.cli import build_parser
-from ppo_core.docs import END, START, config_reference_markdown
+from ppo_core.config.reference import END, START, config_reference_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -15,7 +15,7 @@ README = (REPO / "README.md").read_text(encoding="utf-8")
 
 def test_config_reference_matches_the_schema():
     block = README[README.index(START):README.index(END) + len(END)]
-    assert block == config_reference_markdown(), "regenerate with: python -m ppo_core.docs README.md"
+    assert block == config_reference_markdown(), "regenerate with: python -m ppo_core.config.reference README.md"
 
 
 def test_every_config_field_is_in_the_reference():
@@ -57,10 +57,10 @@ def test_every_example_config_validates():
 
 
 def test_bring_your_own_example_trains_on_a_checkpoint_saved_to_disk(tmp_path, monkeypatch):
+    from ppo_core.commands.train import train
     from ppo_core.config import load_config
-    from ppo_core.metrics import read_metrics
-    from ppo_core.tiny import init_model
-    from ppo_core.train import train
+    from ppo_core.modeling.tiny import init_model
+    from ppo_core.runtime.metrics import read_metrics
 
     monkeypatch.chdir(REPO)  # the example's data path is relative to the repository root
     model = init_model(tmp_path / "checkpoint", "tiny", seed=0)

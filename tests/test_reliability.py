@@ -4,7 +4,6 @@ SIGTERM stops at a safe point with a checkpoint; non-finite steps are skipped an
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,16 +15,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from ppo_core.metrics import read_metrics
-from ppo_core.tiny import init_model
+from ppo_core.modeling.tiny import init_model
+from ppo_core.runtime.metrics import read_metrics
 
 TIMING = ("time/", "tokens_per_s")
 
 # Runs `ppo-core train` in-process, with one function wrapped to SIGKILL the process on its Nth call.
 KILLER = r"""
 import os, signal, sys
-import ppo_core.checkpoint as checkpoint
-import ppo_core.metrics as metrics
+import ppo_core.runtime.checkpoints as checkpoint
+import ppo_core.runtime.metrics as metrics
 import ppo_core.ppo.engine as engine
 from ppo_core.cli import main
 
@@ -149,14 +148,14 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(setup):
     root, model = setup
     plugin = root / "huge_plugin.py"
     plugin.write_text(
-        "from ppo_core import hookimpl\nfrom ppo_core.api import Reward\n"
+        "from ppo_core import hookimpl\nfrom ppo_core import Reward\n"
         "class Huge(Reward):\n    name = 'huge'\n"
         "    def __call__(self, samples):\n        return [3e38 * (i % 2) for i, _ in enumerate(samples)]\n"
         "@hookimpl\ndef register_rewards(register):\n    register(Huge)\n")
     script = root / "run_huge.py"
     script.write_text(
         "import sys\nsys.path.insert(0, sys.argv[1])\nimport huge_plugin\n"
-        "from ppo_core.config import load_config\nfrom ppo_core.train import train\n"
+        "from ppo_core.config import load_config\nfrom ppo_core.commands.train import train\n"
         "from ppo_core.errors import TrainingError\n"
         "config = load_config(sys.argv[2], ['rewards=[{name: huge}]', 'train.save_every=0'])\n"
         "try:\n    train(config, extra_plugins=[('huge_plugin', huge_plugin)])\n"

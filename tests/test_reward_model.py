@@ -1,7 +1,7 @@
 """The learned reward model: ppo_core.reward_model (data, training, normalisation, save/load, train-reward CLI)
 and the separately installed distribution ``ppo-core-reward-model`` (reward ``reward_model``).
 
-Everything runs on tiny random GPT-2 checkpoints from :func:`ppo_core.tiny.init_model`, seeded. The plugin
+Everything runs on tiny random GPT-2 checkpoints from :func:`ppo_core.modeling.tiny.init_model`, seeded. The plugin
 distribution must be installed (``pip install -e plugins/ppo-core-reward-model``): without it this module
 fails on import, it never skips.
 """
@@ -15,38 +15,53 @@ from pathlib import Path
 
 import pytest
 import torch
+from ppo_core_reward_model import RewardModelOptions, RewardModelReward
 
-from ppo_core.api import Record, RunContext, Sample
+from ppo_core import Record, RunContext, Sample
 from ppo_core.cli import main
-from ppo_core.config import DataConfig, GenerationConfig, ModelConfig, OptimConfig, PPOConfig, RewardConfig
-from ppo_core.data import encode_records, left_pad
+from ppo_core.config import (
+    DataConfig,
+    GenerationConfig,
+    ModelConfig,
+    OptimConfig,
+    PPOConfig,
+    RewardConfig,
+)
+from ppo_core.config.train_reward import RewardTrainOptions
+from ppo_core.data.prompts import encode_records, left_pad
 from ppo_core.errors import ConfigError, DataError, UserError
-from ppo_core.models import build_actor_critic, frozen_copy, load_backbone, load_causal_lm, load_tokenizer
-from ppo_core.plugins import load_plugins
+from ppo_core.modeling.heads import MLPHead
+from ppo_core.modeling.loading import (
+    frozen_copy,
+    load_backbone,
+    load_causal_lm,
+    load_tokenizer,
+)
+from ppo_core.modeling.tiny import init_model
+from ppo_core.plugin.loading import load_plugins
+from ppo_core.ppo.actor_critic import build_actor_critic
 from ppo_core.ppo.rollout import position_ids_from_mask, response_outputs
 from ppo_core.reward_model import (
-    BACKBONE_DIR,
-    REWARD_HEAD_FILE,
-    REWARD_MODEL_FILE,
     PreferencePair,
     RewardData,
-    RewardHead,
     RewardModelError,
-    RewardTrainOptions,
     corrupt,
     load_reward_model,
     make_preference_pairs,
     normalize_on_policy,
     normalize_on_responses,
     read_reward_data,
-    right_pad,
     sample_token_ids,
     save_reward_model,
     train_reward_model,
     write_jsonl,
 )
-from ppo_core.tiny import init_model
-from ppo_core_reward_model import RewardModelOptions, RewardModelReward
+from ppo_core.reward_model.model import right_pad
+from ppo_core.reward_model.storage import (
+    BACKBONE_DIR,
+    REWARD_HEAD_FILE,
+    REWARD_MODEL_FILE,
+)
 
 PLUGIN = "reward_model"
 DISTRIBUTION = "ppo-core-reward-model"
@@ -121,7 +136,7 @@ def make_samples(tokenizer, n: int = 12, seed: int = 3) -> list[Sample]:
 
 def test_head_init_and_shape():
     torch.manual_seed(0)
-    head = RewardHead(256)
+    head = MLPHead(256, init="normal")
     for layer in (head.dense, head.out):
         expected = 1.0 / (layer.in_features + 1) ** 0.5
         assert abs(float(layer.weight.detach().std()) - expected) < 0.1 * expected
@@ -225,7 +240,7 @@ def test_scalar_labels_train_with_mse(checkpoint):
 
 
 def test_held_out_split_keeps_a_prompts_items_together():
-    from ppo_core.reward_model import _split
+    from ppo_core.reward_model.training import _split
 
     prompts = [f"p{i // 3}" for i in range(30)]  # ten prompts, three pairs each
     held, train = _split(prompts, 0.2, torch.Generator().manual_seed(0))
@@ -331,9 +346,9 @@ def test_zero_extra_forward_scores_equal_the_standalone_plugin(trained, checkpoi
 def test_zero_extra_forward_in_a_real_rollout(trained, checkpoint, tokenizer):
     """The engine's rollout hands the reference hidden states to the composer; the reward's own forward
     (``__call__``) never runs, and the scores equal the standalone plugin's."""
-    from ppo_core.composer import build_composer
+    from ppo_core.commands.train import make_scorer
     from ppo_core.ppo.engine import PPOEngine, PromptBatch
-    from ppo_core.train import make_scorer
+    from ppo_core.rewards.composer import build_composer
 
     context = RunContext(tokenizer=tokenizer, policy_path=str(checkpoint))
     registry = load_plugins(allow=[DISTRIBUTION]).registry
@@ -636,7 +651,6 @@ def test_train_reward_cli_bad_set_override(checkpoint, tmp_path, capsys):
 
 def test_zero_extra_forward_off_can_be_written_unquoted_in_yaml():
     import yaml
-
     from ppo_core_reward_model.reward import RewardModelOptions
 
     options = yaml.safe_load("path: somewhere\nzero_extra_forward: off\n")

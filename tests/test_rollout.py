@@ -7,10 +7,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import ppo_core.models as models
+import ppo_core.modeling.compat as models
 import ppo_core.ppo.rollout as rollout
-from ppo_core.models import ActorCritic, ValueHead, fuse_activations
-from ppo_core.tiny import init_model
+from ppo_core.modeling.compat import fuse_activations
+from ppo_core.modeling.heads import MLPHead
+from ppo_core.modeling.tiny import init_model
+from ppo_core.ppo.actor_critic import ActorCritic
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def test_logits_and_values_of_response_positions_only_match_the_full_forward(tin
     mask = torch.cat([batch["attention_mask"].bool(), responses.mask], dim=1)
     torch.manual_seed(0)
     backbone = None if shared else model.transformer
-    head = ValueHead(model.config.n_embd, 16)
+    head = MLPHead(model.config.n_embd, 16)
     torch.nn.init.normal_(head.out.weight)  # the real head starts at zero, which would hide a wrong slice
     actor_critic = ActorCritic(model, head, backbone)
     prompt = batch["input_ids"].size(1)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ppo_core_rewards import EditDistance, ExactMatch, RepetitionPenalty
 from pytest import approx
 
-from ppo_core.api import RunContext, Sample
+from ppo_core import RunContext, Sample
 from ppo_core.errors import ConfigError, RewardError
-from ppo_core.plugins import ALLOW_ENV, BLOCK_ENV, load_plugins
-from ppo_core_rewards import EditDistance, ExactMatch, RepetitionPenalty
+from ppo_core.plugin.loading import ALLOW_ENV, BLOCK_ENV, load_plugins
 
 PLUGIN = "rule_rewards"
 DISTRIBUTION = "ppo-core-rewards"

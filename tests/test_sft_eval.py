@@ -18,16 +18,23 @@ import yaml
 from safetensors.torch import load_file
 
 from ppo_core.cli import main
+from ppo_core.commands.evaluate import evaluate_model
+from ppo_core.commands.sft import (
+    IGNORE_INDEX,
+    build_batch,
+    build_sft,
+    mean_loss,
+    sft_step,
+    train_sft,
+)
 from ppo_core.config import load_config
-from ppo_core.data import encode_records, left_pad
+from ppo_core.data.prompts import encode_records, left_pad
 from ppo_core.errors import ConfigError, UserError
-from ppo_core.evaluate import evaluate_model
-from ppo_core.metrics import read_metrics
-from ppo_core.models import load_causal_lm, load_tokenizer
-from ppo_core.plugins import ALLOW_ENV, BLOCK_ENV
+from ppo_core.modeling.loading import load_causal_lm, load_tokenizer
+from ppo_core.modeling.tiny import init_model
+from ppo_core.plugin.loading import ALLOW_ENV, BLOCK_ENV
 from ppo_core.ppo.rollout import position_ids_from_mask
-from ppo_core.sft import IGNORE_INDEX, build_batch, build_sft, mean_loss, sft_step, train_sft
-from ppo_core.tiny import init_model
+from ppo_core.runtime.metrics import read_metrics
 
 STEPS = 150
 TIMING_KEYS = ("time/", "tokens_per_s")
@@ -117,7 +124,7 @@ def test_metrics_have_one_line_per_logged_step(trained):
 def test_final_model_loads_with_transformers_and_ppo_starts_from_it(trained, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ppo_core.train import train
+    from ppo_core.commands.train import train
 
     final = trained["final"]
     model = AutoModelForCausalLM.from_pretrained(final)
@@ -152,7 +159,7 @@ def test_loss_mask_covers_response_tokens_only(tiny_model, tmp_path):
         assert batch.attention_mask[row, P:].sum() == len(target)
     assert run.tokenizer.bos_token_id not in batch.labels  # no special token but eos is learned
     # the loss is the token-mean NLL of those labels: the same as transformers' own causal-LM loss
-    from ppo_core.sft import response_nll
+    from ppo_core.commands.sft import response_nll
 
     with torch.no_grad():
         nll, n = response_nll(run.model, batch)
@@ -264,7 +271,7 @@ def test_bad_sft_config_exits_2_without_a_traceback(tiny_model, tmp_path):
 
 
 def test_sft_and_eval_need_no_rewards_but_ppo_does(tiny_model, tmp_path):
-    from ppo_core.train import train
+    from ppo_core.commands.train import train
 
     data = config_data(tiny_model, tmp_path / "run")
     del data["rewards"]

@@ -1,4 +1,4 @@
-"""Tests for ppo_core.tiny: char tokenizer + tiny GPT-2 checkpoints matching the TRL baseline."""
+"""Tests for ppo_core.modeling.tiny: char tokenizer + tiny GPT-2 checkpoints matching the TRL baseline."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import re
 import pytest
 import torch
 
-from ppo_core.tiny import MODEL_SIZES, build_char_tokenizer, build_tiny_model, init_model
+from ppo_core.modeling.tiny import (
+    MODEL_SIZES,
+    build_char_tokenizer,
+    build_tiny_model,
+    init_model,
+)
 
 # The TRL baseline's small policy (make_tiny_models.py --size small, seed 0): parameter count and the sha256 of
 # its model.safetensors (README: "small policy sha256 8bae9d54…"). Matching these proves the same workload.

@@ -2,8 +2,7 @@
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ppo_core import hookimpl
-from ppo_core.api import Reward
+from ppo_core import Reward, hookimpl
 
 
 class LengthOptions(BaseModel):

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..models import forward_argument, logits_to_keep
+from ..modeling.compat import forward_argument, logits_to_keep
 from .functional import entropy_from_logits, last_token_index, logprobs_from_logits
 
 

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, O
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
-from ppo_core.api import Record, Split, format_validation_error
-from ppo_core.errors import DataError
+from ppo_core import Record, Split
+from ppo_core.errors import DataError, format_validation_error
 
 logger = logging.getLogger("ppo_core.datasets")
 

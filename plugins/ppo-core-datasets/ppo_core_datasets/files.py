@@ -15,7 +15,7 @@ from typing import IO, Any, Callable, ClassVar, Iterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ppo_core.api import Dataset, Record, RunContext, Split
+from ppo_core import Dataset, Record, RunContext, Split
 from ppo_core.errors import DataError
 
 from ._records import json_type, stream_records, to_record

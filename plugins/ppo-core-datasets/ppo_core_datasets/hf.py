@@ -20,7 +20,7 @@ from typing import Any, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ppo_core.api import Dataset, Record, RunContext, Split
+from ppo_core import Dataset, Record, RunContext, Split
 from ppo_core.errors import ConfigError, DataError
 
 from ._records import PROMPT_KEYS, stream_records, to_record

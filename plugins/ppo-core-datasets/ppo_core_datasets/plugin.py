@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ppo_core.hookspecs import hookimpl
+from ppo_core import hookimpl
 
 from .files import JsonDataset, JsonlDataset
 from .hf import HFDataset

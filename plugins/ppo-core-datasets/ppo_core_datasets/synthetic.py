@@ -21,7 +21,7 @@ from typing import ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ppo_core.api import Dataset, Record, RunContext, Split
+from ppo_core import Dataset, Record, RunContext, Split
 from ppo_core.errors import ConfigError
 
 __all__ = ["CopyDataset", "ReverseDataset", "SortDataset", "SyntheticOptions", "draw_word"]

@@ -21,7 +21,7 @@ from typing import ClassVar, Literal, Optional, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ppo_core.api import Reward, RunContext, Sample
+from ppo_core import Reward, RunContext, Sample
 from ppo_core.reward_model import (
     RewardModel,
     RewardModelError,

@@ -4,7 +4,13 @@ The core never imports this package: ppo-core finds it through the ``ppo_core`` 
 ``rule_rewards = "ppo_core_rewards.plugin"`` of the distribution ``ppo-core-rewards``.
 """
 
-from .rewards import EditDistance, EditDistanceOptions, ExactMatch, RepetitionPenalty, RepetitionPenaltyOptions
+from .rewards import (
+    EditDistance,
+    EditDistanceOptions,
+    ExactMatch,
+    RepetitionPenalty,
+    RepetitionPenaltyOptions,
+)
 from .text import TextMatchOptions
 
 __version__ = "0.1.0"

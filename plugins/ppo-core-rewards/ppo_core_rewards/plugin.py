@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ppo_core.hookspecs import hookimpl
+from ppo_core import hookimpl
 
 from .rewards import EditDistance, ExactMatch, RepetitionPenalty
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Literal, Optional, Sequence
 
 from Levenshtein import distance as _levenshtein
-from pydantic import ConfigDict, BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from ppo_core.api import Reward, RunContext, Sample
+from ppo_core import Reward, RunContext, Sample
 
 from .text import Solutions, TextMatch, TextMatchOptions
 

@@ -15,7 +15,7 @@ from typing import Callable, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ppo_core.api import Sample
+from ppo_core import Sample
 from ppo_core.errors import RewardError
 
 PLUGIN = "rule_rewards"
@@ -101,7 +101,7 @@ def make_extractor(options: TextMatchOptions) -> Optional[Callable[[str], Option
 
 
 class TextMatch:
-    """Mixin for a :class:`ppo_core.api.Reward` whose options are a :class:`TextMatchOptions`."""
+    """Mixin for a :class:`ppo_core.Reward` whose options are a :class:`TextMatchOptions`."""
 
     name: str
     options: TextMatchOptions

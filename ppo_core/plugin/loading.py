@@ -10,8 +10,8 @@ from typing import Any, Iterable, Optional
 
 import pluggy
 
+from ..errors import DuplicateNameError
 from . import hookspecs
-from .errors import DuplicateNameError
 from .registry import Registry
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME

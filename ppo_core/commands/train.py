@@ -11,17 +11,18 @@ from typing import Any, Iterable
 
 import torch
 
-from . import checkpoint as ckpt
-from .api import RunContext
-from .composer import Composer, build_composer
-from .config import RunConfig, save_config
-from .data import PromptStream, encode_records, left_pad, make_samples
-from .errors import ConfigError, TrainingError
-from .metrics import METRICS_FILE, MetricsLog, Progress, TensorBoardLog
-from .models import ActorCritic, build_actor_critic, frozen_copy, load_tokenizer, resolve_device, save_model
-from .plugins import PluginSet, load_plugins
-from .ppo.engine import PPOEngine, PromptBatch
-from .ppo.rollout import Responses
+from ..config import RunConfig, save_config
+from ..data.prompts import PromptStream, encode_records, left_pad, make_samples
+from ..errors import ConfigError, TrainingError
+from ..modeling.loading import frozen_copy, load_tokenizer, resolve_device, save_model
+from ..plugin.contract import RunContext
+from ..plugin.loading import PluginSet, load_plugins
+from ..ppo.actor_critic import ActorCritic, build_actor_critic
+from ..ppo.engine import PPOEngine, PromptBatch
+from ..ppo.rollout import Responses
+from ..rewards.composer import Composer, build_composer
+from ..runtime import checkpoints as ckpt
+from ..runtime.metrics import METRICS_FILE, MetricsLog, Progress, TensorBoardLog
 
 CONFIG_FILE = "config.yaml"
 FINAL_DIR = "final"

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
-from .errors import UserError
+from ..errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_KEYS = ("reward/mean", "kl", "entropy", "response/length_mean")

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .errors import UserError
+from ..errors import UserError
 
 SEED = 0
 TASK = {"dataset": "reverse", "options": {"size": 2000, "eval_size": 200, "min_len": 2, "max_len": 4}}
@@ -73,12 +73,13 @@ def demo_configs(out: str = "runs/demo", seed: int = SEED) -> dict[str, dict[str
 
 def run_demo(out: str = "runs/demo", quick: bool = False, overwrite: bool = False, seed: int = SEED) -> Path:
     """Run every stage; returns the report's path."""
-    from .config import load_config
+    from ..config import load_config
+    from ..config.train_reward import TrainRewardConfig
+    from ..modeling.tiny import init_model
     from .evaluate import evaluate_model
-    from .reward_model import TrainRewardConfig, run_train_reward
     from .sft import train_sft
-    from .tiny import init_model
     from .train import train
+    from .train_reward import run_train_reward
 
     root = Path(out)
     if root.exists() and any(root.iterdir()):
@@ -122,7 +123,7 @@ def stage(title: str) -> None:
 
 
 def epoch_progress(config):
-    from .metrics import Progress
+    from ..runtime.metrics import Progress
 
     bar = Progress(config.train.epochs, label="epoch", keys=("loss",))
 
@@ -133,7 +134,7 @@ def epoch_progress(config):
 
 
 def _with_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    from .config import apply_override
+    from ..config import apply_override
 
     data = json.loads(json.dumps(data))
     for assignment in overrides:
@@ -242,7 +243,7 @@ def example_config_texts() -> dict[str, str]:
             for name, config in demo_configs().items()}
 
 
-if __name__ == "__main__":  # python -m ppo_core.demo examples/demo
+if __name__ == "__main__":  # python -m ppo_core.commands.demo examples/demo
     import sys
 
     target = Path(sys.argv[1])

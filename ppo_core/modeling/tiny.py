@@ -57,7 +57,14 @@ _DEFAULT_MAX_LENGTH = 128
 
 def build_char_tokenizer(model_max_length: int = _DEFAULT_MAX_LENGTH) -> "PreTrainedTokenizerFast":
     """Character-level tokenizer with the TRL baseline's ids (see module docstring)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + _CHARS)}

@@ -24,14 +24,14 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .api import Dataset, Record, RunContext, Sample
-from .composer import Composer, build_composer
-from .config import RunConfig
-from .data import encode_records, left_pad, make_samples
-from .errors import DataError, UserError
-from .models import load_causal_lm, load_tokenizer, resolve_device
-from .plugins import load_plugins
-from .ppo.rollout import sample_responses
+from ..config import RunConfig
+from ..data.prompts import encode_records, left_pad, make_samples
+from ..errors import DataError, UserError
+from ..modeling.loading import load_causal_lm, load_tokenizer, resolve_device
+from ..plugin.contract import Dataset, Record, RunContext, Sample
+from ..plugin.loading import load_plugins
+from ..ppo.rollout import sample_responses
+from ..rewards.composer import Composer, build_composer
 
 DECODINGS = ("greedy", "sampled")
 EXACT_MATCH = "exact_match"

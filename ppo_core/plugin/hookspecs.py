@@ -25,7 +25,7 @@ def register_rewards(register: Callable[[type], None]) -> None:
     """Register reward classes.
 
     :param register: call ``register(RewardClass)`` once for each reward the plugin provides.
-        A reward class subclasses :class:`ppo_core.api.Reward`: it has a unique ``name``, a pydantic
+        A reward class subclasses :class:`ppo_core.Reward`: it has a unique ``name``, a pydantic
         ``Options`` model validated from the run config's ``options:``, and ``__call__(samples)``
         returning one float (or ``None`` to abstain) per sample. ppo-core stamps each reward with the
         plugin that registered it and rejects a name that another plugin already registered.
@@ -37,7 +37,7 @@ def register_datasets(register: Callable[[type], None]) -> None:
     """Register dataset classes.
 
     :param register: call ``register(DatasetClass)`` once for each dataset the plugin provides.
-        A dataset class subclasses :class:`ppo_core.api.Dataset`: it has a unique ``name``, a pydantic
-        ``Options`` model, and ``records(split)`` yielding validated :class:`ppo_core.api.Record` objects
+        A dataset class subclasses :class:`ppo_core.Dataset`: it has a unique ``name``, a pydantic
+        ``Options`` model, and ``records(split)`` yielding validated :class:`ppo_core.Record` objects
         for the ``"train"`` or ``"eval"`` split.
     """

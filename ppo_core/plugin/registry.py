@@ -7,8 +7,14 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ValidationError
 
-from .api import Dataset, Reward, RunContext, format_validation_error
-from .errors import ConfigError, DuplicateNameError, PluginError, UserError
+from ..errors import (
+    ConfigError,
+    DuplicateNameError,
+    PluginError,
+    UserError,
+    format_validation_error,
+)
+from .contract import Dataset, Reward, RunContext
 
 Kind = Literal["reward", "dataset"]
 _BASES: dict[str, type] = {"reward": Reward, "dataset": Dataset}

@@ -9,9 +9,9 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from .api import Dataset, Record, Sample, Split
-from .config import DataConfig
-from .errors import DataError
+from ..config import DataConfig
+from ..errors import DataError
+from ..plugin.contract import Dataset, Record, Sample, Split
 
 SHUFFLE_BUFFER = 10_000
 

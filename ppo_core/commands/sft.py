@@ -2,7 +2,7 @@
 
 Each record becomes one sequence laid out exactly as a PPO rollout lays it out:
 
-    [ left-padded prompt (ppo_core.data.encode_records: the ids the rollout sees) | solution + eos, right-padded ]
+    [ left-padded prompt (ppo_core.data.prompts.encode_records: the ids the rollout sees) | solution + eos, right-padded ]
 
 and the loss is the token-mean negative log-likelihood of the response tokens only:
 
@@ -12,7 +12,7 @@ Prompt and padding positions carry the label -100 (``IGNORE_INDEX``) and never c
 ``tokenizer(solution, add_special_tokens=False) + [eos]`` (the first solution when a record lists several).
 
 The run directory gets ``config.yaml``, ``metrics.jsonl`` (one object per logged step), atomic checkpoints
-under ``checkpoints/update-<step>`` (same layout rules as PPO: ``ppo_core.checkpoint``), and ``final/``:
+under ``checkpoints/update-<step>`` (same layout rules as PPO: ``ppo_core.runtime.checkpoints``), and ``final/``:
 the model with ``save_pretrained`` plus its tokenizer, which ``AutoModelForCausalLM`` loads and which
 ``ppo-core train`` can start from (``model.path: <output_dir>/final``).
 """
@@ -29,17 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt
-from .api import Record
-from .composer import Composer
-from .config import RunConfig
-from .data import PromptStream, encode_records, left_pad
-from .errors import DataError, TrainingError
-from .metrics import Progress
-from .models import disable_dropout, load_causal_lm, save_model
+from ..config import RunConfig
+from ..data.prompts import PromptStream, encode_records, left_pad
+from ..errors import DataError, TrainingError
+from ..modeling.loading import disable_dropout, load_causal_lm, save_model
+from ..plugin.contract import Record
+from ..ppo.engine import lr_multiplier
+from ..ppo.rollout import position_ids_from_mask
+from ..rewards.composer import Composer
+from ..runtime import checkpoints as ckpt
+from ..runtime.metrics import Progress
 from .train import Interrupted, load_run_inputs, open_run_dir, stop_requests
-from .ppo.engine import lr_multiplier
-from .ppo.rollout import position_ids_from_mask
 
 IGNORE_INDEX = -100
 FINAL_DIR = "final"

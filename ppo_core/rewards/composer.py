@@ -22,10 +22,10 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from .api import Reward, RunContext, Sample
-from .config import RewardConfig
-from .errors import RewardError
-from .registry import Registry
+from ..config import RewardConfig
+from ..errors import RewardError
+from ..plugin.contract import Reward, RunContext, Sample
+from ..plugin.registry import Registry
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Literal, Mapping, Optional, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Solution = Union[str, list[str]]
 Split = Literal["train", "eval"]
@@ -176,22 +176,6 @@ class Dataset:
         raise NotImplementedError(f"dataset {type(self).__name__} does not implement records()")
 
 
-def format_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """One line per problem: ``field.path: message (got value)``."""
-    lines = []
-    for item in error.errors():
-        loc = ".".join(str(part) for part in item["loc"])
-        where = ".".join(part for part in (prefix, loc) if part) or "(top level)"
-        message = item["msg"]
-        if item["type"] not in ("missing", "extra_forbidden") and "input" in item:
-            shown = repr(item["input"])
-            if len(shown) > 60:
-                shown = shown[:57] + "..."
-            message += f" (got {shown})"
-        lines.append(f"{where}: {message}")
-    return "; ".join(lines)
-
-
 __all__ = [
     "Dataset",
     "Message",
@@ -203,5 +187,4 @@ __all__ = [
     "Solution",
     "Split",
     "StopReason",
-    "format_validation_error",
 ]

@@ -129,7 +129,7 @@ def read_json(path: Path) -> Any:
 # ---- run directories -----------------------------------------------------------------------------------
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> None:
     """Refuse a previous run's directory unless asked to resume it or start it over (nothing is written)."""
-    from .errors import UserError
+    from ..errors import UserError
 
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
@@ -159,7 +159,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_resumable(saved: dict, current: dict, path: Path, may_change: Sequence[str]) -> None:
     """A resumed run must compute what the interrupted one did: only keys starting with ``may_change`` differ."""
-    from .errors import UserError
+    from ..errors import UserError
 
     before, after = flatten(saved), flatten(current)
     changed = sorted(k for k in before.keys() | after.keys()

@@ -1,0 +1,1 @@
+"""The commands: train (PPO), sft, eval, train-reward, demo; each a function the CLI and Python call."""

@@ -1,0 +1,129 @@
+"""Loading causal LMs, backbones and tokenizers by path or hub id; saving; the frozen reference copy."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, TrainingError, UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"model.device: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {name!r} asked for, but CUDA is not available")
+    return device
+
+
+_CHECKPOINT_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
+
+
+def _local_path_problem(path: str) -> Optional[str]:
+    """Plain words for two common mistakes, instead of transformers' 'bad repo id' or a cut-off message: a path
+    that can only be local (absolute, ./, ../, ~) and is missing, and a directory that holds no checkpoint."""
+    local = Path(path).expanduser()
+    if (local.is_absolute() or path.startswith((".", "~"))) and not local.exists():
+        return "no such file or directory"
+    if local.is_dir() and not any((local / name).is_file() for name in _CHECKPOINT_FILES):
+        return f"the directory is not a transformers checkpoint (it has none of {', '.join(_CHECKPOINT_FILES)})"
+    return None
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, field: str = "model.tokenizer"):
+    """Load a tokenizer and make sure it can pad left with a pad token distinct from eos.
+
+    ``field`` names where ``path`` came from in messages (``model.path`` when ``model.tokenizer`` is unset)."""
+    from transformers import AutoTokenizer
+
+    problem = _local_path_problem(path)
+    if problem:
+        raise UserError(f"{field}: cannot load a tokenizer from {path!r}: {problem}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{field}: cannot load a tokenizer from {path!r}: {_first_line(error)}") from None
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"{field}: the tokenizer at {path!r} has no eos token; set one in its config")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # pad == eos would mask every eos out as padding, and the model would never learn to stop.
+        tokenizer.add_special_tokens({"pad_token": "<|ppo_core_pad|>"})
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_causal_lm(path: str, trust_remote_code: bool = False, tokenizer=None,
+                   field: str = "model.path") -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    problem = _local_path_problem(path)
+    if problem:
+        raise UserError(f"{field}: cannot load a causal LM from {path!r}: {problem}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{field}: cannot load a causal LM from {path!r}: {_first_line(error)}") from None
+    if tokenizer is not None:
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_backbone(path: str, trust_remote_code: bool = False, tokenizer=None) -> nn.Module:
+    """The base transformer (no LM head) of a checkpoint, for a separate critic or a reward model."""
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load a transformer backbone from {path!r}: {_first_line(error)}") from None
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def hidden_size_of(model: nn.Module) -> int:
+    config = model.config
+    for attribute in ("hidden_size", "n_embd", "d_model"):
+        if getattr(config, attribute, None):
+            return int(getattr(config, attribute))
+    raise UserError(f"cannot tell the hidden size of {type(model).__name__} for the value head")
+
+
+def disable_dropout(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def save_model(model: nn.Module, tokenizer, directory: Path) -> None:
+    """``save_pretrained`` (transformers alone loads it) and the tokenizer; non-finite weights are refused."""
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise TrainingError(f"refusing to save non-finite weights ({name}); the run diverged")
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen reference copy of the initial policy."""
+    reference = copy.deepcopy(model)
+    reference.eval()
+    reference.requires_grad_(False)
+    return reference

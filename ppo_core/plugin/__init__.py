@@ -1,0 +1,1 @@
+"""The plugin contract (base classes, hook specs), entry-point loading and the registry."""

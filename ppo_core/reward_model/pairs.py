@@ -1,0 +1,98 @@
+"""Preference pairs from a task dataset: each record's solution against a corrupted copy of it."""
+
+from __future__ import annotations
+
+import random
+import string
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+from pydantic import ValidationError
+
+from ..config.train_reward import CORRUPTIONS
+from ..errors import DataError, format_validation_error
+from ..plugin.contract import Record
+from .data import PreferencePair
+
+
+def corrupt(text: str, rng: random.Random, kinds: Sequence[str] = CORRUPTIONS,
+            alphabet: str = string.ascii_lowercase, avoid: Iterable[str] = ()) -> Optional[str]:
+    """A near miss of ``text``: one character substituted, one deleted, or the characters shuffled.
+
+    The kind is drawn from ``kinds``; a kind that cannot change this text (a one-letter word cannot be
+    shuffled, an empty one cannot lose a letter) is dropped and another drawn. The result is never ``text``,
+    never empty, and never one of ``avoid``; ``None`` when no kind can make one.
+    """
+    unknown = sorted(set(kinds) - set(CORRUPTIONS))
+    if unknown:
+        raise ValueError(f"unknown corruption(s) {', '.join(unknown)}; known: {', '.join(CORRUPTIONS)}")
+    banned = {text, ""} | set(avoid)
+    left = list(dict.fromkeys(kinds))
+    while left:
+        kind = rng.choice(left)
+        for _attempt in range(20):
+            candidate = _corrupt_once(text, kind, rng, alphabet)
+            if candidate is not None and candidate not in banned:
+                return candidate
+        left.remove(kind)
+    return None
+
+
+def _corrupt_once(text: str, kind: str, rng: random.Random, alphabet: str) -> Optional[str]:
+    if not text:
+        return None
+    if kind == "substitute":
+        index = rng.randrange(len(text))
+        choices = [c for c in alphabet if c != text[index]]
+        if not choices:
+            return None
+        return text[:index] + rng.choice(choices) + text[index + 1:]
+    if kind == "delete":
+        if len(text) < 2:
+            return None
+        index = rng.randrange(len(text))
+        return text[:index] + text[index + 1:]
+    if kind == "shuffle":
+        if len(set(text)) < 2:
+            return None
+        letters = list(text)
+        rng.shuffle(letters)
+        return "".join(letters)
+    raise ValueError(f"unknown corruption {kind!r}")
+
+
+def make_preference_pairs(records: Iterable[Union[Record, Mapping[str, Any]]], rng: Union[random.Random, int],
+                          corruptions: Sequence[str] = CORRUPTIONS, pairs_per_record: int = 1,
+                          render: Optional[Callable[[Record], str]] = None,
+                          alphabet: str = string.ascii_lowercase) -> list[PreferencePair]:
+    """Pairs ``chosen`` = the record's (first) solution, ``rejected`` = a corrupted copy of it.
+
+    ``rng`` is a ``random.Random`` or a seed (the same seed gives the same pairs). ``render`` turns a record
+    into prompt text (default: :attr:`Record.prompt_text`, what the engine uses without a chat template).
+    A record without a solution, or with one no corruption can change, raises :class:`DataError`.
+    """
+    if pairs_per_record < 1:
+        raise ValueError(f"pairs_per_record must be at least 1, got {pairs_per_record}")
+    if not corruptions:
+        raise ValueError("corruptions must name at least one of " + ", ".join(CORRUPTIONS))
+    rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+    render = render or (lambda record: record.prompt_text)
+    pairs: list[PreferencePair] = []
+    for index, record in enumerate(records):
+        if not isinstance(record, Record):
+            try:
+                record = Record.from_dict(record)
+            except ValidationError as error:
+                raise DataError(f"record {index}: {format_validation_error(error)}") from None
+        prompt = render(record)
+        if not record.solutions:
+            raise DataError(f"record {index} (prompt {prompt[:60]!r}) has no solution to make a preference pair from")
+        chosen = record.solutions[0]
+        for _ in range(pairs_per_record):
+            rejected = corrupt(chosen, rng, corruptions, alphabet, avoid=record.solutions)
+            if rejected is None:
+                raise DataError(f"record {index} (prompt {prompt[:60]!r}): no corruption in "
+                                f"{', '.join(corruptions)} can change its solution {chosen!r}")
+            pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected))
+    if not pairs:
+        raise DataError("no records to make preference pairs from")
+    return pairs

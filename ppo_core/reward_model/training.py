@@ -1,0 +1,239 @@
+"""Training a reward model: Bradley-Terry on pairs or MSE on labels, head only on a frozen backbone or the whole
+model; held-out pair accuracy."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from ..config.train_reward import RewardTrainOptions
+from ..modeling.heads import MLPHead
+from .data import DataKind, RewardData
+from .model import RewardModel, _fit, _pad_id, right_pad, text_token_ids
+
+
+@dataclass
+class TrainResult:
+    model: RewardModel
+    metrics: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_reward_model(backbone_path: str, tokenizer_path: Optional[str] = None, *, head_hidden: Optional[int] = None,
+                       seed: int = 0, trust_remote_code: bool = False, device: Union[str, torch.device] = "cpu",
+                       frozen: bool = True) -> RewardModel:
+    """A fresh reward model: the checkpoint's backbone and a newly initialised head (seeded)."""
+    from ..modeling.loading import (
+        disable_dropout,
+        hidden_size_of,
+        load_backbone,
+        load_tokenizer,
+    )
+
+    tokenizer_path = tokenizer_path or backbone_path
+    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
+    backbone = load_backbone(backbone_path, trust_remote_code, tokenizer)
+    disable_dropout(backbone)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = MLPHead(hidden_size_of(backbone), head_hidden, init="normal")
+    model = RewardModel(backbone, head, tokenizer, backbone_path=resolve_reference(backbone_path),
+                        tokenizer_path=resolve_reference(tokenizer_path), backbone_frozen=frozen,
+                        trust_remote_code=trust_remote_code)
+    if frozen:
+        backbone.requires_grad_(False)
+    return model.to(device)
+
+
+def resolve_reference(path: str) -> str:
+    """A local checkpoint path made absolute and resolved (symlinks, ``..``); a hub id unchanged."""
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
+
+
+def train_reward_model(backbone_path: str, data: Union[RewardData, Sequence[Any]],
+                       options: Optional[RewardTrainOptions] = None, *, tokenizer_path: Optional[str] = None,
+                       device: Union[str, torch.device] = "cpu", trust_remote_code: bool = False,
+                       progress: Optional[Callable[[dict[str, float]], None]] = None) -> TrainResult:
+    """Train a reward model on pairs (Bradley–Terry) or labels (MSE); see :class:`RewardTrainOptions`.
+
+    Returns the model (normalisation not yet fitted: gain 1, bias 0) and its metrics: ``held_out_accuracy``
+    (share of held-out pairs ranked right, ties counting one half; for labels over every held-out pair with
+    different labels), ``held_out_mse`` (labels), the same on the training split, and the sizes.
+    """
+    options = options or RewardTrainOptions()
+    if not isinstance(data, RewardData):
+        data = RewardData.from_rows(data)
+    model = build_reward_model(backbone_path, tokenizer_path, head_hidden=options.head_hidden, seed=options.seed,
+                               trust_remote_code=trust_remote_code, device=device,
+                               frozen=not options.train_backbone)
+    tokenizer = model.tokenizer
+    limit = model.max_length
+    if data.kind == "pairs":
+        rows = [(_fit(text_token_ids(tokenizer, p.prompt, p.chosen, options.append_eos), limit),
+                 _fit(text_token_ids(tokenizer, p.prompt, p.rejected, options.append_eos), limit)) for p in data.items]
+        targets = torch.zeros(len(rows))
+    else:
+        rows = [(_fit(text_token_ids(tokenizer, s.prompt, s.response, options.append_eos), limit),) for s in data.items]
+        targets = torch.tensor([s.score for s in data.items], dtype=torch.float32)
+
+    generator = torch.Generator().manual_seed(options.seed)
+    held_out, train = _split([item.prompt for item in data.items], options.held_out_fraction, generator)
+
+    trainer = _FrozenTrainer(model, rows, options) if not options.train_backbone else _FullTrainer(model, rows, options)
+    trainer.fit(train, targets, data.kind, generator, progress)
+    model.eval()
+    metrics: dict[str, Any] = {"kind": data.kind, "train_size": len(train), "held_out_size": len(held_out)}
+    for split, indices in (("train", train), ("held_out", held_out)):
+        metrics.update({f"{split}_{k}": v for k, v in _evaluate(trainer.rewards(indices), targets[indices],
+                                                                 data.kind).items()})
+    model.training_info = {"options": options.model_dump(mode="json"), "data": data.source, "metrics": metrics}
+    return TrainResult(model, metrics, trainer.history)
+
+
+def _held_out_count(n: int, fraction: float) -> int:
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(max(1, round(n * fraction)), n - 1)
+
+
+def _split(prompts: Sequence[str], fraction: float, generator: torch.Generator) -> tuple[list[int], list[int]]:
+    """(held-out, train) indices. Items sharing a prompt stay on one side (several pairs made from one record
+    would otherwise put its chosen response on both sides); with a single prompt, items are split one by one."""
+    groups: dict[str, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(index)
+    if len(groups) < 2:
+        groups = {str(index): [index] for index in range(len(prompts))}
+    keys = list(groups)
+    wanted = _held_out_count(len(prompts), fraction)
+    held: list[int] = []
+    for position in torch.randperm(len(keys), generator=generator).tolist():
+        if len(held) >= wanted:
+            break
+        held += groups[keys[position]]
+    if len(held) == len(prompts):  # one group took everything: keep some to train on
+        held = held[:-1] if len(held) > 1 else []
+    chosen = set(held)
+    return sorted(chosen), [index for index in range(len(prompts)) if index not in chosen]
+
+
+def _evaluate(rewards: torch.Tensor, targets: torch.Tensor, kind: DataKind) -> dict[str, Optional[float]]:
+    """Pairs: rewards [N, 2] (chosen, rejected). Labels: rewards [N], targets [N]."""
+    if rewards.numel() == 0:
+        return {"accuracy": None, "loss": None} | ({"mse": None} if kind == "labels" else {})
+    if kind == "pairs":
+        margin = rewards[:, 0] - rewards[:, 1]
+        return {"accuracy": _ranked_right(margin), "loss": float(-F.logsigmoid(margin).mean())}
+    mse = float(F.mse_loss(rewards, targets))
+    right = total = 0.0
+    for start in range(0, rewards.numel(), 1024):  # every ordered pair with different labels, in row chunks
+        better = targets[start:start + 1024, None] > targets[None, :]
+        margin = (rewards[start:start + 1024, None] - rewards[None, :])[better]
+        right += float((margin > 0).double().sum() + 0.5 * (margin == 0).double().sum())
+        total += margin.numel()
+    return {"accuracy": right / total if total else None, "loss": mse, "mse": mse}
+
+
+def _ranked_right(margin: torch.Tensor) -> float:
+    return float(((margin > 0).double() + 0.5 * (margin == 0).double()).mean())
+
+
+def _loss(rewards: torch.Tensor, targets: torch.Tensor, kind: DataKind) -> torch.Tensor:
+    if kind == "pairs":
+        return -F.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()  # Bradley–Terry
+    return F.mse_loss(rewards, targets)
+
+
+class _Trainer(abc.ABC):
+    def __init__(self, model: RewardModel, rows: list[tuple[list[int], ...]], options: RewardTrainOptions):
+        self.model = model
+        self.rows = rows
+        self.options = options
+        self.history: list[dict[str, float]] = []
+
+    def parameters(self) -> list[dict[str, Any]]:
+        return [{"params": list(self.model.head.parameters()), "lr": self.options.lr}]
+
+    @abc.abstractmethod
+    def rewards(self, indices: Sequence[int], grad: bool = False) -> torch.Tensor:
+        """[len(indices), k] for k sequences per row (2 for pairs), or [len(indices)] for labels."""
+
+    def fit(self, train: list[int], targets: torch.Tensor, kind: DataKind, generator: torch.Generator,
+            progress: Optional[Callable[[dict[str, float]], None]]) -> None:
+        options = self.options
+        optimizer = torch.optim.AdamW(self.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if not train:
+            return
+        for epoch in range(1, options.epochs + 1):
+            self.model.train()
+            permutation = torch.randperm(len(train), generator=generator).tolist()
+            total = correct = 0.0
+            for start in range(0, len(train), options.batch_size):
+                batch = [train[i] for i in permutation[start:start + options.batch_size]]
+                rewards = self.rewards(batch, grad=True)
+                loss = _loss(rewards, targets[batch], kind)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if options.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, options.max_grad_norm)
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+                if kind == "pairs":
+                    correct += _ranked_right(rewards[:, 0].detach() - rewards[:, 1].detach()) * len(batch)
+            entry = {"epoch": float(epoch), "loss": total / len(train)}
+            if kind == "pairs":
+                entry["accuracy"] = correct / len(train)
+            self.history.append(entry)
+            if progress is not None:
+                progress(entry)
+
+
+class _FrozenTrainer(_Trainer):
+    """Head only: the frozen backbone's last-token features are computed once, then the head trains on them."""
+
+    def __init__(self, model, rows, options):
+        super().__init__(model, rows, options)
+        model.eval()
+        flat = [sequence for row in rows for sequence in row]
+        with torch.no_grad():
+            features = []
+            for start in range(0, len(flat), options.batch_size):
+                input_ids, attention_mask = right_pad(flat[start:start + options.batch_size], _pad_id(model.tokenizer))
+                features.append(model.hidden(input_ids.to(model.device), attention_mask.to(model.device)))
+        width = len(rows[0]) if rows else 1
+        self.features = torch.cat(features).view(len(rows), width, -1) if features else None
+
+    def rewards(self, indices, grad=False):
+        with torch.set_grad_enabled(grad):
+            rewards = self.model.head(self.features[list(indices)])
+        return rewards if rewards.size(1) > 1 else rewards[:, 0]
+
+
+class _FullTrainer(_Trainer):
+    """Backbone and head: every step runs the backbone on the batch (chosen and rejected in one forward)."""
+
+    def parameters(self):
+        return super().parameters() + [{"params": list(self.model.backbone.parameters()),
+                                        "lr": self.options.backbone_lr or self.options.lr}]
+
+    def rewards(self, indices, grad=False):
+        if not grad:
+            self.model.eval()
+        width = len(self.rows[0]) if self.rows else 1
+        flat = [sequence for i in indices for sequence in self.rows[i]]
+        size = self.options.batch_size * width
+        values = [self._score(flat[s:s + size], grad) for s in range(0, len(flat), size)]
+        rewards = torch.cat(values).view(len(indices), width) if values else torch.zeros(0, width)
+        return rewards if width > 1 else rewards[:, 0]
+
+    def _score(self, sequences, grad):
+        input_ids, attention_mask = right_pad(sequences, _pad_id(self.model.tokenizer))
+        with torch.set_grad_enabled(grad):
+            return self.model(input_ids.to(self.model.device), attention_mask.to(self.model.device))

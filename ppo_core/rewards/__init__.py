@@ -1,0 +1,1 @@
+"""Mixing the chosen rewards: the weighted composer and its fault checks."""
