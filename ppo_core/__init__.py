@@ -16,7 +16,17 @@ from .errors import (
     TrainingError,
     UserError,
 )
-from .plugin.contract import Dataset, Message, NoOptions, Record, Reward, RunContext, Sample, Solution, Split
+from .plugin.contract import (
+    Dataset,
+    Message,
+    NoOptions,
+    Record,
+    Reward,
+    RunContext,
+    Sample,
+    Solution,
+    Split,
+)
 from .plugin.hookspecs import hookimpl
 
 __version__ = "0.1.0"

@@ -82,7 +82,7 @@ def _run_resumable(args, command: str, unit: str, run) -> int:
     from .config import load_config
 
     config = load_config(args.config, args.overrides)
-    from .commands.train import Interrupted
+    from .runtime.loop import Interrupted
 
     try:
         final = run(config)

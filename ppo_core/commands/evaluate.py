@@ -26,9 +26,10 @@ from torch import nn
 
 from ..config import RunConfig
 from ..data.prompts import encode_records, left_pad, make_samples
+from ..data.stream import take_records
 from ..errors import DataError, UserError
 from ..modeling.loading import load_causal_lm, load_tokenizer, resolve_device
-from ..plugin.contract import Dataset, Record, RunContext, Sample
+from ..plugin.contract import Record, RunContext, Sample
 from ..plugin.loading import load_plugins
 from ..ppo.rollout import sample_responses
 from ..rewards.composer import Composer, build_composer
@@ -50,16 +51,6 @@ def string_match(sample: Sample) -> Optional[float]:
         return None
     answer = normalise(sample.response)
     return 1.0 if any(answer == normalise(solution) for solution in sample.solutions) else 0.0
-
-
-def take_records(dataset: Dataset, split: str, limit: Optional[int] = None) -> list[Record]:
-    """The first ``limit`` records of a split, in the dataset's order (no shuffling: always the same ones)."""
-    records: list[Record] = []
-    for record in dataset.records(split):
-        if limit is not None and len(records) >= limit:
-            break
-        records.append(record)
-    return records
 
 
 def _mean(values: Iterable[Optional[float]]) -> Optional[float]:

@@ -30,16 +30,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
-from ..data.prompts import PromptStream, encode_records, left_pad
+from ..data.prompts import encode_records, left_pad
+from ..data.stream import PromptStream, take_records
 from ..errors import DataError, TrainingError
 from ..modeling.loading import disable_dropout, load_causal_lm, save_model
 from ..plugin.contract import Record
-from ..ppo.engine import lr_multiplier
 from ..ppo.rollout import position_ids_from_mask
 from ..rewards.composer import Composer
 from ..runtime import checkpoints as ckpt
+from ..runtime.loop import Interrupted, open_run_dir, stop_requests
 from ..runtime.metrics import Progress
-from .train import Interrupted, load_run_inputs, open_run_dir, stop_requests
+from ..runtime.optim import lr_multiplier
+from .train import load_run_inputs
 
 IGNORE_INDEX = -100
 FINAL_DIR = "final"
@@ -178,8 +180,6 @@ def build_sft(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
         raise DataError(f"{source}: data: the train split of dataset '{config.data.dataset}' has no records")
     eval_records: list[Record] = []
     if config.sft.eval_every:
-        from .evaluate import take_records
-
         eval_records = take_records(dataset, "eval", config.sft.eval_samples)
     model = load_causal_lm(config.model.path, config.model.trust_remote_code, tokenizer).to(device)
     if not config.sft.dropout:

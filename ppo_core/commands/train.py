@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import signal
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
-from ..config import RunConfig, save_config
-from ..data.prompts import PromptStream, encode_records, left_pad, make_samples
+from ..config import RunConfig
+from ..data.prompts import encode_records, left_pad, make_samples
+from ..data.stream import PromptStream
 from ..errors import ConfigError, TrainingError
 from ..modeling.loading import frozen_copy, load_tokenizer, resolve_device, save_model
 from ..plugin.contract import RunContext
@@ -22,23 +21,13 @@ from ..ppo.engine import PPOEngine, PromptBatch
 from ..ppo.rollout import Responses
 from ..rewards.composer import Composer, build_composer
 from ..runtime import checkpoints as ckpt
-from ..runtime.metrics import METRICS_FILE, MetricsLog, Progress, TensorBoardLog
+from ..runtime.loop import Interrupted, open_run_dir, stop_requests
+from ..runtime.metrics import Progress, TensorBoardLog
 
-CONFIG_FILE = "config.yaml"
 FINAL_DIR = "final"
 # fields that may change between a run and its resume without changing what is computed
 RESUMABLE_CHANGES = ("train.updates", "train.save_every", "train.keep_checkpoints", "train.progress",
                      "train.tensorboard", "train.output_dir", "train.threads", "sft.")
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; a checkpoint was written at the last safe point."""
-
-    def __init__(self, signal_name: str, checkpoint: Path, update: int):
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-        self.checkpoint = checkpoint
-        self.update = update
 
 
 @dataclass
@@ -178,40 +167,7 @@ def load_checkpoint(run: Run, path: Path) -> int:
     return int(state["metrics_lines"])
 
 
-# ---- signals -------------------------------------------------------------------------------------------
-@contextmanager
-def stop_requests():
-    """SIGINT/SIGTERM set a flag that the loop checks between updates (a safe point)."""
-    received: list[str] = []
-
-    def handler(signum, _frame):
-        if received:  # a second signal: stop now
-            raise KeyboardInterrupt
-        received.append(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 # ---- the loop ------------------------------------------------------------------------------------------
-def open_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool, load, field_name: str =
-                 "train.output_dir") -> MetricsLog:
-    """Empty (--overwrite) or resume the run directory, save the resolved config, open metrics.jsonl.
-
-    ``load(checkpoint_path)`` restores the newest checkpoint and returns how many metrics lines belong to it.
-    """
-    ckpt.prepare_run_dir(run_dir, resume, overwrite, field_name)
-    ckpt.remove_stale_partials(run_dir)
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
-    metrics_lines = load(latest) if latest is not None else 0
-    save_config(config, run_dir / CONFIG_FILE)
-    return MetricsLog(run_dir / METRICS_FILE, keep_lines=metrics_lines)
-
-
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
           source: str = "config", progress_stream=None) -> Path:
     """Run PPO as configured; returns the directory of the final model."""

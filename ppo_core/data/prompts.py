@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
-import random
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Sequence
 
 import torch
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..plugin.contract import Dataset, Record, Sample, Split
-
-SHUFFLE_BUFFER = 10_000
+from ..plugin.contract import Record, Sample
 
 
 def render_prompt(record: Record, tokenizer, chat_template: bool) -> str:
@@ -52,69 +48,6 @@ class EncodedPrompt:
     record: Record
     text: str
     ids: list[int]
-
-
-class PromptStream:
-    """An endless, reproducible stream of records: pass after pass over a split, each pass shuffled through a
-    buffer (so a large file is never held whole). ``position`` (pass, records taken in it) is all a checkpoint
-    needs to resume the stream exactly."""
-
-    def __init__(self, dataset: Dataset, split: Split, seed: int, shuffle: bool, name: str = "dataset"):
-        self.dataset = dataset
-        self.split = split
-        self.seed = seed
-        self.shuffle = shuffle
-        self.name = name
-        self.epoch = 0
-        self.taken = 0
-        self._iterator: Optional[Iterator[Record]] = None
-
-    @property
-    def position(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "taken": self.taken}
-
-    def seek(self, position: dict[str, int]) -> None:
-        self.epoch, self.taken = int(position["epoch"]), 0
-        self._iterator = self._pass(self.epoch)
-        for _ in range(int(position["taken"])):
-            self._next_in_pass()
-
-    def take(self, count: int) -> list[Record]:
-        return [self._next() for _ in range(count)]
-
-    def _next(self) -> Record:
-        if self._iterator is None:
-            self._iterator = self._pass(self.epoch)
-        record = self._next_in_pass()
-        if record is None:
-            if self.taken == 0:
-                raise DataError(f"{self.name}: the {self.split} split has no records")
-            self.epoch, self.taken = self.epoch + 1, 0
-            self._iterator = self._pass(self.epoch)
-            record = self._next_in_pass()
-        return record
-
-    def _next_in_pass(self) -> Optional[Record]:
-        record = next(self._iterator, None)
-        if record is not None:
-            self.taken += 1
-        return record
-
-    def _pass(self, epoch: int) -> Iterator[Record]:
-        records = iter(self.dataset.records(self.split))
-        if not self.shuffle:
-            return records
-        return _buffer_shuffle(records, random.Random(self.seed * 1_000_003 + epoch))
-
-
-def _buffer_shuffle(records: Iterator[Record], rng: random.Random) -> Iterator[Record]:
-    buffer = list(itertools.islice(records, SHUFFLE_BUFFER))
-    for record in records:
-        index = rng.randrange(len(buffer))
-        yield buffer[index]
-        buffer[index] = record
-    rng.shuffle(buffer)
-    yield from buffer
 
 
 def encode_records(records: Sequence[Record], tokenizer, config: DataConfig) -> list[EncodedPrompt]:
