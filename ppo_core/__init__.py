@@ -2,7 +2,7 @@
 
 The public surface. Plugin authors import from here::
 
-    from ppo_core import hookimpl, Reward, Dataset, Record, Sample
+    from ppo_core import hookimpl, Reward, HiddenStateReward, Dataset, Record, Sample
 
 and Python users call the entry functions (``ppo_core.train``, ``ppo_core.sft``, ``ppo_core.evaluate``,
 ``ppo_core.train_reward``), which load torch and transformers only when first used.
@@ -18,6 +18,7 @@ from .errors import (
 )
 from .plugin.contract import (
     Dataset,
+    HiddenStateReward,
     Message,
     NoOptions,
     Record,
@@ -49,7 +50,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ConfigError", "DataError", "Dataset", "Message", "NoOptions", "PluginError", "Record", "Reward", "RewardError",
-    "RunContext", "Sample", "Solution", "Split", "TrainingError", "UserError", "__version__", "evaluate", "hookimpl", "sft", "train",
-    "train_reward",
+    "ConfigError", "DataError", "Dataset", "HiddenStateReward", "Message", "NoOptions", "PluginError", "Record",
+    "Reward", "RewardError", "RunContext", "Sample", "Solution", "Split", "TrainingError", "UserError", "__version__",
+    "evaluate", "hookimpl", "sft", "train", "train_reward",
 ]

@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel
 from pytest import approx
 
-from ppo_core import Reward, RunContext, hookimpl
+from ppo_core import HiddenStateReward, Reward, RunContext, hookimpl
 from ppo_core.config import RewardConfig
 from ppo_core.errors import ConfigError, PluginError, RewardError, UserError
 from ppo_core.plugin.loading import load_plugins
@@ -91,8 +91,46 @@ class Unstartable(Reward):
         raise OSError("model file missing")
 
 
+class FromHidden(HiddenStateReward):
+    """Declares at init (option ``reads``) whether it reads the reference's hidden states; from them it scores each
+    row's sum, from the text ``fields["from_hidden"]``."""
+
+    name = "from_hidden"
+
+    class Options(BaseModel):
+        reads: bool = True
+
+    def __init__(self, options, context=RunContext()):
+        super().__init__(options, context)
+        self.reads_reference_hidden = options.reads
+
+    def __call__(self, samples):
+        return [sample.fields["from_hidden"] for sample in samples]
+
+    def score_hidden(self, samples, hidden):
+        return [float(sum(row)) for row in hidden]
+
+
+class ForgotScoreHidden(HiddenStateReward):
+    """Declares that it reads hidden states but never implemented score_hidden."""
+
+    name = "forgot_score_hidden"
+
+    def __init__(self, options, context=RunContext()):
+        super().__init__(options, context)
+        self.reads_reference_hidden = True
+
+    def __call__(self, samples):
+        return [0.0] * len(samples)
+
+
+class ForgotCall(Reward):
+    name = "forgot_call"
+
+
 REWARD_CLASSES = [field_reward(name) for name in ("a", "b", "c")] + [Fragile, Short, Scalar, Sleepy, Scaled,
-                                                                     Unstartable]
+                                                                     Unstartable, FromHidden, ForgotScoreHidden,
+                                                                     ForgotCall]
 
 
 @hookimpl
@@ -358,3 +396,40 @@ def test_a_reward_that_cannot_start_is_a_plugin_error(registry):
         build_composer([RewardConfig(name="unstartable")], registry, RunContext())
     message = str(raised.value)
     assert "'unstartable'" in message and f"plugin '{PLUGIN}'" in message and "model file missing" in message
+
+
+# ---- rewards that score from the reference model's hidden states ------------------------------------------------
+HIDDEN = [[1.0, 2.0], [3.0, 4.0]]  # [B, H]: what the engine hands over (a tensor in a run); row sums 3 and 7
+
+
+def test_a_hidden_state_reward_that_declared_it_scores_from_the_hidden_states(compose, batch):
+    composer = compose({"name": "from_hidden"}, {"name": "a"})
+    assert composer.reads_reference_hidden
+    samples = batch(a=[1.0, 2.0], from_hidden=[10.0, 20.0])
+    result = composer(samples, HIDDEN)
+    assert result.values == {"from_hidden": [3.0, 7.0], "a": [1.0, 2.0]}  # a plain reward still reads the text
+    assert result.totals == approx([4.0, 9.0])
+    # without hidden states (evaluation has no reference model) the same reward scores the text
+    assert composer(samples).values["from_hidden"] == [10.0, 20.0]
+
+
+def test_a_hidden_state_reward_that_declared_it_cannot_is_called_with_the_text(compose, batch):
+    composer = compose({"name": "from_hidden", "options": {"reads": False}}, {"name": "a"})
+    assert not composer.reads_reference_hidden
+    result = composer(batch(a=[1.0, 2.0], from_hidden=[10.0, 20.0]), HIDDEN)
+    assert result.values["from_hidden"] == [10.0, 20.0]
+
+
+def test_only_a_hidden_state_reward_can_declare_it(compose):
+    assert not compose({"name": "a"}, {"name": "b"}).reads_reference_hidden
+    assert not hasattr(Reward, "reads_reference_hidden") and not hasattr(Reward, "score_hidden")
+    assert issubclass(HiddenStateReward, Reward) and HiddenStateReward.reads_reference_hidden is False
+
+
+@pytest.mark.parametrize("name, method", [("forgot_score_hidden", "score_hidden"), ("forgot_call", "__call__")])
+def test_a_reward_missing_its_method_is_a_reward_error_that_says_which(compose, batch, name, method):
+    with pytest.raises(RewardError) as raised:
+        compose({"name": name})(batch(a=[1.0, 2.0]), HIDDEN)
+    message = str(raised.value)
+    assert f"reward '{name}'" in message and f"plugin '{PLUGIN}'" in message
+    assert f"does not implement {method}" in message

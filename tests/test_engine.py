@@ -152,6 +152,29 @@ def test_dropout_is_off_and_value_head_starts_at_zero(tiny_model, tmp_path):
     assert not any(p.requires_grad for p in run.engine.reference.parameters())
 
 
+def test_micro_batches_add_up_to_the_minibatch_gradient(tiny_model, tmp_path):
+    """docs/design.md D5: micro-batch losses weighted by their share of the minibatch's real tokens give the
+    gradient (and statistics) of one token mean over the whole minibatch."""
+    run = build_run(make_config(tiny_model, tmp_path / "run"), PLUGINS)
+    rollout, _ = run.engine.collect_rollout(next_prompt_batch(run), make_scorer(run.composer, run.tokenizer))
+    lengths = rollout.response_mask[:8].sum(1)
+    assert lengths.min() < lengths.max()  # micro-batches of different token counts: a plain mean of means differs
+    rows = torch.arange(8)
+    results = []
+    for micro in (None, 2):
+        run.engine.ppo = run.engine.ppo.model_copy(update={"micro_batch_size": micro})
+        stats = run.engine._accumulate_gradients(rollout, rows)
+        grads = {name: p.grad.clone() for name, p in run.model.named_parameters() if p.grad is not None}
+        results.append((stats, grads))
+    (whole, whole_grads), (micro, micro_grads) = results
+    assert whole.keys() == micro.keys()
+    for key in whole:
+        assert micro[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
+    assert whole_grads.keys() == micro_grads.keys()
+    for name in whole_grads:
+        torch.testing.assert_close(micro_grads[name], whole_grads[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
 def test_missing_eos_penalty_hits_only_responses_cut_off(tiny_model, tmp_path):
     config = make_config(tiny_model, tmp_path / "run", "ppo.missing_eos_penalty=5.0", "generation.max_new_tokens=4")
     run = build_run(config, PLUGINS)
@@ -160,6 +183,31 @@ def test_missing_eos_penalty_hits_only_responses_cut_off(tiny_model, tmp_path):
     # with 4 new tokens nearly every response is cut off, and the penalty dominates the letter share
     assert stats["response/eos_rate"] < 0.5
     assert stats["score/mean"] < -5.0 * (1 - stats["response/eos_rate"]) + 1.0
+
+
+@pytest.mark.parametrize("reads", [False, True])
+def test_the_scorer_declares_whether_it_gets_the_reference_hidden_states(tiny_model, tmp_path, reads):
+    from ppo_core.modeling.loading import hidden_size_of
+
+    config = make_config(tiny_model, tmp_path / "run", "ppo.rollout_batch_size=8", "ppo.minibatch_size=4")
+    run = build_run(config, PLUGINS)
+    composed = make_scorer(run.composer, run.tokenizer)
+    assert composed.reads_reference_hidden is False  # letter_share is a plain Reward
+    seen = []
+
+    class Declaring:
+        reads_reference_hidden = reads
+
+        def __call__(self, responses, batch, reference_hidden):
+            seen.append(reference_hidden)
+            return composed(responses, batch, reference_hidden)
+
+    _, stats = run.engine.collect_rollout(next_prompt_batch(run), Declaring())
+    assert "reward/letter_share" in stats
+    if reads:
+        assert seen[0].shape == (8, hidden_size_of(run.engine.reference)) and torch.isfinite(seen[0]).all()
+    else:
+        assert seen == [None]
 
 
 def test_pad_token_is_added_when_it_equals_eos(tiny_model, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from ppo_core_reward_model import RewardModelOptions, RewardModelReward
 
-from ppo_core import Record, RunContext, Sample
+from ppo_core import HiddenStateReward, Record, RunContext, Sample
 from ppo_core.cli import main
 from ppo_core.config import (
     DataConfig,
@@ -327,6 +327,7 @@ def test_zero_extra_forward_scores_equal_the_standalone_plugin(trained, checkpoi
     context = RunContext(tokenizer=tokenizer, policy_path=str(checkpoint))
     fast = RewardModelReward(RewardModelOptions(path=directory), context)
     slow = RewardModelReward(RewardModelOptions(path=directory, zero_extra_forward="off", batch_size=5), context)
+    assert isinstance(fast, HiddenStateReward)  # the capability is declared by the class, decided per instance
     assert fast.reads_reference_hidden and fast.model.backbone is None  # no backbone loaded at all
     assert not slow.reads_reference_hidden and slow.model.backbone is not None
 

@@ -105,14 +105,27 @@ def next_prompt_batch(run: Run) -> PromptBatch:
     return PromptBatch(input_ids.to(run.device), attention_mask.to(run.device), encoded)
 
 
-def make_scorer(composer: Composer, tokenizer):
-    def score(responses: Responses, batch: PromptBatch, reference_hidden=None):
-        samples = make_samples(batch.records, responses.tokens, responses.mask, responses.stopped_by_eos, tokenizer)
-        composition = composer(samples, reference_hidden)
+@dataclass
+class ComposerScorer:
+    """The engine's scorer: the composer's weighted total for each sample made from the rollout's responses."""
+
+    composer: Composer
+    tokenizer: Any
+
+    @property
+    def reads_reference_hidden(self) -> bool:
+        """Whether a reward of the composer scores from the frozen reference's hidden states."""
+        return self.composer.reads_reference_hidden
+
+    def __call__(self, responses: Responses, batch: PromptBatch, reference_hidden=None):
+        samples = make_samples(batch.records, responses.tokens, responses.mask, responses.stopped_by_eos,
+                               self.tokenizer)
+        composition = self.composer(samples, reference_hidden)
         return torch.tensor(composition.totals, dtype=torch.float32), composition.stats
 
-    score.reads_reference_hidden = composer.reads_reference_hidden
-    return score
+
+def make_scorer(composer: Composer, tokenizer) -> ComposerScorer:
+    return ComposerScorer(composer, tokenizer)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What a plugin author imports: records, samples, and the Reward and Dataset base classes."""
+"""What a plugin author imports: records, samples, and the Reward, HiddenStateReward and Dataset base classes."""
 
 from __future__ import annotations
 
@@ -141,10 +141,6 @@ class Reward:
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
-    #: Set (per instance) by a learned reward whose head reads the final hidden state of the policy's initial
-    #: backbone: the engine then passes the frozen reference model's hidden states at each sample's last real
-    #: token to :meth:`score_hidden`, and the reward costs no forward pass of its own.
-    reads_reference_hidden: bool = False
 
     def __init__(self, options: BaseModel, context: RunContext = RunContext()):
         self.options = options
@@ -153,9 +149,32 @@ class Reward:
     def __call__(self, samples: Sequence[Sample]) -> Sequence[Optional[float]]:
         raise NotImplementedError(f"reward {type(self).__name__} does not implement __call__")
 
+
+class HiddenStateReward(Reward):
+    """Base class of a reward that can also score from the frozen reference model's final hidden states.
+
+    For a learned reward whose head reads the final hidden state of the checkpoint the policy starts from: the PPO
+    engine already runs that checkpoint, frozen, as its reference model over every sample, so it hands the
+    reference's hidden state at each sample's last real token to :meth:`score_hidden` and the reward runs no
+    forward pass of its own (docs/design.md, D10).
+
+    Whether an instance can is its own decision, made in ``__init__``: set :attr:`reads_reference_hidden` to
+    True only when this instance's input is exactly that hidden state (same backbone, same weights, same
+    vocabulary). ``__call__`` must still score from the samples alone: evaluation has no reference model.
+    """
+
+    #: True when this instance scores from the reference's hidden states; subclasses decide in ``__init__``.
+    reads_reference_hidden: bool = False
+
     def score_hidden(self, samples: Sequence[Sample], hidden: Any) -> Sequence[Optional[float]]:
-        """Score from the reference model's hidden states ``hidden`` [B, H] (only if reads_reference_hidden)."""
+        """One float (or ``None``) per sample from ``hidden`` [len(samples), H], the reference model's final
+        hidden states at each sample's last real token. Called only while :attr:`reads_reference_hidden`."""
         raise NotImplementedError(f"reward {type(self).__name__} does not implement score_hidden")
+
+
+def reads_reference_hidden(reward: Reward) -> bool:
+    """Whether ``reward`` declared that it scores from the reference model's hidden states."""
+    return isinstance(reward, HiddenStateReward) and reward.reads_reference_hidden
 
 
 class Dataset:
@@ -178,6 +197,7 @@ class Dataset:
 
 __all__ = [
     "Dataset",
+    "HiddenStateReward",
     "Message",
     "NoOptions",
     "Record",
@@ -187,4 +207,5 @@ __all__ = [
     "Solution",
     "Split",
     "StopReason",
+    "reads_reference_hidden",
 ]

@@ -1,4 +1,6 @@
-"""The fixed PPO engine: one update = rollout (sample, score, evaluate, GAE) then K epochs of minibatch steps.
+"""The fixed PPO engine: one update = rollout (sample, evaluate, score, GAE) then K epochs of minibatch steps.
+
+The comments R1-R6 (rollout) and O1-O5 (optimisation) are the numbered blocks of docs/design.md.
 
 The engine returns its statistics; logging, evaluation and checkpoints belong to the outer loop.
 """
@@ -7,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Iterator, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -64,10 +67,34 @@ class Rollout:
         return self.sequences.size(0)
 
 
-# scorer(responses, prompt batch, reference last hidden states or None) -> (scores [B], statistics).
-# A scorer whose attribute ``reads_reference_hidden`` is true gets the frozen reference's final hidden state
-# at each sequence's last real token [B, H], so a learned reward head on that backbone needs no forward.
-Scorer = Callable[[Responses, PromptBatch, Optional[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+class Scorer(Protocol):
+    """Scores a rollout's responses: ``scorer(responses, batch, reference_hidden) -> (scores [B], statistics)``.
+
+    A scorer declares ``reads_reference_hidden``: when true, the engine also asks the frozen reference for its final
+    hidden state at each sequence's last real token and passes it as ``reference_hidden`` [B, H] (otherwise None),
+    so a learned reward head on that backbone needs no forward of its own (docs/design.md, D10).
+    """
+
+    reads_reference_hidden: bool
+
+    def __call__(self, responses: Responses, batch: PromptBatch,
+                 reference_hidden: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@contextmanager
+def timed(times: dict[str, float], key: str) -> Iterator[None]:
+    """Adds the block's wall time in seconds to ``times[key]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[key] = times.get(key, 0.0) + (time.perf_counter() - started)
+
+
+def accumulate(totals: dict[str, float], stats: dict[str, float], weight: float = 1.0) -> None:
+    """totals[key] += weight * stats[key] for every key of ``stats``."""
+    for key, value in stats.items():
+        totals[key] = totals.get(key, 0.0) + value * weight
 
 
 def make_kl_controller(ppo: PPOConfig):
@@ -120,67 +147,76 @@ class PPOEngine:
 
     @torch.no_grad()
     def collect_rollout(self, batch: PromptBatch, scorer: Scorer) -> tuple[Rollout, dict[str, float]]:
+        """Blocks R1-R6 of docs/design.md: the buffer one update trains on, and its statistics."""
         self.model.eval()
-        # 1. sample responses from the current policy (KV cache; a row stops at eos)
-        started = time.perf_counter()
-        responses = self.generate(batch.input_ids, batch.attention_mask)
-        generate_s = time.perf_counter() - started
+        times: dict[str, float] = {}
+        # R1. sample responses from the current policy (KV cache; a row stops at its first eos)
+        with timed(times, "time/generate_s"):
+            responses = self.generate(batch.input_ids, batch.attention_mask)
         sequences = torch.cat([batch.input_ids, responses.tokens], dim=1)
         attention_mask = torch.cat([batch.attention_mask.bool(), responses.mask], dim=1)
-        prompt_length = batch.input_ids.size(1)
         mask = responses.mask.float()
+        # R2. log pi_old, V(s_t) from the policy and log pi_ref from the frozen reference: one code path
+        with timed(times, "time/evaluate_s"):
+            old_logprobs, old_values, ref_logprobs, ref_hidden = self._evaluate(
+                sequences, attention_mask, batch.input_ids.size(1), scorer.reads_reference_hidden, times)
+        # R3. sequence scores: the scorer's total per sample, missing-eos penalty and clip (Eq. 11, 12)
+        with timed(times, "time/score_s"):
+            scores, score_stats = scorer(responses, batch, ref_hidden)
+        scores = self._shaped_scores(scores.to(self.device, torch.float32), responses.stopped_by_eos)
+        # R4. per-token rewards (Eq. 8) -> R5. GAE advantages and returns (Eq. 3, 10)
+        kl_coef = self.kl_controller.value
+        rewards = self._token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef)
+        advantages, returns = self._advantages(rewards, old_values, mask)
+        rollout = Rollout(sequences=sequences, attention_mask=attention_mask, prompt_length=batch.input_ids.size(1),
+                          response_mask=mask, logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                          values=old_values, advantages=advantages, returns=returns)
+        # R6. statistics; the KL controller sees "kl", the batch's mean k1 summed over each response (Eq. 9)
+        stats = self._rollout_stats(rollout, scores, responses.stopped_by_eos, kl_coef)
+        self.kl_controller.update(stats["kl"], len(scores))
+        return rollout, {**score_stats, **stats, **times}
 
-        # 2. log pi_old and V(s_t) from the policy, log pi_ref from the frozen reference: one code path
-        started = time.perf_counter()
-        old_logprobs, old_values, ref_logprobs, ref_hidden, evaluate_times = self._evaluate(
-            sequences, attention_mask, prompt_length, getattr(scorer, "reads_reference_hidden", False))
-        evaluate_s = time.perf_counter() - started
-
-        # 3. score the responses: the composer's weighted total per sample
-        started = time.perf_counter()
-        scores, stats = scorer(responses, batch, ref_hidden)
-        scores = scores.to(self.device, torch.float32)
-        score_s = time.perf_counter() - started
+    def _shaped_scores(self, scores: torch.Tensor, stopped_by_eos: torch.Tensor) -> torch.Tensor:
+        """Eq. 11 then Eq. 12: s - p * [cut off by the length limit], then clamped to [-c, c]."""
         if self.ppo.missing_eos_penalty is not None:
-            scores = scores - self.ppo.missing_eos_penalty * (~responses.stopped_by_eos).float()
+            scores = scores - self.ppo.missing_eos_penalty * (~stopped_by_eos).float()
         if self.ppo.reward_clip is not None:
             scores = scores.clamp(-self.ppo.reward_clip, self.ppo.reward_clip)
+        return scores
 
-        # 4. per-token rewards: -beta * KL on every token, the sequence score on the last real token
+    def _token_rewards(self, scores, old_logprobs, ref_logprobs, mask, kl_coef: float) -> torch.Tensor:
+        """R4: -beta * KL_t on every real token (Eq. 7, unless kl.placement is loss), the score on the last one
+        (Eq. 8); whitened (scale only, Eq. 10) when ppo.whiten_rewards."""
         kl = kl_penalty(old_logprobs, ref_logprobs, self.ppo.kl.estimator)
-        kl_coef = self.kl_controller.value
         in_reward_coef = kl_coef if self.ppo.kl.placement == "reward" else 0.0
         rewards = per_token_rewards(scores, kl, in_reward_coef, mask)
         if self.ppo.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
+        return rewards
 
-        # 5. GAE -> advantages (whitened over the whole batch) and returns
+    def _advantages(self, rewards, old_values, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """R5: GAE (Eq. 3) -> advantages, whitened over the whole batch when ppo.whiten_advantages (Eq. 10), and
+        returns (never whitened: they are the critic's targets)."""
         advantages, returns = gae(rewards, old_values, mask, self.ppo.gamma, self.ppo.lam)
         if self.ppo.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
+        return advantages, returns
 
-        sequence_kl = masked_sum(old_logprobs - ref_logprobs, mask, dim=1)  # k1 summed over each response
-        self.kl_controller.update(float(sequence_kl.mean()), len(scores))
+    @staticmethod
+    def _rollout_stats(rollout: Rollout, scores, stopped_by_eos, kl_coef: float) -> dict[str, float]:
+        mask = rollout.response_mask
+        sequence_kl = masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=1)  # k1, whatever kl.estimator
         lengths = mask.sum(1)
-        stats.update({
+        return {
             "kl": float(sequence_kl.mean()),
             "kl_coef": kl_coef,
             "score/mean": float(scores.mean()),
             "response/length_mean": float(lengths.mean()),
-            "response/eos_rate": float(responses.stopped_by_eos.float().mean()),
-            "value/mean": float(masked_mean(old_values, mask)),
-            "value/explained_variance": float(explained_variance(old_values, returns, mask)),
-            "time/generate_s": generate_s,
-            "time/score_s": score_s,
-            "time/evaluate_s": evaluate_s,
-            "time/evaluate_policy_s": evaluate_times[0],
-            "time/evaluate_reference_s": evaluate_times[1],
+            "response/eos_rate": float(stopped_by_eos.float().mean()),
+            "value/mean": float(masked_mean(rollout.values, mask)),
+            "value/explained_variance": float(explained_variance(rollout.values, rollout.returns, mask)),
             "response_tokens": float(lengths.sum()),
-        })
-        rollout = Rollout(sequences=sequences, attention_mask=attention_mask, prompt_length=prompt_length,
-                          response_mask=mask, logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                          values=old_values, advantages=advantages, returns=returns)
-        return rollout, stats
+        }
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, greedy: bool = False) -> Responses:
@@ -194,73 +230,92 @@ class PPOEngine:
         ]
         return _concat_responses(parts, self.pad_token_id)
 
-    def _evaluate(self, sequences, attention_mask, prompt_length, with_reference_hidden: bool):
-        """log pi_old, V, log pi_ref (and the reference's last hidden states) in micro-batches of the
-        training size, so rollout and training run the same shapes and get the same numbers."""
+    def _evaluate(self, sequences, attention_mask, prompt_length, with_reference_hidden: bool,
+                  times: dict[str, float]):
+        """R2: log pi_old, V, log pi_ref (and the reference's last hidden states, D10) in micro-batches of the
+        training size, so rollout and training run the same shapes and get the same numbers (D3)."""
         size = self.ppo.micro_batch_size or self.ppo.minibatch_size
         olds, refs = [], []
-        policy_s = reference_s = 0.0
         for i in range(0, sequences.size(0), size):
             rows = slice(i, i + size)
-            started = time.perf_counter()
-            olds.append(response_outputs(self.model, sequences[rows], attention_mask[rows], prompt_length,
-                                         self.generation.temperature))
-            policy_s += time.perf_counter() - started
-            started = time.perf_counter()
-            refs.append(response_outputs(self.reference, sequences[rows], attention_mask[rows], prompt_length,
-                                         self.generation.temperature, with_values=False,
-                                         with_last_hidden=with_reference_hidden))
-            reference_s += time.perf_counter() - started
+            with timed(times, "time/evaluate_policy_s"):
+                olds.append(response_outputs(self.model, sequences[rows], attention_mask[rows], prompt_length,
+                                             self.generation.temperature))
+            with timed(times, "time/evaluate_reference_s"):
+                refs.append(response_outputs(self.reference, sequences[rows], attention_mask[rows], prompt_length,
+                                             self.generation.temperature, with_values=False,
+                                             with_last_hidden=with_reference_hidden))
         ref_hidden = torch.cat([r.last_hidden for r in refs]) if with_reference_hidden else None
         return (torch.cat([o.logprobs for o in olds]), torch.cat([o.values for o in olds]),
-                torch.cat([r.logprobs for r in refs]), ref_hidden, (policy_s, reference_s))
+                torch.cat([r.logprobs for r in refs]), ref_hidden)
 
     # ---- K epochs of minibatch steps -----------------------------------------------------------------
     def optimise(self, rollout: Rollout) -> dict[str, float]:
+        """Blocks O1-O5 of docs/design.md: K epochs over freshly shuffled minibatches; the mean statistics of the
+        optimizer steps taken."""
         self.model.train()
-        ppo = self.ppo
-        micro = ppo.micro_batch_size or ppo.minibatch_size
         totals: dict[str, float] = {}
         steps = skipped = 0
-        for _epoch in range(ppo.epochs):
+        for _epoch in range(self.ppo.epochs):
+            # O1. a fresh order every epoch, drawn from the engine's generator (saved in a checkpoint)
             order = torch.randperm(len(rollout), generator=self.generator).to(self.device)
-            for start in range(0, len(rollout), ppo.minibatch_size):
-                minibatch = order[start:start + ppo.minibatch_size]
-                minibatch_tokens = rollout.response_mask[minibatch].sum().clamp(min=1.0)
-                self.optimizer.zero_grad(set_to_none=True)
-                step_stats: dict[str, float] = {}
-                for micro_start in range(0, len(minibatch), micro):
-                    rows = minibatch[micro_start:micro_start + micro]
-                    loss, micro_stats = self._loss(rollout, rows)
-                    share = rollout.response_mask[rows].sum() / minibatch_tokens
-                    (loss * share).backward()
-                    for key, value in micro_stats.items():
-                        step_stats[key] = step_stats.get(key, 0.0) + value * float(share)
-                grad_norm = self._clip_gradients()
-                if not (math.isfinite(grad_norm) and math.isfinite(step_stats["loss/total"])):
+            for start in range(0, len(rollout), self.ppo.minibatch_size):
+                step_stats = self._minibatch_step(rollout, order[start:start + self.ppo.minibatch_size])
+                if step_stats is None:
                     skipped += 1
-                    self.nonfinite_in_a_row += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
-                        raise NonFiniteError(
-                            f"{self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or "
-                            f"gradient (loss {step_stats['loss/total']}, grad norm {grad_norm}); stopping. "
-                            f"Lower optim.lr, set optim.max_grad_norm, or check the rewards' scale")
                     continue
-                self.nonfinite_in_a_row = 0
-                self.optimizer.step()
-                self.scheduler.step()
                 steps += 1
-                step_stats["grad_norm"] = grad_norm
-                for key, value in step_stats.items():
-                    totals[key] = totals.get(key, 0.0) + value
+                accumulate(totals, step_stats)
+        # O5. the statistics averaged over the steps taken
         stats = {key: value / max(steps, 1) for key, value in totals.items()}
         stats["optim/steps"] = steps
         stats["optim/nonfinite_skipped"] = skipped
         stats["lr"] = self.scheduler.get_last_lr()[0]
         return stats
 
+    def _minibatch_step(self, rollout: Rollout, minibatch: torch.Tensor) -> Optional[dict[str, float]]:
+        """O2-O4: one optimizer step on the rows ``minibatch``; its statistics, or None when it was skipped."""
+        step_stats = self._accumulate_gradients(rollout, minibatch)
+        # O3. clip the global gradient norm; a non-finite loss or gradient skips the step
+        grad_norm = self._clip_gradients()
+        if not (math.isfinite(grad_norm) and math.isfinite(step_stats["loss/total"])):
+            self._skip_nonfinite_step(step_stats["loss/total"], grad_norm)
+            return None
+        # O4. the optimizer and learning-rate schedule step
+        self.nonfinite_in_a_row = 0
+        self.optimizer.step()
+        self.scheduler.step()
+        step_stats["grad_norm"] = grad_norm
+        return step_stats
+
+    def _accumulate_gradients(self, rollout: Rollout, minibatch: torch.Tensor) -> dict[str, float]:
+        """O2: the minibatch's gradient in micro-batches, each loss weighted by its share of the minibatch's real
+        tokens, so the sum is the gradient of one token mean over the whole minibatch (D5)."""
+        micro = self.ppo.micro_batch_size or self.ppo.minibatch_size
+        minibatch_tokens = rollout.response_mask[minibatch].sum().clamp(min=1.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        step_stats: dict[str, float] = {}
+        for start in range(0, len(minibatch), micro):
+            rows = minibatch[start:start + micro]
+            loss, micro_stats = self._loss(rollout, rows)
+            share = rollout.response_mask[rows].sum() / minibatch_tokens
+            (loss * share).backward()
+            accumulate(step_stats, micro_stats, float(share))
+        return step_stats
+
+    def _skip_nonfinite_step(self, loss: float, grad_norm: float) -> None:
+        """O3: drop the step's gradients; stop the run after ``max_nonfinite_steps`` such steps in a row."""
+        self.nonfinite_in_a_row += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient (loss {loss}, "
+                f"grad norm {grad_norm}); stopping. Lower optim.lr, set optim.max_grad_norm, or check the rewards' "
+                f"scale")
+
     def _loss(self, rollout: Rollout, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of micro-batch ``rows``: Eq. 6 from Eq. 1, 2, 4, 5, plus beta * KL (Eq. 7) when kl.placement is
+        loss. The new log-probs come from the same code path as log pi_old (D3)."""
         ppo = self.ppo
         mask = rollout.response_mask[rows]
         new = response_outputs(self.model, rollout.sequences[rows], rollout.attention_mask[rows],

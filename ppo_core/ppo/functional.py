@@ -5,8 +5,8 @@ tensor of the same shape, True for a real token. Padding never enters a sum, a m
 masked-out slots are selected away with ``torch.where`` (not multiplied by 0), so even a nan or inf
 sitting in a pad slot cannot leak into a result.
 
-The numbered equations refer to DESIGN.md, "The equations". No function here logs, keeps state or
-modifies its inputs; the two KL controllers are the only classes.
+"Eq. N" refers to docs/design.md, "The equations"; "D1".."D11" to its "The details that decide whether it works".
+No function here logs, keeps state or modifies its inputs; the two KL controllers are the only classes.
 """
 
 from __future__ import annotations
@@ -37,19 +37,19 @@ __all__ = [
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Σ_{t: mask_t} x_t, over all entries (``dim=None``) or along ``dim``."""
+    """Eq. 10: Σ_{t: mask_t} x_t, over all entries (``dim=None``) or along ``dim``."""
     x = torch.where(mask.bool(), x, torch.zeros_like(x))
     return x.sum() if dim is None else x.sum(dim)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Σ_{mask} x / Σ mask: the mean over real tokens only (nan where the mask is empty)."""
+    """Eq. 10: Σ_{mask} x / Σ mask, the mean over real tokens only (nan where the mask is empty)."""
     n = mask.bool().sum() if dim is None else mask.bool().sum(dim)
     return masked_sum(x, mask, dim) / n.to(x.dtype)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Var = mean_{mask}((x − mean_{mask} x)²) over all masked entries, times n/(n−1) if ``unbiased``.
+    """Eq. 10: Var = mean_{mask}((x − mean_{mask} x)²) over all masked entries, times n/(n−1) if ``unbiased``.
 
     As in TRL's ``masked_var``, the unbiased variance of fewer than two entries is a ValueError.
     """
@@ -64,7 +64,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """x̂ = (x − mean) / sqrt(Var + 1e-8), mean and (unbiased) Var over masked entries; 0 on padding.
+    """Eq. 10: x̂ = (x − mean) / sqrt(Var + 1e-8), mean and (unbiased) Var over masked entries; 0 on padding.
 
     With ``shift_mean=False`` the mean is added back (scale only), as in TRL's ``masked_whiten``.
     """
@@ -82,9 +82,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
 def logprobs_from_logits(
     logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """log π(a_t|s_t) = log softmax(logits / temperature)[a_t]; logits [B, T, V], tokens [B, T] → [B, T].
+    """Eq. 0: log π(a_t|s_t) = log softmax(logits / temperature)[a_t]; logits [B, T, V], tokens [B, T] → [B, T].
 
-    The single code path for log-probs in rollout and training: the same temperature in both is what
+    The single code path for log-probs in rollout and training (D3): the same temperature in both is what
     makes the ratio exactly 1 on the first minibatch of the first epoch.
     """
     logits = logits / temperature
@@ -189,7 +189,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last True in each row of ``mask`` [B, T] → LongTensor [B]; 0 for an all-False row."""
+    """Index of the last True in each row of ``mask`` [B, T] → LongTensor [B]; 0 for an all-False row (D2)."""
     positions = torch.arange(mask.shape[-1], device=mask.device)
     return torch.where(mask.bool(), positions, 0).max(dim=-1).values
 
@@ -197,7 +197,7 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 def per_token_rewards(
     scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor
 ) -> torch.Tensor:
-    """r_t = −β·KL_t on every real token, plus the sequence score s on the last real token.
+    """Eq. 8: r_t = −β·KL_t on every real token, plus the sequence score s on the last real token (D2).
 
     ``scores`` is [B]; ``kl`` [B, T]. Padding gets 0; a row without a real token gets nothing.
     """
@@ -247,7 +247,8 @@ def gae(
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """EV = 1 − Var(R̂ − V) / Var(R̂) over masked entries (1: perfect critic, 0: no better than a constant).
+    """Eq. 13: EV = 1 − Var(R̂ − V) / Var(R̂) over masked entries (1: perfect critic, 0: no better than a
+    constant).
 
     Undefined when Var(R̂) = 0 (or the mask is empty): then nan, as in Stable-Baselines3. Detached.
     """
@@ -279,7 +280,7 @@ class FixedKLController:
 
 
 class AdaptiveKLController:
-    """Adaptive β (Ziegler et al. 2019).
+    """Eq. 9: adaptive β (Ziegler et al. 2019).
 
     err = clip(KL/target − 1, −0.2, 0.2);  β ← β·(1 + err·n_steps/horizon)
     """

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 from ..config import RewardConfig
 from ..errors import RewardError
-from ..plugin.contract import Reward, RunContext, Sample
+from ..plugin.contract import Reward, RunContext, Sample, reads_reference_hidden
 from ..plugin.registry import Registry
 
 
@@ -85,7 +85,8 @@ class Composer:
 
     @property
     def reads_reference_hidden(self) -> bool:
-        return any(term.reward.reads_reference_hidden for term in self.terms)
+        """Whether any reward declared that it scores from the reference's hidden states (HiddenStateReward)."""
+        return any(reads_reference_hidden(term.reward) for term in self.terms)
 
     def __call__(self, samples: Sequence[Sample], reference_hidden=None) -> Composition:
         totals = [0.0] * len(samples)
@@ -130,7 +131,7 @@ class Composer:
     def _checked_call(self, term: RewardTerm, samples: Sequence[Sample], reference_hidden=None
                       ) -> list[Optional[float]]:
         try:
-            if reference_hidden is not None and term.reward.reads_reference_hidden:
+            if reference_hidden is not None and reads_reference_hidden(term.reward):
                 answer = term.reward.score_hidden(samples, reference_hidden)
             else:
                 answer = self._call_with_timeout(term, samples)

@@ -5,11 +5,12 @@ Each sample's token sequence is the engine's: ``tokenizer(sample.prompt)["input_
 included, e.g. a leading bos), then ``sample.response_ids``, then eos when ``sample.stop_reason == "eos"``.
 Batches are right-padded and the score is read at each sequence's last real token.
 
-Zero extra forward: when the head was trained on the *frozen* backbone of the checkpoint the policy starts
-from (the directory's backbone path equals the run's ``model.path``, both resolved) and the run's tokenizer
-has the reward model's vocabulary, the reward sets ``reads_reference_hidden``: the engine then hands
-:meth:`RewardModelReward.score_hidden` the frozen reference model's final hidden states at each sample's last
-real token, which are exactly what the backbone would compute, and no forward pass of the reward model runs.
+Zero extra forward: the reward is a :class:`ppo_core.HiddenStateReward`. When the head was trained on the
+*frozen* backbone of the checkpoint the policy starts from (the directory's backbone path equals the run's
+``model.path``, both resolved) and the run's tokenizer has the reward model's vocabulary, the instance declares
+``reads_reference_hidden`` at init: the engine then hands :meth:`RewardModelReward.score_hidden` the frozen
+reference model's final hidden states at each sample's last real token, which are exactly what the backbone
+would compute, and no forward pass of the reward model runs (docs/design.md, D10).
 ``zero_extra_forward: off`` turns this off (the backbone is then loaded and run on every batch).
 """
 
@@ -21,7 +22,7 @@ from typing import ClassVar, Literal, Optional, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ppo_core import Reward, RunContext, Sample
+from ppo_core import HiddenStateReward, RunContext, Sample
 from ppo_core.reward_model import (
     RewardModel,
     RewardModelError,
@@ -55,7 +56,7 @@ class RewardModelOptions(BaseModel):
         return "off" if value is False else value
 
 
-class RewardModelReward(Reward):
+class RewardModelReward(HiddenStateReward):
     """A learned reward: backbone + MLP head on the last real token (see the module docstring)."""
 
     name: ClassVar[str] = "reward_model"
