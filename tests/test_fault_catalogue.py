@@ -127,12 +127,13 @@ class Fault:
     args: tuple[str, ...] = ()  # after the config path
     text: Optional[str] = None  # the config file's raw text instead of BASE + change
     name: str = "bad.yaml"  # the config file's name (its suffix picks YAML or JSON)
-    files: dict = field(default_factory=dict)  # more files in {tmp}: name -> text, "@path" (a copy of path), or
-    #                                            a name ending in "/" (an empty directory)
+    files: dict = field(default_factory=dict)  # more files in {tmp}: name -> text, bytes, "@path" (a copy of
+    #                                            path), or a name ending in "/" (an empty directory)
     plugin: Optional[str] = None  # a key of PLUGINS: installed as a throwaway distribution for this case
     env: dict = field(default_factory=dict)
     run_dir: Optional[str] = None  # "previous": {tmp}/run holds a finished run with a checkpoint at update 1
     argv: Optional[tuple[str, ...]] = None  # the whole command line instead of COMMAND CONFIG ARGS
+    absent: tuple[str, ...] = ()  # files the failed command must not have created (code it must not have run)
 
 
 def rewards(*entries: dict) -> dict:
@@ -148,6 +149,32 @@ def on_jsonl(path: str = "{tmp}/data.jsonl", **data: Any) -> dict:
 
 
 GOOD_LINE = {"prompt": "reverse: abc =", "solution": "cba"}
+
+
+def remote_code_reward_model() -> dict:
+    """A complete reward-model folder whose reward_model.json asks for trust_remote_code, on a backbone whose
+    config.json maps AutoConfig/AutoModel to its own remote.py, which would write {tmp}/remote-code-ran."""
+    from safetensors.torch import save
+
+    from ppo_core.modeling.heads import MLPHead
+
+    head = MLPHead(64, 8, init="normal")  # the tiny model's hidden size
+    info = {"format": "ppo-core-reward-model", "version": 1, "backbone": {"path": "{tmp}/remote", "frozen": True},
+            "tokenizer": "{tmp}/remote", "hidden_size": 64, "head_hidden": 8, "trust_remote_code": True}
+    backbone = {"model_type": "gpt2", "architectures": ["GPT2Model"], "n_embd": 64, "n_layer": 2, "n_head": 2,
+                "n_positions": 128, "vocab_size": 99, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+                "auto_map": {"AutoConfig": "remote.RemoteConfig", "AutoModel": "remote.RemoteModel"}}
+    remote = ("from pathlib import Path\n"
+              "from transformers import GPT2Config, GPT2Model\n"
+              "Path('{tmp}/remote-code-ran').write_text('ran')\n"
+              "class RemoteConfig(GPT2Config):\n    pass\n"
+              "class RemoteModel(GPT2Model):\n    config_class = RemoteConfig\n")
+    return {"rm/reward_model.json": json.dumps(info),
+            "rm/reward_head.safetensors": save({k: v.contiguous() for k, v in head.state_dict().items()}),
+            "remote/config.json": json.dumps(backbone), "remote/remote.py": remote,
+            "remote/model.safetensors": "@{model}/model.safetensors",
+            "remote/tokenizer.json": "@{model}/tokenizer.json",
+            "remote/tokenizer_config.json": "@{model}/tokenizer_config.json"}
 
 FAULTS = [
     # ---- the config's shape: sections and keys --------------------------------------------------------------
@@ -280,6 +307,11 @@ FAULTS = [
           rewards({"name": "sleeps", "timeout_s": 0.05}), plugin="faulty"),
     Fault("reward-fails-to-start", ("reward 'fails_to_start'", "plugin 'faulty'", "no licence"),
           rewards({"name": "fails_to_start"}), plugin="faulty"),
+    # ---- artifacts never turn on remote code: only the run config's model.trust_remote_code does -----------
+    Fault("reward-model-asks-for-remote-code", ("{tmp}/rm/reward_model.json", "trust_remote_code",
+                                                "model.trust_remote_code"),
+          rewards({"name": "reward_model", "options": {"path": "{tmp}/rm", "zero_extra_forward": "off"}}),
+          files=remote_code_reward_model(), absent=("{tmp}/remote-code-ran",)),
     # ---- the other commands ----------------------------------------------------------------------------------
     Fault("eval-model-dir-missing", ("--model", "{tmp}/nowhere", "no such file or directory"), command="eval",
           args=("--model", "{tmp}/nowhere")),
@@ -396,7 +428,9 @@ def prepare(fault: Fault, tmp: Path, model: Path, previous: Optional[Path], make
             path.mkdir(parents=True, exist_ok=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        if text.startswith("@"):  # a copy of an existing file
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        elif text.startswith("@"):  # a copy of an existing file
             shutil.copyfile(substitute(text[1:], **names), path)
         else:
             path.write_text(substitute(text, **names), encoding="utf-8")
@@ -454,6 +488,8 @@ def test_fault_is_one_line_naming_where(fault, tmp_path, tiny_model, request, ma
     after = snapshot(tmp_path, tiny_model)
     damaged = [path for path, digest in before.items() if after.get(path) != digest]
     assert not damaged, f"changed or removed by a failed command: {damaged}"
+    created = [path for path in substitute(list(fault.absent), **names) if Path(path).exists()]
+    assert not created, f"created by a failed command: {created}"
     if fault.run_dir:
         assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == (previous / "metrics.jsonl").read_bytes()
 

@@ -151,7 +151,8 @@ def evaluate_model(config: RunConfig, model_dir: Union[str, Path], split: str = 
     device = resolve_device(config.model.device)
     plugins = load_plugins(config.plugins.allow, config.plugins.block, extra=extra_plugins)
     tokenizer = load_tokenizer(str(model_dir), config.model.trust_remote_code, field="--model")
-    context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer, policy_path=str(model_dir))
+    context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer, policy_path=str(model_dir),
+                         trust_remote_code=config.model.trust_remote_code)
     dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
                                      where=f"{source}: data.options", name_where=f"{source}: data.dataset")
     composer = build_composer(config.rewards, plugins.registry, context, source)

@@ -75,7 +75,7 @@ def load_run_inputs(config: RunConfig, extra_plugins: Iterable = (), source: str
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code,
                                field="model.tokenizer" if config.model.tokenizer else "model.path")
     context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer,
-                         policy_path=config.model.path)
+                         policy_path=config.model.path, trust_remote_code=config.model.trust_remote_code)
     dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
                                      where=f"{source}: data.options", name_where=f"{source}: data.dataset")
     composer = build_composer(config.rewards, plugins.registry, context, source)
