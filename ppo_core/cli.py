@@ -81,6 +81,9 @@ def _run_resumable(args, command: str, unit: str, run) -> int:
     """Run ``run(config)`` for `train`/`sft`; a SIGINT/SIGTERM stop says how to resume."""
     from .config import load_config
 
+    if args.resume and args.overwrite:
+        raise UserError(f"{command}: --resume continues the run in the output directory and --overwrite deletes "
+                        f"it; pass one of them")
     config = load_config(args.config, args.overrides)
     from .runtime.loop import Interrupted
 

@@ -131,7 +131,7 @@ class Fault:
     #                                            path), or a name ending in "/" (an empty directory)
     plugin: Optional[str] = None  # a key of PLUGINS: installed as a throwaway distribution for this case
     env: dict = field(default_factory=dict)
-    run_dir: Optional[str] = None  # "previous": {tmp}/run holds a finished run with a checkpoint at update 1
+    run_dir: Optional[str] = None  # "previous": {tmp}/run holds a finished run with checkpoints at updates 1, 2
     argv: Optional[tuple[str, ...]] = None  # the whole command line instead of COMMAND CONFIG ARGS
     absent: tuple[str, ...] = ()  # files the failed command must not have created (code it must not have run)
 
@@ -292,6 +292,9 @@ FAULTS = [
                  "junk-model/tokenizer.json": "@{model}/tokenizer.json",
                  "junk-model/tokenizer_config.json": "@{model}/tokenizer_config.json"}),
     Fault("model-device-unavailable", ("model.device", "'cuda:7'"), {"model": {"device": "cuda:7"}}),
+    Fault("model-device-mps-unavailable", ("model.device", "'mps'", "not available"), {"model": {"device": "mps"}}),
+    Fault("critic-path-with-shared-critic", ("{config}", "model.critic_path", "critic: separate"),
+          {"model": {"critic": "shared", "critic_path": "{model}"}}),
     # ---- jsonl data ------------------------------------------------------------------------------------------
     Fault("jsonl-file-missing", ("{tmp}/data.jsonl", "no such file", "option 'path'", "dataset 'jsonl'"),
           on_jsonl()),
@@ -304,12 +307,18 @@ FAULTS = [
     Fault("jsonl-wrong-solution-type", ("{tmp}/data.jsonl, line 1", "solution", "string or a list of strings"),
           on_jsonl(), files={"data.jsonl": jsonl({"prompt": "reverse: abc =", "solution": 42})}),
     Fault("jsonl-empty-file", ("{tmp}/data.jsonl", "no records"), on_jsonl(), files={"data.jsonl": ""}),
+    Fault("jsonl-lone-surrogate", ("{tmp}/data.jsonl, line 2", "prompt", "lone surrogate"), on_jsonl(),
+          files={"data.jsonl": jsonl(GOOD_LINE, '{"prompt": "reverse: a\\ud800 =", "solution": "x"}')}),
     Fault("prompt-too-long-rejected", ("data.max_prompt_tokens", "more than 4", "reverse: "),
           {"data": {"max_prompt_tokens": 4, "long_prompts": "reject"}}),
     # ---- run directories ------------------------------------------------------------------------------------
     Fault("existing-run-dir", ("train.output_dir", "{tmp}/run", "--resume", "--overwrite"), run_dir="previous"),
-    Fault("resume-with-changed-config", ("--resume", "ppo.clip_range", "update-000001"),
-          {"ppo": {"clip_range": 0.3}, "train": {"updates": 2}}, args=("--resume",), run_dir="previous"),
+    Fault("resume-with-changed-config", ("--resume", "ppo.clip_range", "update-000002"),
+          {"ppo": {"clip_range": 0.3}, "train": {"updates": 3}}, args=("--resume",), run_dir="previous"),
+    Fault("resume-with-fewer-updates", ("--resume", "train.updates is 1", "update-000002", "already done 2"),
+          {"train": {"updates": 1}}, args=("--resume",), run_dir="previous"),
+    Fault("resume-with-overwrite", ("--resume", "--overwrite", "one of them"), args=("--resume", "--overwrite"),
+          run_dir="previous"),
     Fault("overwrite-with-a-bad-reward", ("{config}", "rewards.0.name", "unknown reward 'nope'"),
           rewards({"name": "nope"}), args=("--overwrite",), run_dir="previous"),
     # ---- plugins: allow and block lists --------------------------------------------------------------------
@@ -381,16 +390,16 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def previous_run(tmp_path_factory, tiny_model) -> Path:
-    """A finished one-update run with a checkpoint: what the run-directory cases must leave intact."""
+    """A finished two-update run with checkpoints: what the run-directory cases must leave intact."""
     root = tmp_path_factory.mktemp("fault-previous")
-    config = substitute(merge(BASE, {"train": {"save_every": 1}}), tmp=root, model=tiny_model)
+    config = substitute(merge(BASE, {"train": {"updates": 2, "save_every": 1}}), tmp=root, model=tiny_model)
     (root / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     with pytest.MonkeyPatch.context() as patch, as_a_cli_process():
         for variable in (ALLOW_ENV, BLOCK_ENV):  # module scope: conftest's per-test clean-up has not run yet
             patch.delenv(variable, raising=False)
         assert main(["train", str(root / "run.yaml")]) == 0
     assert (root / "run" / "metrics.jsonl").stat().st_size > 0
-    assert (root / "run" / "checkpoints" / "update-000001").is_dir()
+    assert (root / "run" / "checkpoints" / "update-000002").is_dir()
     return root / "run"
 
 

@@ -285,6 +285,7 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
     field_name = "sft.output_dir" if config.sft.output_dir else "train.output_dir"
     ckpt.check_run_dir(run_dir, resume, overwrite, field_name)
     run = build_sft(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
+    ckpt.check_resume_progress(run_dir, resume, run.total_steps, "step", "sft.steps (or sft.epochs)")
     log = open_run_dir(run_dir, config, resume, overwrite, lambda path: load_checkpoint(run, path), field_name)
     progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
                         **({"stream": progress_stream} if progress_stream else {}))

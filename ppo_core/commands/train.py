@@ -175,6 +175,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
         raise ConfigError(f"{source}: rewards: PPO needs at least one reward (only `sft` and `eval` run without)")
     run_dir = Path(config.train.output_dir)
     ckpt.check_run_dir(run_dir, resume, overwrite)
+    ckpt.check_resume_progress(run_dir, resume, config.train.updates, "update", "train.updates")
     run = build_run(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
     log = open_run_dir(run_dir, config, resume, overwrite, lambda path: load_checkpoint(run, path))
     board = TensorBoardLog(run_dir / "tensorboard") if config.train.tensorboard else None

@@ -59,6 +59,13 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="Allow checkpoints that ship their own modelling code.")
     device: str = Field("auto", description="`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:1`...")
 
+    @field_validator("critic_path")
+    @classmethod
+    def _critic_path_needs_a_separate_critic(cls, critic_path: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if critic_path is not None and info.data.get("critic") == "shared":
+            raise ValueError("applies only with `critic: separate`; the shared critic sits on the policy's backbone")
+        return critic_path
+
 
 class DataConfig(Section):
     dataset: str = Field(description="Name of a registered dataset (see `ppo-core plugins`).")

@@ -21,7 +21,22 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"model.device: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"model.device: {name!r} asked for, but CUDA is not available")
+    if device.type in ("mps", "xpu") and not _backend_available(device.type):
+        raise ConfigError(f"model.device: {name!r} asked for, but {device.type.upper()} is not available")
+    if device.type == "meta":
+        raise ConfigError(f"model.device: {name!r} holds no data; use `auto`, `cpu`, `cuda`...")
+    if device.type != "cpu":
+        try:  # one tiny allocation: each backend says 'not here' in its own way (mps, xpu, cuda:7 of one GPU)
+            torch.empty(0, device=device)
+        except Exception as error:  # noqa: BLE001 -- AssertionError, NotImplementedError, RuntimeError...
+            raise ConfigError(f"model.device: {name!r} asked for, but this machine cannot use it "
+                              f"({type(error).__name__}: {_first_line(error)[:120]})") from None
     return device
+
+
+def _backend_available(device_type: str) -> bool:
+    backend = torch.backends.mps if device_type == "mps" else getattr(torch, device_type)
+    return bool(backend.is_available())
 
 
 _CHECKPOINT_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
