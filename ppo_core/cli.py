@@ -157,7 +157,10 @@ def cmd_config(args) -> int:
         return 0
     import yaml
 
+    from .modeling.loading import fit_to_context
+
     config = load_config(args.config, args.overrides)
+    config = fit_to_context(config, config.model.path, args.config)  # prompt + response within the context
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     return 0
 

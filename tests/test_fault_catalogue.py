@@ -123,7 +123,7 @@ class Fault:
     id: str
     expect: tuple[str, ...]
     change: dict = field(default_factory=dict)  # deep-merged into BASE; DELETE removes a key
-    command: str = "train"
+    command: str = "train"  # may be two words: "config check"
     args: tuple[str, ...] = ()  # after the config path
     text: Optional[str] = None  # the config file's raw text instead of BASE + change
     name: str = "bad.yaml"  # the config file's name (its suffix picks YAML or JSON)
@@ -311,6 +311,17 @@ FAULTS = [
           files={"data.jsonl": jsonl(GOOD_LINE, '{"prompt": "reverse: a\\ud800 =", "solution": "x"}')}),
     Fault("prompt-too-long-rejected", ("data.max_prompt_tokens", "more than 4", "reverse: "),
           {"data": {"max_prompt_tokens": 4, "long_prompts": "reject"}}),
+    # ---- prompt + response longer than the model's context (the tiny model's n_positions: 128) -----------------
+    Fault("response-over-context-train", ("{config}", "generation.max_new_tokens (200)", "context of 128",
+                                          "n_positions in {model}/config.json"), {"generation": {"max_new_tokens": 200}}),
+    Fault("response-over-context-config-check", ("{config}", "generation.max_new_tokens (200)", "context of 128"),
+          {"generation": {"max_new_tokens": 200}}, command="config check"),
+    Fault("prompt-over-context-user-set", ("{config}", "data.max_prompt_tokens (126)", "= 130 tokens",
+                                           "context of 128"), {"data": {"max_prompt_tokens": 126}}),
+    Fault("response-over-context-sft", ("{config}", "sft.max_response_tokens (200)", "context of 128"),
+          {"sft": {"max_response_tokens": 200}}, command="sft"),
+    Fault("response-over-context-eval", ("{config}", "generation.max_new_tokens (200)", "context of 128"),
+          {"generation": {"max_new_tokens": 200}}, command="eval", args=("--model", "{model}")),
     # ---- run directories ------------------------------------------------------------------------------------
     Fault("existing-run-dir", ("train.output_dir", "{tmp}/run", "--resume", "--overwrite"), run_dir="previous"),
     Fault("resume-with-changed-config", ("--resume", "ppo.clip_range", "update-000002"),
@@ -490,7 +501,7 @@ def prepare(fault: Fault, tmp: Path, model: Path, previous: Optional[Path], make
         data = substitute(merge(BASE, fault.change), **names)
         text = json.dumps(data) if config.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
         config.write_text(text, encoding="utf-8")
-    return [fault.command, str(config), *substitute(list(fault.args), **names)]
+    return [*fault.command.split(), str(config), *substitute(list(fault.args), **names)]
 
 
 def check_error_line(code: int, stdout: str, stderr: str, expected: list[str]) -> str:

@@ -33,7 +33,7 @@ from ..config import RunConfig
 from ..data.prompts import encode_records, left_pad
 from ..data.stream import PromptStream, take_records
 from ..errors import DataError, TrainingError
-from ..modeling.loading import disable_dropout, load_causal_lm, save_model
+from ..modeling.loading import disable_dropout, fit_to_context, load_causal_lm, save_model
 from ..plugin.contract import Record
 from ..ppo.rollout import position_ids_from_mask
 from ..rewards.composer import Composer
@@ -281,6 +281,7 @@ def load_checkpoint(run: SFTRun, path: Path) -> int:
 def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
               source: str = "config", progress_stream=None) -> Path:
     """Run SFT as configured; returns the directory of the final model (``<output_dir>/final``)."""
+    config = fit_to_context(config, config.model.path, source, "sft")
     run_dir = output_dir(config)
     field_name = "sft.output_dir" if config.sft.output_dir else "train.output_dir"
     ckpt.check_run_dir(run_dir, resume, overwrite, field_name)

@@ -13,7 +13,7 @@ from ..config import RunConfig
 from ..data.prompts import encode_records, left_pad, make_samples
 from ..data.stream import PromptStream
 from ..errors import ConfigError, TrainingError
-from ..modeling.loading import frozen_copy, load_tokenizer, resolve_device, save_model
+from ..modeling.loading import fit_to_context, frozen_copy, load_tokenizer, resolve_device, save_model
 from ..plugin.contract import RunContext
 from ..plugin.loading import PluginSet, load_plugins
 from ..ppo.actor_critic import ActorCritic, build_actor_critic
@@ -173,6 +173,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
     """Run PPO as configured; returns the directory of the final model."""
     if not config.rewards:
         raise ConfigError(f"{source}: rewards: PPO needs at least one reward (only `sft` and `eval` run without)")
+    config = fit_to_context(config, config.model.path, source)
     run_dir = Path(config.train.output_dir)
     ckpt.check_run_dir(run_dir, resume, overwrite)
     ckpt.check_resume_progress(run_dir, resume, config.train.updates, "update", "train.updates")

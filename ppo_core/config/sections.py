@@ -71,7 +71,9 @@ class DataConfig(Section):
     dataset: str = Field(description="Name of a registered dataset (see `ppo-core plugins`).")
     options: dict[str, Any] = Field(default_factory=dict, description="The dataset's own options.")
     shuffle: bool = Field(True, description="Shuffle the prompts each pass, seeded by `train.seed`.")
-    max_prompt_tokens: int = Field(256, gt=0, le=MAX_TOKENS, description="Longest prompt in tokens.")
+    max_prompt_tokens: int = Field(256, gt=0, le=MAX_TOKENS, description="Longest prompt in tokens. Prompt + "
+                                   "response must fit the model's context (read from its config.json): unset, it "
+                                   "shrinks to the context minus `generation.max_new_tokens` when 256 would not fit.")
     long_prompts: Literal["truncate", "reject"] = Field(
         "truncate", description="A longer prompt keeps its last tokens (`truncate`) or stops the run (`reject`).")
     chat_template: bool = Field(True, description="Apply the tokenizer's chat template when it has one.")
