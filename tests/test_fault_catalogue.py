@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -387,8 +388,12 @@ FAULTS = [
     Fault("init-model-size-huge", ("init-model", "'huge'", "tiny"), argv=("init-model", "{tmp}/new", "--size", "huge")),
 ]
 
+# a case that takes longer hangs: a config or data mistake must be found before any long work starts
+CASE_SECONDS = 120
+
 # the same faults as real processes: exit status and no traceback at process level
-SUBPROCESS_FAULTS = ("unknown-key-ppo", "missing-config-file", "jsonl-bad-json-on-line-3")
+SUBPROCESS_FAULTS = ("unknown-key-ppo", "missing-config-file", "jsonl-bad-json-on-line-3", "binary-config",
+                     "reward-model-asks-for-remote-code")
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------
@@ -412,6 +417,22 @@ def previous_run(tmp_path_factory, tiny_model) -> Path:
     assert (root / "run" / "metrics.jsonl").stat().st_size > 0
     assert (root / "run" / "checkpoints" / "update-000002").is_dir()
     return root / "run"
+
+
+@contextmanager
+def time_limit(seconds: int):
+    """Fail a case that runs longer than ``seconds`` (SIGALRM: the CLI only handles SIGINT and SIGTERM)."""
+
+    def expire(_signum, _frame):
+        raise TimeoutError(f"the case ran longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @contextmanager
@@ -531,7 +552,7 @@ def test_fault_is_one_line_naming_where(fault, tmp_path, tiny_model, request, ma
     argv = prepare(fault, tmp_path, tiny_model, previous, make_distribution, monkeypatch)
     before = snapshot(tmp_path, tiny_model)
     capsys.readouterr()
-    with as_a_cli_process():
+    with as_a_cli_process(), time_limit(CASE_SECONDS):
         code = main(argv)
     out, err = capsys.readouterr()
     names = {"tmp": tmp_path, "model": tiny_model, "config": tmp_path / fault.name}
@@ -551,6 +572,7 @@ def test_fault_in_a_real_process(fault, tmp_path, tiny_model, make_distribution,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                      os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "ppo_core.cli", *argv], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=300)
+                          cwd=tmp_path, env=env, timeout=CASE_SECONDS)
     names = {"tmp": tmp_path, "model": tiny_model, "config": tmp_path / fault.name}
     check_error_line(done.returncode, done.stdout, done.stderr, substitute(list(fault.expect), **names))
+    assert not [path for path in substitute(list(fault.absent), **names) if Path(path).exists()]
