@@ -314,7 +314,8 @@ FAULTS = [
           {"data": {"max_prompt_tokens": 4, "long_prompts": "reject"}}),
     # ---- prompt + response longer than the model's context (the tiny model's n_positions: 128) -----------------
     Fault("response-over-context-train", ("{config}", "generation.max_new_tokens (200)", "context of 128",
-                                          "n_positions in {model}/config.json"), {"generation": {"max_new_tokens": 200}}),
+                                          "n_positions in {model}/config.json"),
+          {"generation": {"max_new_tokens": 200}}),
     Fault("response-over-context-config-check", ("{config}", "generation.max_new_tokens (200)", "context of 128"),
           {"generation": {"max_new_tokens": 200}}, command="config check"),
     Fault("prompt-over-context-user-set", ("{config}", "data.max_prompt_tokens (126)", "= 130 tokens",

@@ -54,8 +54,8 @@ class ModelConfig(Section):
         "and values). `separate`: the critic has its own backbone.")
     critic_path: Optional[str] = Field(None, description="Checkpoint the separate critic's backbone starts from; "
                                        "defaults to the policy's `path`.")
-    value_head_hidden: Optional[int] = Field(None, gt=0, le=MAX_WIDTH, description="Hidden width of the value head's MLP; "
-                                             "defaults to the backbone's hidden size.")
+    value_head_hidden: Optional[int] = Field(None, gt=0, le=MAX_WIDTH, description="Hidden width of the value "
+                                             "head's MLP; defaults to the backbone's hidden size.")
     trust_remote_code: bool = Field(False, description="Allow checkpoints that ship their own modelling code.")
     device: str = Field("auto", description="`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:1`...")
 
@@ -105,9 +105,11 @@ class KLConfig(Section):
 
 class PPOConfig(Section):
     rollout_batch_size: int = Field(64, gt=0, le=MAX_BATCH, description="Prompts sampled per update.")
-    minibatch_size: int = Field(16, gt=0, le=MAX_BATCH, validate_default=True, description="Samples per optimizer step.")
-    micro_batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Samples per forward/backward; gradients "
-                                            "accumulate up to `minibatch_size`. Defaults to `minibatch_size`.")
+    minibatch_size: int = Field(16, gt=0, le=MAX_BATCH, validate_default=True,
+                                description="Samples per optimizer step.")
+    micro_batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Samples per forward/backward; "
+                                            "gradients accumulate up to `minibatch_size`. Defaults to "
+                                            "`minibatch_size`.")
     epochs: int = Field(4, gt=0, description="Passes over each rollout buffer, freshly shuffled each time.")
     clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
     clip_range_value: Optional[float] = Field(0.2, gt=0, description="Value clip; unset for the unclipped loss.")
@@ -139,8 +141,8 @@ class GenerationConfig(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use the same one).")
     top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 keeps all.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 keeps all.")
-    batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Prompts per generation call; defaults to the "
-                                      "whole rollout batch.")
+    batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Prompts per generation call; "
+                                      "defaults to the whole rollout batch.")
 
 
 class OptimConfig(Section):
@@ -169,7 +171,8 @@ class TrainConfig(Section):
     output_dir: str = Field("runs/ppo", description="Run directory: config, metrics.jsonl, checkpoints, final model.")
     save_every: int = Field(0, ge=0, description="Checkpoint every N updates (0: only the final model).")
     keep_checkpoints: int = Field(2, gt=0, description="How many of the newest checkpoints to keep.")
-    threads: Optional[int] = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; unset leaves torch's default.")
+    threads: Optional[int] = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; unset leaves "
+                                   "torch's default.")
     tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the `tensorboard` extra).")
     max_nonfinite_steps: int = Field(3, gt=0, description="Stop after this many non-finite steps in a row.")
     progress: Literal["auto", "bar", "lines", "none"] = Field("auto", description="`auto`: a bar on a terminal, "
@@ -189,12 +192,12 @@ class SFTConfig(Section):
                                  "train split.")
     epochs: float = Field(1.0, gt=0, description="Passes over the train split when `steps` is unset.")
     batch_size: int = Field(16, gt=0, le=MAX_BATCH, description="Records per optimizer step.")
-    micro_batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Records per forward/backward; gradients "
-                                            "accumulate up to `batch_size`. Defaults to `batch_size`.")
+    micro_batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Records per forward/backward; "
+                                            "gradients accumulate up to `batch_size`. Defaults to `batch_size`.")
     lr: Optional[float] = Field(None, gt=0, description="Peak learning rate; defaults to `optim.lr` (the rest "
                                 "of `optim` -- warm-up, schedule, clipping -- applies as in PPO).")
-    max_response_tokens: Optional[int] = Field(None, gt=0, le=MAX_TOKENS, description="Longest target (solution + eos) in "
-                                               "tokens, longer ones are cut; defaults to "
+    max_response_tokens: Optional[int] = Field(None, gt=0, le=MAX_TOKENS, description="Longest target (solution "
+                                               "+ eos) in tokens, longer ones are cut; defaults to "
                                                "`generation.max_new_tokens`.")
     dropout: bool = Field(False, description="Keep the checkpoint's dropout (off by default, as in PPO).")
     log_every: int = Field(1, gt=0, description="Write a metrics line every N steps (the loss averaged over them).")

@@ -29,9 +29,10 @@ class RewardTrainOptions(Section):
     max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip the global gradient norm; unset: no clip.")
     batch_size: int = Field(32, gt=0, le=MAX_BATCH, description="Pairs (or labelled responses) per optimizer step.")
     held_out_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the data held out for evaluation.")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the head's initialisation, the held-out split and the shuffling.")
-    head_hidden: Optional[int] = Field(None, gt=0, le=MAX_WIDTH, description="Width of the head's hidden layer; defaults to "
-                                       "the backbone's hidden size.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the head's initialisation, the held-out split and "
+                      "the shuffling.")
+    head_hidden: Optional[int] = Field(None, gt=0, le=MAX_WIDTH, description="Width of the head's hidden layer; "
+                                       "defaults to the backbone's hidden size.")
     append_eos: bool = Field(True, description="End each training response with eos, as the policy's responses "
                                 "that stop at eos end (the score is read there).")
 
@@ -99,7 +100,8 @@ class TrainRewardConfig(Section):
     train: RewardTrainOptions = Field(default_factory=RewardTrainOptions)
     normalization: NormalizationSection = Field(default_factory=NormalizationSection)
     output_dir: str = Field("runs/reward-model", description="The reward model directory to write.")
-    threads: Optional[int] = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; unset leaves torch's default.")
+    threads: Optional[int] = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; unset leaves "
+                                   "torch's default.")
     plugins: PluginsConfig = Field(default_factory=PluginsConfig, description="Which plugins load (to find "
                                    "`data.dataset`), as in a run config.")
 
