@@ -32,9 +32,9 @@ MAX_WORD = 1_000
 
 
 class SyntheticOptions(BaseModel):
-    """Options of ``reverse``, ``copy`` and ``sort``."""
+    """Options of ``reverse``, ``copy`` and ``sort`` (whole numbers only: ``size: true`` is not 1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     size: int = Field(512, ge=1, le=MAX_RECORDS, description="records in the train split")
     eval_size: int = Field(64, ge=0, le=MAX_RECORDS, description="records in the eval split (none of its words is "
