@@ -213,4 +213,3 @@ def fit_to_context(config: RunConfig, model_path: str, source: str = "config",
     config = config.model_copy(deep=True)
     config.data.max_prompt_tokens = context - response
     return config
-

@@ -80,7 +80,6 @@ def find_lone_surrogate(value: Any, path: str = "") -> Optional[tuple[str, int, 
     return None
 
 
-
 def describe_validation_error(error: ValidationError, form: str, obj: Mapping[str, Any]) -> str:
     """:func:`format_validation_error`, with field paths renamed to the record's own form.
 
