@@ -81,6 +81,9 @@ def _run_resumable(args, command: str, unit: str, run) -> int:
     """Run ``run(config)`` for `train`/`sft`; a SIGINT/SIGTERM stop says how to resume."""
     from .config import load_config
 
+    if args.resume and args.overwrite:
+        raise UserError(f"{command}: --resume continues the run in the output directory and --overwrite deletes "
+                        f"it; pass one of them")
     config = load_config(args.config, args.overrides)
     from .runtime.loop import Interrupted
 
@@ -154,7 +157,10 @@ def cmd_config(args) -> int:
         return 0
     import yaml
 
+    from .modeling.loading import fit_to_context
+
     config = load_config(args.config, args.overrides)
+    config = fit_to_context(config, config.model.path, args.config)  # prompt + response within the context
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     return 0
 

@@ -286,6 +286,47 @@ def test_config_check_prints_the_resolved_config(tmp_path, capsys):
     assert set(resolved) == SECTIONS
 
 
+def test_config_check_fits_the_prompt_to_the_models_context(tmp_path, tiny_model_dir, capsys):
+    """The tiny model's context is 128 tokens: an unset max_prompt_tokens (256) shrinks to 128 - max_new_tokens;
+    a value the user set is kept when it fits, and a missing model (a hub id here) leaves the default."""
+    from ppo_core.modeling.loading import model_context_length
+
+    assert model_context_length(str(tiny_model_dir)) == (128, f"n_positions in {tiny_model_dir / 'config.json'}")
+    config = {**minimal(), "model": {"path": str(tiny_model_dir)}, "generation": {"max_new_tokens": 28}}
+    for change, expected in (({}, 100), ({"max_prompt_tokens": 64}, 64), ({"max_prompt_tokens": 100}, 100)):
+        path = write_yaml(tmp_path / "run.yaml", {**config, "data": {"dataset": "reverse", **change}})
+        assert main(["config", "check", str(path)]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["data"]["max_prompt_tokens"] == expected
+    path = write_yaml(tmp_path / "run.yaml", minimal())
+    assert main(["config", "check", str(path)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["max_prompt_tokens"] == 256
+
+
+def test_duplicate_keys_and_non_utf8_configs_are_named(tmp_path):
+    (tmp_path / "dup.yaml").write_text("model: {path: x}\ndata:\n  dataset: reverse\n  dataset: copy\n",
+                                       encoding="utf-8")
+    assert config_error(tmp_path / "dup.yaml") == (f"{tmp_path / 'dup.yaml'}, line 4: key 'dataset' appears twice "
+                                                   f"(first on line 3)")
+    merged = "base: &b {dataset: reverse}\nmodel: {path: x}\ndata:\n  <<: *b\n  dataset: copy\n"
+    (tmp_path / "merge.yaml").write_text(merged, encoding="utf-8")  # a merge key's keys may be overridden
+    assert yaml.safe_load(merged)["data"]["dataset"] == "copy"
+    assert "Extra inputs" in config_error(tmp_path / "merge.yaml")  # `base` is not a section; no duplicate
+    (tmp_path / "utf16.yaml").write_bytes("model: {path: x}\n".encode("utf-16"))
+    assert "not UTF-8" in config_error(tmp_path / "utf16.yaml")
+    (tmp_path / "bom.yaml").write_bytes("model: {path: x}\ndata: {dataset: reverse}\n".encode("utf-8-sig"))
+    assert load_config(tmp_path / "bom.yaml").data.dataset == "reverse"
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("optim", "lr", float("nan")), ("optim", "eps", float("inf")), ("generation", "top_p", float("nan")),
+    ("ppo", "gamma", float("nan")), ("ppo", "reward_clip", float("inf")), ("sft", "epochs", float("inf")),
+    ("train", "updates", True), ("generation", "max_new_tokens", False), ("ppo", "clip_range", True),
+])
+def test_non_finite_numbers_and_booleans_for_numbers_are_refused(section, key, value):
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: .*(finite number|not a boolean)"):
+        validate_config({**minimal(), section: {key: value}})
+
+
 def test_config_check_of_a_bad_config_exits_2(tmp_path, capsys):
     path = write_yaml(tmp_path / "run.yaml", {**minimal(), "ppo": {"epochs": -1}})
     assert main(["config", "check", str(path)]) == 2

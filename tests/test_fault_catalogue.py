@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -123,16 +124,17 @@ class Fault:
     id: str
     expect: tuple[str, ...]
     change: dict = field(default_factory=dict)  # deep-merged into BASE; DELETE removes a key
-    command: str = "train"
+    command: str = "train"  # may be two words: "config check"
     args: tuple[str, ...] = ()  # after the config path
     text: Optional[str] = None  # the config file's raw text instead of BASE + change
     name: str = "bad.yaml"  # the config file's name (its suffix picks YAML or JSON)
-    files: dict = field(default_factory=dict)  # more files in {tmp}: name -> text, "@path" (a copy of path), or
-    #                                            a name ending in "/" (an empty directory)
+    files: dict = field(default_factory=dict)  # more files in {tmp}: name -> text, bytes, "@path" (a copy of
+    #                                            path), or a name ending in "/" (an empty directory)
     plugin: Optional[str] = None  # a key of PLUGINS: installed as a throwaway distribution for this case
     env: dict = field(default_factory=dict)
-    run_dir: Optional[str] = None  # "previous": {tmp}/run holds a finished run with a checkpoint at update 1
+    run_dir: Optional[str] = None  # "previous": {tmp}/run holds a finished run with checkpoints at updates 1, 2
     argv: Optional[tuple[str, ...]] = None  # the whole command line instead of COMMAND CONFIG ARGS
+    absent: tuple[str, ...] = ()  # files the failed command must not have created (code it must not have run)
 
 
 def rewards(*entries: dict) -> dict:
@@ -148,6 +150,32 @@ def on_jsonl(path: str = "{tmp}/data.jsonl", **data: Any) -> dict:
 
 
 GOOD_LINE = {"prompt": "reverse: abc =", "solution": "cba"}
+
+
+def remote_code_reward_model() -> dict:
+    """A complete reward-model folder whose reward_model.json asks for trust_remote_code, on a backbone whose
+    config.json maps AutoConfig/AutoModel to its own remote.py, which would write {tmp}/remote-code-ran."""
+    from safetensors.torch import save
+
+    from ppo_core.modeling.heads import MLPHead
+
+    head = MLPHead(64, 8, init="normal")  # the tiny model's hidden size
+    info = {"format": "ppo-core-reward-model", "version": 1, "backbone": {"path": "{tmp}/remote", "frozen": True},
+            "tokenizer": "{tmp}/remote", "hidden_size": 64, "head_hidden": 8, "trust_remote_code": True}
+    backbone = {"model_type": "gpt2", "architectures": ["GPT2Model"], "n_embd": 64, "n_layer": 2, "n_head": 2,
+                "n_positions": 128, "vocab_size": 99, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+                "auto_map": {"AutoConfig": "remote.RemoteConfig", "AutoModel": "remote.RemoteModel"}}
+    remote = ("from pathlib import Path\n"
+              "from transformers import GPT2Config, GPT2Model\n"
+              "Path('{tmp}/remote-code-ran').write_text('ran')\n"
+              "class RemoteConfig(GPT2Config):\n    pass\n"
+              "class RemoteModel(GPT2Model):\n    config_class = RemoteConfig\n")
+    return {"rm/reward_model.json": json.dumps(info),
+            "rm/reward_head.safetensors": save({k: v.contiguous() for k, v in head.state_dict().items()}),
+            "remote/config.json": json.dumps(backbone), "remote/remote.py": remote,
+            "remote/model.safetensors": "@{model}/model.safetensors",
+            "remote/tokenizer.json": "@{model}/tokenizer.json",
+            "remote/tokenizer_config.json": "@{model}/tokenizer_config.json"}
 
 FAULTS = [
     # ---- the config's shape: sections and keys --------------------------------------------------------------
@@ -187,6 +215,29 @@ FAULTS = [
           {"ppo": {"micro_batch_size": 3}}),
     Fault("sft-micro-not-dividing-batch", ("{config}", "sft.micro_batch_size", "divide batch_size (2)"),
           {"sft": {"micro_batch_size": 3}}, command="sft"),
+    # ---- non-finite numbers, booleans for numbers, and bounds against hangs and absurd allocations --------------
+    Fault("reward-weight-nan", ("{config}", "rewards.0.weight", "finite number", "nan"),
+          rewards({"name": "exact_match", "weight": float("nan")})),
+    Fault("reward-weight-inf", ("{config}", "rewards.0.weight", "finite number", "inf"),
+          rewards({"name": "exact_match", "weight": float("inf")})),
+    Fault("temperature-inf", ("{config}", "generation.temperature", "finite number"),
+          {"generation": {"temperature": float("inf")}}),
+    Fault("lr-inf", ("{config}", "optim.lr", "finite number"), {"optim": {"lr": float("inf")}}),
+    Fault("on-error-nan", ("{config}", "rewards.0.on_error", "finite number"),
+          rewards({"name": "exact_match", "on_error": float("nan")})),
+    Fault("on-abstain-inf", ("{config}", "rewards.0.on_abstain", "finite number"),
+          rewards({"name": "exact_match", "on_abstain": float("inf")})),
+    Fault("bool-for-an-int", ("{config}", "ppo.epochs", "not a boolean"), {"ppo": {"epochs": True}}),
+    Fault("betas-out-of-range", ("{config}", "optim.betas", "[0, 1)", "beta1 = 1.5", "beta2 = -0.1"),
+          {"optim": {"betas": [1.5, -0.1]}}),
+    Fault("seed-beyond-64-bits", ("{config}", "train.seed", "less than or equal to 9223372036854775807"),
+          {"train": {"seed": 2**70}}),
+    Fault("rollout-batch-size-huge", ("{config}", "ppo.rollout_batch_size", "less than or equal to 65536"),
+          {"ppo": {"rollout_batch_size": 10**12}}),
+    Fault("max-new-tokens-huge", ("{config}", "generation.max_new_tokens", "less than or equal to"),
+          {"generation": {"max_new_tokens": 10**12}}),
+    Fault("synthetic-size-huge", ("{config}", "data.options", "size", "less than or equal to 1000000"),
+          {"data": {"options": {"size": 10**12}}}),
     # ---- rewards and datasets by name and options --------------------------------------------------------
     Fault("duplicate-reward-names", ("{config}", "rewards", "twice: exact_match"),
           rewards({"name": "exact_match"}, {"name": "exact_match", "weight": 2})),
@@ -221,6 +272,14 @@ FAULTS = [
     Fault("config-not-a-mapping", ("{config}", "must be a mapping", "list"), text="- model\n- data\n"),
     Fault("python-object-yaml-tag", ("{config}", "not valid YAML", "python/object"),
           text="model: !!python/object/apply:os.system ['echo pwned']\n"),
+    Fault("duplicate-yaml-key", ("{config}, line 4", "'epochs' appears twice", "first on line 3"),
+          text="model: {path: '{model}'}\nppo:\n  epochs: 1\n  epochs: 2\ndata: {dataset: reverse}\n"),
+    Fault("duplicate-json-key", ("{config}", "'path' appears twice"), name="bad.json",
+          text='{"model": {"path": "{model}", "path": "x"}, "data": {"dataset": "reverse"}}'),
+    Fault("utf16-config", ("{tmp}/utf16.yaml", "not UTF-8"), argv=("train", "{tmp}/utf16.yaml"),
+          files={"utf16.yaml": "model: {path: x}\ndata: {dataset: reverse}\n".encode("utf-16")}),
+    Fault("binary-config", ("{tmp}/binary.yaml", "not UTF-8"), argv=("train", "{tmp}/binary.yaml"),
+          files={"binary.yaml": bytes(range(256))}),
     # ---- the model -------------------------------------------------------------------------------------------
     Fault("model-path-missing", ("model.path", "{tmp}/no-such-model", "no such file or directory"),
           {"model": {"path": "{tmp}/no-such-model"}}),
@@ -234,6 +293,9 @@ FAULTS = [
                  "junk-model/tokenizer.json": "@{model}/tokenizer.json",
                  "junk-model/tokenizer_config.json": "@{model}/tokenizer_config.json"}),
     Fault("model-device-unavailable", ("model.device", "'cuda:7'"), {"model": {"device": "cuda:7"}}),
+    Fault("model-device-mps-unavailable", ("model.device", "'mps'", "not available"), {"model": {"device": "mps"}}),
+    Fault("critic-path-with-shared-critic", ("{config}", "model.critic_path", "critic: separate"),
+          {"model": {"critic": "shared", "critic_path": "{model}"}}),
     # ---- jsonl data ------------------------------------------------------------------------------------------
     Fault("jsonl-file-missing", ("{tmp}/data.jsonl", "no such file", "option 'path'", "dataset 'jsonl'"),
           on_jsonl()),
@@ -246,12 +308,30 @@ FAULTS = [
     Fault("jsonl-wrong-solution-type", ("{tmp}/data.jsonl, line 1", "solution", "string or a list of strings"),
           on_jsonl(), files={"data.jsonl": jsonl({"prompt": "reverse: abc =", "solution": 42})}),
     Fault("jsonl-empty-file", ("{tmp}/data.jsonl", "no records"), on_jsonl(), files={"data.jsonl": ""}),
+    Fault("jsonl-lone-surrogate", ("{tmp}/data.jsonl, line 2", "prompt", "lone surrogate"), on_jsonl(),
+          files={"data.jsonl": jsonl(GOOD_LINE, '{"prompt": "reverse: a\\ud800 =", "solution": "x"}')}),
     Fault("prompt-too-long-rejected", ("data.max_prompt_tokens", "more than 4", "reverse: "),
           {"data": {"max_prompt_tokens": 4, "long_prompts": "reject"}}),
+    # ---- prompt + response longer than the model's context (the tiny model's n_positions: 128) -----------------
+    Fault("response-over-context-train", ("{config}", "generation.max_new_tokens (200)", "context of 128",
+                                          "n_positions in {model}/config.json"),
+          {"generation": {"max_new_tokens": 200}}),
+    Fault("response-over-context-config-check", ("{config}", "generation.max_new_tokens (200)", "context of 128"),
+          {"generation": {"max_new_tokens": 200}}, command="config check"),
+    Fault("prompt-over-context-user-set", ("{config}", "data.max_prompt_tokens (126)", "= 130 tokens",
+                                           "context of 128"), {"data": {"max_prompt_tokens": 126}}),
+    Fault("response-over-context-sft", ("{config}", "sft.max_response_tokens (200)", "context of 128"),
+          {"sft": {"max_response_tokens": 200}}, command="sft"),
+    Fault("response-over-context-eval", ("{config}", "generation.max_new_tokens (200)", "context of 128"),
+          {"generation": {"max_new_tokens": 200}}, command="eval", args=("--model", "{model}")),
     # ---- run directories ------------------------------------------------------------------------------------
     Fault("existing-run-dir", ("train.output_dir", "{tmp}/run", "--resume", "--overwrite"), run_dir="previous"),
-    Fault("resume-with-changed-config", ("--resume", "ppo.clip_range", "update-000001"),
-          {"ppo": {"clip_range": 0.3}, "train": {"updates": 2}}, args=("--resume",), run_dir="previous"),
+    Fault("resume-with-changed-config", ("--resume", "ppo.clip_range", "update-000002"),
+          {"ppo": {"clip_range": 0.3}, "train": {"updates": 3}}, args=("--resume",), run_dir="previous"),
+    Fault("resume-with-fewer-updates", ("--resume", "train.updates is 1", "update-000002", "already done 2"),
+          {"train": {"updates": 1}}, args=("--resume",), run_dir="previous"),
+    Fault("resume-with-overwrite", ("--resume", "--overwrite", "one of them"), args=("--resume", "--overwrite"),
+          run_dir="previous"),
     Fault("overwrite-with-a-bad-reward", ("{config}", "rewards.0.name", "unknown reward 'nope'"),
           rewards({"name": "nope"}), args=("--overwrite",), run_dir="previous"),
     # ---- plugins: allow and block lists --------------------------------------------------------------------
@@ -280,6 +360,11 @@ FAULTS = [
           rewards({"name": "sleeps", "timeout_s": 0.05}), plugin="faulty"),
     Fault("reward-fails-to-start", ("reward 'fails_to_start'", "plugin 'faulty'", "no licence"),
           rewards({"name": "fails_to_start"}), plugin="faulty"),
+    # ---- artifacts never turn on remote code: only the run config's model.trust_remote_code does -----------
+    Fault("reward-model-asks-for-remote-code", ("{tmp}/rm/reward_model.json", "trust_remote_code",
+                                                "model.trust_remote_code"),
+          rewards({"name": "reward_model", "options": {"path": "{tmp}/rm", "zero_extra_forward": "off"}}),
+          files=remote_code_reward_model(), absent=("{tmp}/remote-code-ran",)),
     # ---- the other commands ----------------------------------------------------------------------------------
     Fault("eval-model-dir-missing", ("--model", "{tmp}/nowhere", "no such file or directory"), command="eval",
           args=("--model", "{tmp}/nowhere")),
@@ -304,8 +389,12 @@ FAULTS = [
     Fault("init-model-size-huge", ("init-model", "'huge'", "tiny"), argv=("init-model", "{tmp}/new", "--size", "huge")),
 ]
 
+# a case that takes longer hangs: a config or data mistake must be found before any long work starts
+CASE_SECONDS = 120
+
 # the same faults as real processes: exit status and no traceback at process level
-SUBPROCESS_FAULTS = ("unknown-key-ppo", "missing-config-file", "jsonl-bad-json-on-line-3")
+SUBPROCESS_FAULTS = ("unknown-key-ppo", "missing-config-file", "jsonl-bad-json-on-line-3", "binary-config",
+                     "reward-model-asks-for-remote-code")
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------
@@ -318,17 +407,33 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def previous_run(tmp_path_factory, tiny_model) -> Path:
-    """A finished one-update run with a checkpoint: what the run-directory cases must leave intact."""
+    """A finished two-update run with checkpoints: what the run-directory cases must leave intact."""
     root = tmp_path_factory.mktemp("fault-previous")
-    config = substitute(merge(BASE, {"train": {"save_every": 1}}), tmp=root, model=tiny_model)
+    config = substitute(merge(BASE, {"train": {"updates": 2, "save_every": 1}}), tmp=root, model=tiny_model)
     (root / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     with pytest.MonkeyPatch.context() as patch, as_a_cli_process():
         for variable in (ALLOW_ENV, BLOCK_ENV):  # module scope: conftest's per-test clean-up has not run yet
             patch.delenv(variable, raising=False)
         assert main(["train", str(root / "run.yaml")]) == 0
     assert (root / "run" / "metrics.jsonl").stat().st_size > 0
-    assert (root / "run" / "checkpoints" / "update-000001").is_dir()
+    assert (root / "run" / "checkpoints" / "update-000002").is_dir()
     return root / "run"
+
+
+@contextmanager
+def time_limit(seconds: int):
+    """Fail a case that runs longer than ``seconds`` (SIGALRM: the CLI only handles SIGINT and SIGTERM)."""
+
+    def expire(_signum, _frame):
+        raise TimeoutError(f"the case ran longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @contextmanager
@@ -396,7 +501,9 @@ def prepare(fault: Fault, tmp: Path, model: Path, previous: Optional[Path], make
             path.mkdir(parents=True, exist_ok=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        if text.startswith("@"):  # a copy of an existing file
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        elif text.startswith("@"):  # a copy of an existing file
             shutil.copyfile(substitute(text[1:], **names), path)
         else:
             path.write_text(substitute(text, **names), encoding="utf-8")
@@ -416,7 +523,7 @@ def prepare(fault: Fault, tmp: Path, model: Path, previous: Optional[Path], make
         data = substitute(merge(BASE, fault.change), **names)
         text = json.dumps(data) if config.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
         config.write_text(text, encoding="utf-8")
-    return [fault.command, str(config), *substitute(list(fault.args), **names)]
+    return [*fault.command.split(), str(config), *substitute(list(fault.args), **names)]
 
 
 def check_error_line(code: int, stdout: str, stderr: str, expected: list[str]) -> str:
@@ -446,7 +553,7 @@ def test_fault_is_one_line_naming_where(fault, tmp_path, tiny_model, request, ma
     argv = prepare(fault, tmp_path, tiny_model, previous, make_distribution, monkeypatch)
     before = snapshot(tmp_path, tiny_model)
     capsys.readouterr()
-    with as_a_cli_process():
+    with as_a_cli_process(), time_limit(CASE_SECONDS):
         code = main(argv)
     out, err = capsys.readouterr()
     names = {"tmp": tmp_path, "model": tiny_model, "config": tmp_path / fault.name}
@@ -454,6 +561,8 @@ def test_fault_is_one_line_naming_where(fault, tmp_path, tiny_model, request, ma
     after = snapshot(tmp_path, tiny_model)
     damaged = [path for path, digest in before.items() if after.get(path) != digest]
     assert not damaged, f"changed or removed by a failed command: {damaged}"
+    created = [path for path in substitute(list(fault.absent), **names) if Path(path).exists()]
+    assert not created, f"created by a failed command: {created}"
     if fault.run_dir:
         assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == (previous / "metrics.jsonl").read_bytes()
 
@@ -464,6 +573,7 @@ def test_fault_in_a_real_process(fault, tmp_path, tiny_model, make_distribution,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                      os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "ppo_core.cli", *argv], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=300)
+                          cwd=tmp_path, env=env, timeout=CASE_SECONDS)
     names = {"tmp": tmp_path, "model": tiny_model, "config": tmp_path / fault.name}
     check_error_line(done.returncode, done.stdout, done.stderr, substitute(list(fault.expect), **names))
+    assert not [path for path in substitute(list(fault.absent), **names) if Path(path).exists()]

@@ -28,7 +28,7 @@ from ..config import RunConfig
 from ..data.prompts import encode_records, left_pad, make_samples
 from ..data.stream import take_records
 from ..errors import DataError, UserError
-from ..modeling.loading import load_causal_lm, load_tokenizer, resolve_device
+from ..modeling.loading import fit_to_context, load_causal_lm, load_tokenizer, resolve_device
 from ..plugin.contract import Record, RunContext, Sample
 from ..plugin.loading import load_plugins
 from ..ppo.rollout import sample_responses
@@ -146,12 +146,14 @@ def evaluate_model(config: RunConfig, model_dir: Union[str, Path], split: str = 
     """
     if split not in ("train", "eval"):
         raise UserError(f"eval: split must be 'train' or 'eval', got {split!r}")
+    config = fit_to_context(config, str(model_dir), source, "eval")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.model.device)
     plugins = load_plugins(config.plugins.allow, config.plugins.block, extra=extra_plugins)
     tokenizer = load_tokenizer(str(model_dir), config.model.trust_remote_code, field="--model")
-    context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer, policy_path=str(model_dir))
+    context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer, policy_path=str(model_dir),
+                         trust_remote_code=config.model.trust_remote_code)
     dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
                                      where=f"{source}: data.options", name_where=f"{source}: data.dataset")
     composer = build_composer(config.rewards, plugins.registry, context, source)

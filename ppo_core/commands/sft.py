@@ -33,7 +33,7 @@ from ..config import RunConfig
 from ..data.prompts import encode_records, left_pad
 from ..data.stream import PromptStream, take_records
 from ..errors import DataError, TrainingError
-from ..modeling.loading import disable_dropout, load_causal_lm, save_model
+from ..modeling.loading import disable_dropout, fit_to_context, load_causal_lm, save_model
 from ..plugin.contract import Record
 from ..ppo.rollout import position_ids_from_mask
 from ..rewards.composer import Composer
@@ -281,10 +281,12 @@ def load_checkpoint(run: SFTRun, path: Path) -> int:
 def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
               source: str = "config", progress_stream=None) -> Path:
     """Run SFT as configured; returns the directory of the final model (``<output_dir>/final``)."""
+    config = fit_to_context(config, config.model.path, source, "sft")
     run_dir = output_dir(config)
     field_name = "sft.output_dir" if config.sft.output_dir else "train.output_dir"
     ckpt.check_run_dir(run_dir, resume, overwrite, field_name)
     run = build_sft(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
+    ckpt.check_resume_progress(run_dir, resume, run.total_steps, "step", "sft.steps (or sft.epochs)")
     log = open_run_dir(run_dir, config, resume, overwrite, lambda path: load_checkpoint(run, path), field_name)
     progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
                         **({"stream": progress_stream} if progress_stream else {}))

@@ -13,7 +13,7 @@ from ..config import RunConfig
 from ..data.prompts import encode_records, left_pad, make_samples
 from ..data.stream import PromptStream
 from ..errors import ConfigError, TrainingError
-from ..modeling.loading import frozen_copy, load_tokenizer, resolve_device, save_model
+from ..modeling.loading import fit_to_context, frozen_copy, load_tokenizer, resolve_device, save_model
 from ..plugin.contract import RunContext
 from ..plugin.loading import PluginSet, load_plugins
 from ..ppo.actor_critic import ActorCritic, build_actor_critic
@@ -75,7 +75,7 @@ def load_run_inputs(config: RunConfig, extra_plugins: Iterable = (), source: str
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code,
                                field="model.tokenizer" if config.model.tokenizer else "model.path")
     context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer,
-                         policy_path=config.model.path)
+                         policy_path=config.model.path, trust_remote_code=config.model.trust_remote_code)
     dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
                                      where=f"{source}: data.options", name_where=f"{source}: data.dataset")
     composer = build_composer(config.rewards, plugins.registry, context, source)
@@ -186,8 +186,10 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
     """Run PPO as configured; returns the directory of the final model."""
     if not config.rewards:
         raise ConfigError(f"{source}: rewards: PPO needs at least one reward (only `sft` and `eval` run without)")
+    config = fit_to_context(config, config.model.path, source)
     run_dir = Path(config.train.output_dir)
     ckpt.check_run_dir(run_dir, resume, overwrite)
+    ckpt.check_resume_progress(run_dir, resume, config.train.updates, "update", "train.updates")
     run = build_run(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
     log = open_run_dir(run_dir, config, resume, overwrite, lambda path: load_checkpoint(run, path))
     board = TensorBoardLog(run_dir / "tensorboard") if config.train.tensorboard else None

@@ -40,7 +40,8 @@ def load_config_data(config: TrainRewardConfig, tokenizer: Any = None, source: s
     if data.path is not None:
         return read_reward_data(data.path, data.format)
     plugins = load_plugins(config.plugins.allow, config.plugins.block)
-    context = RunContext(seed=config.train.seed, tokenizer=tokenizer, policy_path=config.model.path)
+    context = RunContext(seed=config.train.seed, tokenizer=tokenizer, policy_path=config.model.path,
+                         trust_remote_code=config.model.trust_remote_code)
     dataset = plugins.registry.build("dataset", data.dataset, data.options, context, where=f"{source}: data.options",
                                      name_where=f"{source}: data.dataset")
     records = list(dataset.records(data.split))

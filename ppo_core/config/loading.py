@@ -13,15 +13,66 @@ from ..errors import ConfigError, format_validation_error
 from .sections import RunConfig
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names the same key twice (YAML and JSON would silently keep the last one)."""
+
+    def __init__(self, key: Any, line: Optional[int] = None, first_line: Optional[int] = None):
+        super().__init__(key)
+        self.key, self.line, self.first_line = key, line, first_line
+
+    def describe(self, path: Path) -> str:
+        if self.line is None:
+            return f"{path}: key {self.key!r} appears twice in one mapping"
+        return f"{path}, line {self.line}: key {self.key!r} appears twice (first on line {self.first_line})"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a mapping with a repeated key."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_lines: dict[Any, int] = {}
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = first_lines.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise DuplicateKeyError(key, key_node.start_mark.line + 1, first)
+        return super().construct_mapping(node, deep)
+
+
+def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise DuplicateKeyError(key)
+        data[key] = value
+    return data
+
+
 def read_config_file(path: Union[str, Path]) -> dict[str, Any]:
-    """Read a YAML or JSON mapping (YAML through the safe loader)."""
+    """Read a YAML or JSON mapping (YAML through the safe loader); a key given twice is an error."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config: {error.strerror or error}") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start} cannot be decoded); save the config as "
+                          f"UTF-8") from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text, object_pairs_hook=_unique_json_object)
+        else:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+    except DuplicateKeyError as error:
+        raise ConfigError(error.describe(path)) from None
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                           f"{' '.join(str(error).split())}") from None

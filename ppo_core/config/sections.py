@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+# Bounds that keep a typo from hanging the run or asking for an absurd allocation (the error names the bound).
+MAX_BATCH = 65_536  # samples, prompts or records in one batch
+MAX_TOKENS = 1_048_576  # tokens of one prompt or response (the model's context is checked before a run too)
+MAX_WIDTH = 65_536  # units in a head's hidden layer
+MAX_THREADS = 1024
+MAX_SEED = 2**63 - 1  # torch.manual_seed and torch.Generator take 64-bit seeds
+
+
+def _takes_a_number_not_a_bool(annotation: Any) -> bool:
+    """``int``, ``float``, ``Optional[int]``, ``Union[Literal["skip"], float]``...: a field where YAML's
+    ``true`` is a mistake (pydantic would read it as 1)."""
+    if annotation is bool:
+        return False
+    if annotation in (int, float):
+        return True
+    return any(_takes_a_number_not_a_bool(arg) for arg in typing.get_args(annotation))
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A config section: unknown keys, non-finite numbers and booleans for numbers are rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and _takes_a_number_not_a_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
 
 
 def _must_divide(part: Optional[int], name: str, whole_name: str, info: ValidationInfo) -> Optional[int]:
@@ -27,17 +54,26 @@ class ModelConfig(Section):
         "and values). `separate`: the critic has its own backbone.")
     critic_path: Optional[str] = Field(None, description="Checkpoint the separate critic's backbone starts from; "
                                        "defaults to the policy's `path`.")
-    value_head_hidden: Optional[int] = Field(None, gt=0, description="Hidden width of the value head's MLP; "
-                                             "defaults to the backbone's hidden size.")
+    value_head_hidden: Optional[int] = Field(None, gt=0, le=MAX_WIDTH, description="Hidden width of the value "
+                                             "head's MLP; defaults to the backbone's hidden size.")
     trust_remote_code: bool = Field(False, description="Allow checkpoints that ship their own modelling code.")
     device: str = Field("auto", description="`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:1`...")
+
+    @field_validator("critic_path")
+    @classmethod
+    def _critic_path_needs_a_separate_critic(cls, critic_path: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if critic_path is not None and info.data.get("critic") == "shared":
+            raise ValueError("applies only with `critic: separate`; the shared critic sits on the policy's backbone")
+        return critic_path
 
 
 class DataConfig(Section):
     dataset: str = Field(description="Name of a registered dataset (see `ppo-core plugins`).")
     options: dict[str, Any] = Field(default_factory=dict, description="The dataset's own options.")
     shuffle: bool = Field(True, description="Shuffle the prompts each pass, seeded by `train.seed`.")
-    max_prompt_tokens: int = Field(256, gt=0, description="Longest prompt in tokens.")
+    max_prompt_tokens: int = Field(256, gt=0, le=MAX_TOKENS, description="Longest prompt in tokens. Prompt + "
+                                   "response must fit the model's context (read from its config.json): unset, it "
+                                   "shrinks to the context minus `generation.max_new_tokens` when 256 would not fit.")
     long_prompts: Literal["truncate", "reject"] = Field(
         "truncate", description="A longer prompt keeps its last tokens (`truncate`) or stops the run (`reject`).")
     chat_template: bool = Field(True, description="Apply the tokenizer's chat template when it has one.")
@@ -68,10 +104,12 @@ class KLConfig(Section):
 
 
 class PPOConfig(Section):
-    rollout_batch_size: int = Field(64, gt=0, description="Prompts sampled per update.")
-    minibatch_size: int = Field(16, gt=0, validate_default=True, description="Samples per optimizer step.")
-    micro_batch_size: Optional[int] = Field(None, gt=0, description="Samples per forward/backward; gradients "
-                                            "accumulate up to `minibatch_size`. Defaults to `minibatch_size`.")
+    rollout_batch_size: int = Field(64, gt=0, le=MAX_BATCH, description="Prompts sampled per update.")
+    minibatch_size: int = Field(16, gt=0, le=MAX_BATCH, validate_default=True,
+                                description="Samples per optimizer step.")
+    micro_batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Samples per forward/backward; "
+                                            "gradients accumulate up to `minibatch_size`. Defaults to "
+                                            "`minibatch_size`.")
     epochs: int = Field(4, gt=0, description="Passes over each rollout buffer, freshly shuffled each time.")
     clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
     clip_range_value: Optional[float] = Field(0.2, gt=0, description="Value clip; unset for the unclipped loss.")
@@ -99,32 +137,42 @@ class PPOConfig(Section):
 
 
 class GenerationConfig(Section):
-    max_new_tokens: int = Field(32, gt=0, description="Longest response in tokens.")
+    max_new_tokens: int = Field(32, gt=0, le=MAX_TOKENS, description="Longest response in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use the same one).")
     top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 keeps all.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 keeps all.")
-    batch_size: Optional[int] = Field(None, gt=0, description="Prompts per generation call; defaults to the "
-                                      "whole rollout batch.")
+    batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Prompts per generation call; "
+                                      "defaults to the whole rollout batch.")
 
 
 class OptimConfig(Section):
     lr: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's decay rates (beta1, beta2), each "
+                                       "in [0, 1).")
     eps: float = Field(1e-8, gt=0)
     max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip the global gradient norm; unset: no clip.")
     warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up.")
     schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warm-up, to 0 "
                                                               "at the last optimizer step.")
 
+    @field_validator("betas")
+    @classmethod
+    def _betas_below_one(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        outside = [f"beta{i} = {beta}" for i, beta in enumerate(betas, start=1) if not 0 <= beta < 1]
+        if outside:
+            raise ValueError(f"each beta must be in [0, 1): {', '.join(outside)}")
+        return betas
+
 
 class TrainConfig(Section):
     updates: int = Field(100, gt=0, description="PPO updates (rollout + optimisation) to run.")
-    seed: int = Field(0, description="Seeds sampling, shuffling and initialisation.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds sampling, shuffling and initialisation.")
     output_dir: str = Field("runs/ppo", description="Run directory: config, metrics.jsonl, checkpoints, final model.")
     save_every: int = Field(0, ge=0, description="Checkpoint every N updates (0: only the final model).")
     keep_checkpoints: int = Field(2, gt=0, description="How many of the newest checkpoints to keep.")
-    threads: Optional[int] = Field(None, gt=0, description="torch CPU threads; unset leaves torch's default.")
+    threads: Optional[int] = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; unset leaves "
+                                   "torch's default.")
     tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the `tensorboard` extra).")
     max_nonfinite_steps: int = Field(3, gt=0, description="Stop after this many non-finite steps in a row.")
     progress: Literal["auto", "bar", "lines", "none"] = Field("auto", description="`auto`: a bar on a terminal, "
@@ -143,13 +191,13 @@ class SFTConfig(Section):
     steps: Optional[int] = Field(None, gt=0, description="Optimizer steps; unset: `epochs` passes over the "
                                  "train split.")
     epochs: float = Field(1.0, gt=0, description="Passes over the train split when `steps` is unset.")
-    batch_size: int = Field(16, gt=0, description="Records per optimizer step.")
-    micro_batch_size: Optional[int] = Field(None, gt=0, description="Records per forward/backward; gradients "
-                                            "accumulate up to `batch_size`. Defaults to `batch_size`.")
+    batch_size: int = Field(16, gt=0, le=MAX_BATCH, description="Records per optimizer step.")
+    micro_batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Records per forward/backward; "
+                                            "gradients accumulate up to `batch_size`. Defaults to `batch_size`.")
     lr: Optional[float] = Field(None, gt=0, description="Peak learning rate; defaults to `optim.lr` (the rest "
                                 "of `optim` -- warm-up, schedule, clipping -- applies as in PPO).")
-    max_response_tokens: Optional[int] = Field(None, gt=0, description="Longest target (solution + eos) in "
-                                               "tokens, longer ones are cut; defaults to "
+    max_response_tokens: Optional[int] = Field(None, gt=0, le=MAX_TOKENS, description="Longest target (solution "
+                                               "+ eos) in tokens, longer ones are cut; defaults to "
                                                "`generation.max_new_tokens`.")
     dropout: bool = Field(False, description="Keep the checkpoint's dropout (off by default, as in PPO).")
     log_every: int = Field(1, gt=0, description="Write a metrics line every N steps (the loss averaged over them).")

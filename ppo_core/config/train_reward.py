@@ -5,20 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from ..errors import ConfigError, format_validation_error
 from .loading import apply_override, read_config_file
-from .sections import PluginsConfig, Section
+from .sections import MAX_BATCH, MAX_SEED, MAX_THREADS, MAX_TOKENS, MAX_WIDTH, PluginsConfig, Section
 
 CORRUPTIONS = ("substitute", "delete", "shuffle")
 Corruption = Literal["substitute", "delete", "shuffle"]
 
 
-class RewardTrainOptions(BaseModel):
+class RewardTrainOptions(Section):
     """How a reward model is trained (the ``train:`` section of a train-reward config)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     train_backbone: bool = Field(False, description="Train the backbone too; false trains the head on the frozen "
                                  "backbone (whose features are then computed once), which lets the PPO engine "
@@ -29,11 +27,12 @@ class RewardTrainOptions(BaseModel):
                                          "defaults to `lr`.")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip the global gradient norm; unset: no clip.")
-    batch_size: int = Field(32, gt=0, description="Pairs (or labelled responses) per optimizer step.")
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH, description="Pairs (or labelled responses) per optimizer step.")
     held_out_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the data held out for evaluation.")
-    seed: int = Field(0, description="Seeds the head's initialisation, the held-out split and the shuffling.")
-    head_hidden: Optional[int] = Field(None, gt=0, description="Width of the head's hidden layer; defaults to "
-                                       "the backbone's hidden size.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the head's initialisation, the held-out split and "
+                      "the shuffling.")
+    head_hidden: Optional[int] = Field(None, gt=0, le=MAX_WIDTH, description="Width of the head's hidden layer; "
+                                       "defaults to the backbone's hidden size.")
     append_eos: bool = Field(True, description="End each training response with eos, as the policy's responses "
                                 "that stop at eos end (the score is read there).")
 
@@ -59,7 +58,7 @@ class RewardDataSection(Section):
     corruptions: list[Corruption] = Field(default_factory=lambda: list(CORRUPTIONS), min_length=1,
                                           description="How a rejected response is made from the solution.")
     pairs_per_record: int = Field(1, gt=0)
-    seed: int = Field(0, description="Seeds the corruptions.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the corruptions.")
     chat_template: bool = Field(True, description="Render `dataset` prompts with the tokenizer's chat template "
                                 "when it has one (as the PPO run's `data.chat_template`).")
     save_pairs: Optional[str] = Field(None, description="Also write the pairs made from `dataset` to this JSONL.")
@@ -85,12 +84,12 @@ class NormalizationSection(Section):
                                               "`data`: score the data's chosen (or labelled) responses.")
     policy: Optional[str] = Field(None, description="The PPO run's starting policy; defaults to `model.path`.")
     prompts: int = Field(64, gt=1, description="How many prompts (from the data) to sample responses for.")
-    max_new_tokens: int = Field(32, gt=0, description="As the PPO run's generation.max_new_tokens.")
+    max_new_tokens: int = Field(32, gt=0, le=MAX_TOKENS, description="As the PPO run's generation.max_new_tokens.")
     temperature: float = Field(1.0, gt=0, description="As the PPO run's generation.temperature.")
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int = 0
-    batch_size: int = Field(32, gt=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH)
 
 
 class TrainRewardConfig(Section):
@@ -101,7 +100,8 @@ class TrainRewardConfig(Section):
     train: RewardTrainOptions = Field(default_factory=RewardTrainOptions)
     normalization: NormalizationSection = Field(default_factory=NormalizationSection)
     output_dir: str = Field("runs/reward-model", description="The reward model directory to write.")
-    threads: Optional[int] = Field(None, gt=0, description="torch CPU threads; unset leaves torch's default.")
+    threads: Optional[int] = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; unset leaves "
+                                   "torch's default.")
     plugins: PluginsConfig = Field(default_factory=PluginsConfig, description="Which plugins load (to find "
                                    "`data.dataset`), as in a run config.")
 

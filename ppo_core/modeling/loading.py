@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
 
+from ..config import RunConfig
 from ..errors import ConfigError, TrainingError, UserError
 
 
@@ -21,7 +23,22 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"model.device: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"model.device: {name!r} asked for, but CUDA is not available")
+    if device.type in ("mps", "xpu") and not _backend_available(device.type):
+        raise ConfigError(f"model.device: {name!r} asked for, but {device.type.upper()} is not available")
+    if device.type == "meta":
+        raise ConfigError(f"model.device: {name!r} holds no data; use `auto`, `cpu`, `cuda`...")
+    if device.type != "cpu":
+        try:  # one tiny allocation: each backend says 'not here' in its own way (mps, xpu, cuda:7 of one GPU)
+            torch.empty(0, device=device)
+        except Exception as error:  # noqa: BLE001 -- AssertionError, NotImplementedError, RuntimeError...
+            raise ConfigError(f"model.device: {name!r} asked for, but this machine cannot use it "
+                              f"({type(error).__name__}: {_first_line(error)[:120]})") from None
     return device
+
+
+def _backend_available(device_type: str) -> bool:
+    backend = torch.backends.mps if device_type == "mps" else getattr(torch, device_type)
+    return bool(backend.is_available())
 
 
 _CHECKPOINT_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
@@ -127,3 +144,72 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     reference.eval()
     reference.requires_grad_(False)
     return reference
+
+
+# ---- the model's context: prompt + response must fit ------------------------------------------------------
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length")
+
+
+def model_context_length(path: str) -> Optional[tuple[int, str]]:
+    """(tokens, where it was read) from the checkpoint's config.json, without loading weights or running its
+    code: a local directory's file, or the hub cache's copy for a hub id. None when it cannot be told."""
+    local = Path(path).expanduser()
+    config_file = local / "config.json"
+    if not config_file.is_file():
+        try:
+            from transformers.utils import cached_file
+
+            found = cached_file(path, "config.json", local_files_only=True,
+                                _raise_exceptions_for_missing_entries=False)
+        except Exception:  # noqa: BLE001 -- not a hub id, not cached: the model loader reports it
+            return None
+        if found is None:
+            return None
+        config_file = Path(found)
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    for section in (data, data.get("text_config")) if isinstance(data, dict) else ():
+        for key in _CONTEXT_KEYS:
+            value = section.get(key) if isinstance(section, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, f"{key} in {config_file}"
+    return None
+
+
+def _longest_response(config: RunConfig, command: str) -> tuple[str, int]:
+    """(field, tokens) of the longest response ``command`` puts after a prompt: generated ones
+    (generation.max_new_tokens; in SFT only with sft.eval_every) and SFT's targets (sft.max_response_tokens,
+    which defaults to generation.max_new_tokens)."""
+    generated = ("generation.max_new_tokens", config.generation.max_new_tokens)
+    if command != "sft":
+        return generated
+    targets = ("sft.max_response_tokens", config.sft.max_response_tokens) if config.sft.max_response_tokens \
+        else generated
+    return max(targets, generated, key=lambda item: item[1]) if config.sft.eval_every else targets
+
+
+def fit_to_context(config: RunConfig, model_path: str, source: str = "config",
+                   command: Literal["train", "sft", "eval"] = "train") -> RunConfig:
+    """The longest prompt plus the longest response ``command`` makes must fit the model's context.
+
+    An unset ``data.max_prompt_tokens`` becomes ``context - response`` when its default (256) would not fit;
+    a value the user set is kept, and refused when too long (ConfigError names both fields and the context).
+    """
+    found = model_context_length(model_path)
+    if found is None:
+        return config
+    context, where = found
+    response_field, response = _longest_response(config, command)
+    prompt = config.data.max_prompt_tokens
+    if prompt + response <= context:
+        return config
+    user_set = "max_prompt_tokens" in config.data.model_fields_set
+    if user_set or response >= context:
+        raise ConfigError(f"{source}: data.max_prompt_tokens ({prompt}{'' if user_set else ', the default'}) + "
+                          f"{response_field} ({response}) = {prompt + response} tokens, more than the model's "
+                          f"context of {context} ({where}); lower them")
+    config = config.model_copy(deep=True)
+    config.data.max_prompt_tokens = context - response
+    return config

@@ -129,6 +129,8 @@ class RunContext:
     seed: int = 0
     tokenizer: Any = None
     policy_path: Optional[str] = None
+    #: the run config's ``model.trust_remote_code``: the only switch that lets a plugin load code-shipping models
+    trust_remote_code: bool = False
 
 
 class Reward:

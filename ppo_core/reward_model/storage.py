@@ -141,11 +141,22 @@ def load_reward_head(directory: Union[str, Path], info: Optional[RewardModelInfo
     return head
 
 
+def check_remote_code(info: RewardModelInfo, directory: Path, allow_remote_code: bool) -> None:
+    """Only the run config turns remote code on: a ``reward_model.json`` asking for it is refused otherwise,
+    before anything from the directory's backbone or tokenizer is loaded."""
+    if info.trust_remote_code and not allow_remote_code:
+        raise RewardModelError(f"{directory / REWARD_MODEL_FILE}: trust_remote_code: the reward model asks to run "
+                               f"the Python code shipped with its backbone or tokenizer; refused, as the run "
+                               f"config does not allow remote code (model.trust_remote_code: true would)")
+
+
 def load_reward_model(directory: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                      with_backbone: bool = True) -> RewardModel:
+                      with_backbone: bool = True, allow_remote_code: bool = False) -> RewardModel:
     """Load a saved reward model (the backbone in eval mode, dropout off, frozen).
 
     ``with_backbone=False`` loads the head and tokenizer only, for :meth:`RewardModel.score_hidden`.
+    A directory whose ``reward_model.json`` sets ``trust_remote_code`` loads only with ``allow_remote_code``
+    (the run config's ``model.trust_remote_code``): the file alone never runs code.
     """
     from ..modeling.loading import (
         disable_dropout,
@@ -156,6 +167,7 @@ def load_reward_model(directory: Union[str, Path], device: Union[str, torch.devi
 
     directory = Path(directory)
     info = read_reward_model_info(directory)
+    check_remote_code(info, directory, allow_remote_code)
     head = load_reward_head(directory, info)
     tokenizer_path = info.resolve(directory, info.tokenizer)
     backbone_path = info.resolve(directory, info.backbone.path)

@@ -137,6 +137,20 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str 
                         f"--overwrite to start over")
 
 
+def check_resume_progress(run_dir: Path, resume: bool, planned: int, counter: str, field_name: str) -> None:
+    """--resume asks for at least what the newest checkpoint has done: fewer ``planned`` updates (or steps)
+    would end at once and rewrite the run's config.yaml to a count the run has already passed."""
+    from ..errors import UserError
+
+    latest = latest_checkpoint(run_dir) if resume else None
+    if latest is None:
+        return
+    done = read_json(latest / STATE_FILE).get(counter)
+    if done is not None and planned < done:
+        raise UserError(f"--resume: {field_name} is {planned}, but {latest} has already done {done} {counter}s; "
+                        f"ask for at least {done}")
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> None:
     """:func:`check_run_dir`, then empty the directory for ``overwrite`` and create it. Call it only once the
     run has been built, so that a config, plugin or model error never removes the previous run."""

@@ -52,10 +52,32 @@ def to_record(obj: Any, where: str) -> Record:
             f"{where}: prompt: missing; a record needs 'prompt' (plain form), 'messages' (chat form) "
             f"or 'content' (seed form) (fields present: {present})"
         )
+    surrogate = find_lone_surrogate(obj)
+    if surrogate is not None:
+        field, position, char = surrogate
+        raise DataError(f"{where}: {field}: a lone surrogate (\\u{ord(char):04x} at character {position + 1}) is "
+                        f"not valid Unicode text; JSON escapes must pair them")
     try:
         return Record.from_dict(obj)
     except ValidationError as error:
         raise DataError(f"{where}: {describe_validation_error(error, form, obj)}") from None
+
+
+def find_lone_surrogate(value: Any, path: str = "") -> Optional[tuple[str, int, str]]:
+    """(field path, character index, character) of the first lone surrogate in a string of ``value`` -- JSON's
+    ``"\\ud800"`` decodes to one, and no tokenizer can encode it -- or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # fails exactly on surrogates, at C speed
+        except UnicodeEncodeError as error:
+            return path, error.start, value[error.start]
+        return None
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = find_lone_surrogate(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def describe_validation_error(error: ValidationError, form: str, obj: Mapping[str, Any]) -> str:

@@ -27,18 +27,21 @@ from ppo_core.errors import ConfigError
 __all__ = ["CopyDataset", "ReverseDataset", "SortDataset", "SyntheticOptions", "draw_word"]
 
 LETTERS = string.ascii_lowercase
+MAX_RECORDS = 1_000_000  # the words are drawn up front: a typo must not hang the run or fill the memory
+MAX_WORD = 1_000
 
 
 class SyntheticOptions(BaseModel):
-    """Options of ``reverse``, ``copy`` and ``sort``."""
+    """Options of ``reverse``, ``copy`` and ``sort`` (whole numbers only: ``size: true`` is not 1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    size: int = Field(512, ge=1, description="records in the train split")
-    eval_size: int = Field(64, ge=0, description="records in the eval split (none of its words is in train)")
+    size: int = Field(512, ge=1, le=MAX_RECORDS, description="records in the train split")
+    eval_size: int = Field(64, ge=0, le=MAX_RECORDS, description="records in the eval split (none of its words is "
+                           "in train)")
     seed: int = Field(0, description="seed of random.Random; independent of the run's seed")
-    min_len: int = Field(3, ge=1, description="shortest word, in letters")
-    max_len: int = Field(8, ge=1, description="longest word, in letters")
+    min_len: int = Field(3, ge=1, le=MAX_WORD, description="shortest word, in letters")
+    max_len: int = Field(8, ge=1, le=MAX_WORD, description="longest word, in letters")
 
     @model_validator(mode="after")
     def _lengths_in_order(self) -> "SyntheticOptions":

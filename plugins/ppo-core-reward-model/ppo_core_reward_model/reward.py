@@ -69,7 +69,8 @@ class RewardModelReward(HiddenStateReward):
         try:
             self.info = read_reward_model_info(self.directory)
             # the head and tokenizer only; the backbone follows when (and if) it is needed
-            self.model: RewardModel = load_reward_model(self.directory, self.device, with_backbone=False)
+            self.model: RewardModel = load_reward_model(self.directory, self.device, with_backbone=False,
+                                                        allow_remote_code=context.trust_remote_code)
         except RewardModelError as error:
             raise RewardModelError(f"reward '{self.name}' option path: {error}") from None
         self.same_vocab = tokenizers_compatible(context.tokenizer, self.model.tokenizer)
@@ -96,7 +97,8 @@ class RewardModelReward(HiddenStateReward):
     def _load_backbone(self) -> RewardModel:
         if self.model.backbone is None:
             try:
-                self.model = load_reward_model(self.directory, self.device)
+                self.model = load_reward_model(self.directory, self.device,
+                                               allow_remote_code=self.context.trust_remote_code)
             except RewardModelError as error:
                 raise RewardModelError(f"reward '{self.name}' option path: {error}") from None
         return self.model
