@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..data.prompts import encode_records, left_pad, make_samples
+from ..data.prompts import encode_records
 from ..data.stream import take_records
 from ..errors import DataError, UserError
 from ..modeling.loading import fit_to_context, load_causal_lm, load_tokenizer, resolve_device
 from ..plugin.contract import Record, RunContext, Sample
 from ..plugin.loading import load_plugins
-from ..ppo.rollout import sample_responses
+from ..ppo.rollout import sample_prompts
 from ..rewards.composer import Composer, build_composer
 
 DECODINGS = ("greedy", "sampled")
@@ -61,19 +61,12 @@ def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer, records: Sequence[Record], config: RunConfig, device: torch.device,
              greedy: bool, generator: Optional[torch.Generator]) -> list[Sample]:
-    """Answer every record once, as the PPO rollout would (prompt ids, left padding, sampler, stop at eos)."""
-    gen = config.generation
-    chunk = gen.batch_size or config.ppo.rollout_batch_size
-    samples: list[Sample] = []
-    for start in range(0, len(records), chunk):
-        encoded = encode_records(records[start:start + chunk], tokenizer, config.data)
-        input_ids, attention_mask = left_pad([p.ids for p in encoded], tokenizer.pad_token_id)
-        responses = sample_responses(model, input_ids.to(device), attention_mask.to(device), gen.max_new_tokens,
-                                     tokenizer.eos_token_id, tokenizer.pad_token_id, generator, gen.temperature,
-                                     gen.top_k, gen.top_p, greedy=greedy)
-        samples += make_samples(encoded, responses.tokens.cpu(), responses.mask.cpu(),
-                                responses.stopped_by_eos.cpu(), tokenizer)
-    return samples
+    """Answer every record once, as the PPO rollout would (prompt ids, left padding, sampler, stop at eos), in
+    chunks of ``generation.batch_size`` (default: the rollout batch size)."""
+    generation = config.generation.model_copy(
+        update={"batch_size": config.generation.batch_size or config.ppo.rollout_batch_size})
+    encoded = encode_records(records, tokenizer, config.data)
+    return sample_prompts(model, encoded, tokenizer, generation, generator, greedy, device)
 
 
 def score(samples: Sequence[Sample], composer: Composer) -> tuple[dict[str, Any], list[dict[str, Any]]]:

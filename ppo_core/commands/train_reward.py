@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..config.train_reward import TrainRewardConfig
-from ..data.prompts import render_prompt
+from ..data.prompts import PromptText, render_prompt
 from ..errors import UserError
 from ..modeling.loading import load_tokenizer, resolve_device
 from ..plugin.contract import Record, RunContext
@@ -46,8 +46,10 @@ def load_config_data(config: TrainRewardConfig, tokenizer: Any = None, source: s
                                      name_where=f"{source}: data.dataset")
     records = list(dataset.records(data.split))
 
-    def render(record: Record) -> str:
-        return render_prompt(record, tokenizer, data.chat_template) if tokenizer is not None else record.prompt_text
+    def render(record: Record) -> PromptText:
+        # as the PPO run renders its prompts (encode_records); the pairs remember whether the text is templated,
+        # so that training tokenizes it as the engine does
+        return render_prompt(record, tokenizer, data.chat_template)
 
     pairs = make_preference_pairs(records, random.Random(data.seed), data.corruptions, data.pairs_per_record, render)
     if data.save_pairs:
@@ -76,11 +78,12 @@ def run_train_reward(config: TrainRewardConfig, overwrite: bool = False, source:
         if norm.source == "policy":
             policy = norm.policy or config.model.path
             normalization = normalize_on_policy(
-                result.model, policy, data.prompts, num_prompts=norm.prompts, max_new_tokens=norm.max_new_tokens,
+                result.model, policy, data.prompt_texts, num_prompts=norm.prompts, max_new_tokens=norm.max_new_tokens,
                 temperature=norm.temperature, top_k=norm.top_k, top_p=norm.top_p, seed=norm.seed,
                 batch_size=norm.batch_size, trust_remote_code=config.model.trust_remote_code)
         else:
-            prompts, responses = zip(*data.responses)
+            prompts = [item.prompt_text for item in data.items]
+            responses = [response for _prompt, response in data.responses]
             normalization = normalize_on_responses(result.model, prompts, responses, config.train.append_eos,
                                                    norm.batch_size)
     path = save_reward_model(result.model, output)

@@ -33,7 +33,7 @@ from .functional import (
     per_token_rewards,
     ppo_total_loss,
 )
-from .rollout import Responses, response_outputs, sample_responses
+from .rollout import Responses, generate_responses, response_outputs
 
 
 class NonFiniteError(TrainingError):
@@ -220,15 +220,8 @@ class PPOEngine:
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, greedy: bool = False) -> Responses:
-        gen = self.generation
-        chunk = gen.batch_size or input_ids.size(0)
-        parts = [
-            sample_responses(self.model.policy, input_ids[i:i + chunk], attention_mask[i:i + chunk],
-                             gen.max_new_tokens, self.eos_token_id, self.pad_token_id, self.generator,
-                             gen.temperature, gen.top_k, gen.top_p, greedy=greedy)
-            for i in range(0, input_ids.size(0), chunk)
-        ]
-        return _concat_responses(parts, self.pad_token_id)
+        return generate_responses(self.model.policy, input_ids, attention_mask, self.generation, self.eos_token_id,
+                                  self.pad_token_id, self.generator, greedy)
 
     def _evaluate(self, sequences, attention_mask, prompt_length, with_reference_hidden: bool,
                   times: dict[str, float]):
@@ -365,18 +358,3 @@ class PPOEngine:
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.generator.set_state(state["generator"])
         self.nonfinite_in_a_row = int(state["nonfinite_in_a_row"])
-
-
-def _concat_responses(parts: list[Responses], pad_token_id: int) -> Responses:
-    if len(parts) == 1:
-        return parts[0]
-    width = max(p.tokens.size(1) for p in parts)
-
-    def pad(t, value):
-        return torch.nn.functional.pad(t, (0, width - t.size(1)), value=value)
-
-    return Responses(
-        tokens=torch.cat([pad(p.tokens, pad_token_id) for p in parts]),
-        mask=torch.cat([pad(p.mask, False) for p in parts]),
-        stopped_by_eos=torch.cat([p.stopped_by_eos for p in parts]),
-    )

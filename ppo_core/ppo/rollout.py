@@ -1,15 +1,24 @@
-"""Sampling responses with a KV cache, and the one forward that turns tokens into log-probs and values."""
+"""Sampling responses with a KV cache, and the one forward that turns tokens into log-probs and values.
+
+The one sampler: encoded prompts (:func:`ppo_core.data.prompts.encode_records`) are left-padded together and
+answered in chunks of ``generation.batch_size`` by :func:`generate_responses`; :func:`sample_prompts` turns the
+result into samples (:class:`~ppo_core.plugin.contract.Sample`). PPO rollouts, ``eval`` and reward-model
+normalisation all go through it.
+"""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from ..config import GenerationConfig
+from ..data.prompts import EncodedPrompt, left_pad, make_samples
 from ..modeling.compat import forward_argument, logits_to_keep
+from ..plugin.contract import Sample
 from .functional import entropy_from_logits, last_token_index, logprobs_from_logits
 
 
@@ -150,6 +159,61 @@ def sample_responses(
     mask = torch.stack(masks, dim=1)
     stopped_by_eos = ((response == eos_token_id) & mask).any(dim=1)
     return Responses(tokens=response, mask=mask, stopped_by_eos=stopped_by_eos)
+
+
+def without_padding_columns(input_ids: torch.Tensor, attention_mask: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the leading columns that are padding in every row: a chunk of a batch left-padded as a whole is then
+    the chunk left-padded on its own, so chunking never changes what is sampled."""
+    first = int(attention_mask.bool().any(0).long().argmax())
+    return input_ids[:, first:], attention_mask[:, first:]
+
+
+def concat_responses(parts: Sequence[Responses], pad_token_id: int) -> Responses:
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.tokens.size(1) for p in parts)
+
+    def pad(t, value):
+        return torch.nn.functional.pad(t, (0, width - t.size(1)), value=value)
+
+    return Responses(
+        tokens=torch.cat([pad(p.tokens, pad_token_id) for p in parts]),
+        mask=torch.cat([pad(p.mask, False) for p in parts]),
+        stopped_by_eos=torch.cat([p.stopped_by_eos for p in parts]),
+    )
+
+
+@torch.no_grad()
+def generate_responses(policy: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       generation: GenerationConfig, eos_token_id: int, pad_token_id: int,
+                       generator: Optional[torch.Generator], greedy: bool = False) -> Responses:
+    """:func:`sample_responses` over a left-padded batch in chunks of ``generation.batch_size`` rows (the whole
+    batch when unset), one after the other with the same generator."""
+    chunk = generation.batch_size or input_ids.size(0)
+    parts = []
+    for start in range(0, input_ids.size(0), chunk):
+        ids, mask = without_padding_columns(input_ids[start:start + chunk], attention_mask[start:start + chunk])
+        parts.append(sample_responses(policy, ids, mask, generation.max_new_tokens, eos_token_id, pad_token_id,
+                                      generator, generation.temperature, generation.top_k, generation.top_p,
+                                      greedy=greedy))
+    return concat_responses(parts, pad_token_id)
+
+
+@torch.no_grad()
+def sample_prompts(policy: nn.Module, prompts: Sequence[EncodedPrompt], tokenizer, generation: GenerationConfig,
+                   generator: Optional[torch.Generator], greedy: bool = False,
+                   device: Union[str, torch.device, None] = None) -> list[Sample]:
+    """One response per encoded prompt, as a PPO rollout samples and its rewards see it (prompt ids, response
+    ids without eos, stop reason)."""
+    if not prompts:
+        return []
+    device = device if device is not None else next(policy.parameters()).device
+    input_ids, attention_mask = left_pad([p.ids for p in prompts], tokenizer.pad_token_id)
+    responses = generate_responses(policy, input_ids.to(device), attention_mask.to(device), generation,
+                                   tokenizer.eos_token_id, tokenizer.pad_token_id, generator, greedy)
+    return make_samples(prompts, responses.tokens.cpu(), responses.mask.cpu(), responses.stopped_by_eos.cpu(),
+                        tokenizer)
 
 
 @dataclass

@@ -18,10 +18,12 @@ The pieces, in the order a user meets them:
 
    No pickle: weights in safetensors, the rest in JSON; written atomically.
 
-The token sequence a reward model scores is exactly the engine's: ``tokenizer(prompt)["input_ids"]`` (with
-the tokenizer's special tokens, e.g. a leading bos), then the response tokens, then eos when the response
-stopped at one (:func:`sample_token_ids`). The score is read at the last real token (the eos where there is
-one), with position ids ``cumsum(mask) − 1``, so left and right padding give the same score.
+The token sequence a reward model scores, trains on and is normalised on is exactly the engine's: the prompt ids
+as :func:`ppo_core.data.prompts.prompt_token_ids` makes them (the tokenizer's special tokens, e.g. a leading bos,
+added unless the prompt is chat-templated text, which writes its own; a pair made from a dataset records which),
+then the response tokens, then eos when the response stopped at one (:func:`sample_token_ids`). The score is
+read at the last real token (the eos where there is one), with position ids ``cumsum(mask) − 1``, so left and
+right padding give the same score.
 
 ``ppo-core train-reward CONFIG`` (:mod:`ppo_core.commands.train_reward`) does all four steps;
 the ``ppo-core-reward-model`` plugin serves the result as the reward ``reward_model``.

@@ -10,11 +10,15 @@ from typing import Any, Iterable, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..data.prompts import PromptText
 from ..errors import DataError, format_validation_error
 
 DataKind = Literal["pairs", "labels"]
 
 
+def _templated_field():
+    return Field(False, description="The prompt was rendered by the tokenizer's chat template, which writes its "
+                 "own special tokens: it is tokenized without adding them, as the PPO engine tokenizes it.")
 
 
 class PreferencePair(BaseModel):
@@ -25,6 +29,11 @@ class PreferencePair(BaseModel):
     prompt: str
     chosen: str
     rejected: str
+    templated: bool = _templated_field()
+
+    @property
+    def prompt_text(self) -> PromptText:
+        return PromptText(self.prompt, self.templated)
 
 
 class ScoredResponse(BaseModel):
@@ -35,6 +44,11 @@ class ScoredResponse(BaseModel):
     prompt: str
     response: str
     score: float = Field(allow_inf_nan=False)
+    templated: bool = _templated_field()
+
+    @property
+    def prompt_text(self) -> PromptText:
+        return PromptText(self.prompt, self.templated)
 
 
 @dataclass
@@ -52,6 +66,12 @@ class RewardData:
     def prompts(self) -> list[str]:
         """The distinct prompts, in first-seen order."""
         return list(dict.fromkeys(item.prompt for item in self.items))
+
+    @property
+    def prompt_texts(self) -> list[PromptText]:
+        """The distinct prompts with how they are tokenized (:attr:`PreferencePair.templated`), in first-seen
+        order."""
+        return list(dict.fromkeys(item.prompt_text for item in self.items))
 
     @property
     def responses(self) -> list[tuple[str, str]]:
@@ -149,7 +169,8 @@ def write_jsonl(path: Union[str, Path], rows: Iterable[Union[Mapping[str, Any], 
     try:
         with open(tmp, "w", encoding="utf-8") as stream:
             for row in rows:
-                data = row.model_dump() if isinstance(row, BaseModel) else dict(row)
+                # defaults left out: a pair without a chat template is written as it always was
+                data = row.model_dump(exclude_defaults=True) if isinstance(row, BaseModel) else dict(row)
                 stream.write(json.dumps(data, ensure_ascii=False) + "\n")
             stream.flush()
             os.fsync(stream.fileno())

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from ..data.prompts import prompt_token_ids
 from ..errors import UserError
 from ..modeling.heads import MLPHead
 from ..plugin.contract import Sample
@@ -144,9 +145,13 @@ def _fit(row: Sequence[int], limit: Optional[int]) -> list[int]:
 
 
 
-def text_token_ids(tokenizer: Any, prompt: str, response: str, append_eos: bool = True) -> list[int]:
-    """``tokenizer(prompt)`` (with its special tokens) + the response's tokens (without) + eos."""
-    ids = list(tokenizer(prompt)["input_ids"]) + list(tokenizer(response, add_special_tokens=False)["input_ids"])
+def text_token_ids(tokenizer: Any, prompt: str, response: str, append_eos: bool = True,
+                   templated: bool = False) -> list[int]:
+    """The prompt's ids as the engine tokenizes it (:func:`~ppo_core.data.prompts.prompt_token_ids`: the
+    tokenizer's special tokens added unless the prompt is ``templated`` by its chat template, which writes its
+    own) + the response's tokens (without special tokens) + eos."""
+    ids = prompt_token_ids(prompt, tokenizer, templated)
+    ids += tokenizer(response, add_special_tokens=False)["input_ids"]
     if append_eos:
         ids.append(tokenizer.eos_token_id)
     return ids
@@ -161,7 +166,7 @@ def sample_token_ids(tokenizer: Any, sample: Sample, same_vocab: bool = True) ->
     re-tokenized from its text instead.
     """
     prompt_ids = getattr(sample, "prompt_ids", None) if same_vocab else None
-    ids = list(prompt_ids) if prompt_ids is not None else list(tokenizer(sample.prompt)["input_ids"])
+    ids = list(prompt_ids) if prompt_ids is not None else prompt_token_ids(sample.prompt, tokenizer, templated=False)
     if same_vocab:
         ids += list(sample.response_ids)
     else:

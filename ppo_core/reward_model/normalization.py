@@ -9,6 +9,8 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from ..config import GenerationConfig
+from ..data.prompts import PromptText, as_prompt_text, encode_texts, prompt_token_ids
 from ..errors import UserError
 from ..plugin.contract import Sample
 from .model import RewardModel, tokenizers_compatible
@@ -53,68 +55,64 @@ def _apply_normalization(model: RewardModel, raw: torch.Tensor, source: str, sam
     return result
 
 
-def normalize_on_responses(model: RewardModel, prompts: Sequence[str], responses: Sequence[str],
+def normalize_on_responses(model: RewardModel, prompts: Sequence[Union[str, PromptText]], responses: Sequence[str],
                            append_eos: bool = True, batch_size: int = 32) -> Normalization:
-    """Fit gain and bias on given (prompt, response) texts, and store them on ``model``."""
+    """Fit gain and bias on given (prompt, response) texts, and store them on ``model``. The prompts are
+    tokenized as the engine tokenizes them (a ``str`` is raw text, not chat-templated)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     tokenizer = model.tokenizer
-    samples = [Sample(prompt=p, response=r, response_ids=tuple(tokenizer(r, add_special_tokens=False)["input_ids"]),
-                      solution=None, stop_reason="eos" if append_eos else "length")
-               for p, r in zip(prompts, responses)]
+    samples = []
+    for prompt, response in zip(map(as_prompt_text, prompts), responses):
+        samples.append(Sample(prompt=prompt.text, response=response,
+                              response_ids=tuple(tokenizer(response, add_special_tokens=False)["input_ids"]),
+                              solution=None, stop_reason="eos" if append_eos else "length",
+                              prompt_ids=tuple(prompt_token_ids(prompt.text, tokenizer, prompt.templated))))
     raw = model.score_samples(samples, batch_size, normalize=False)
     return _apply_normalization(model, raw, "given responses", samples)
 
 
-def choose_prompts(prompts: Sequence[str], count: int, seed: int) -> list[str]:
+def choose_prompts(prompts: Sequence[Union[str, PromptText]], count: int, seed: int) -> list:
     """``count`` prompts drawn without replacement (in passes when there are fewer), seeded."""
     if not prompts:
         raise UserError("normalisation: no prompts to sample responses for")
     rng = random.Random(seed)
-    chosen: list[str] = []
+    chosen: list = []
     while len(chosen) < count:
         chosen += rng.sample(list(prompts), min(len(prompts), count - len(chosen)))
     return chosen
 
 
 @torch.no_grad()
-def sample_policy_responses(policy_path: str, prompts: Sequence[str], *, max_new_tokens: int = 32,
+def sample_policy_responses(policy_path: str, prompts: Sequence[Union[str, PromptText]], *, max_new_tokens: int = 32,
                             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                             batch_size: int = 32, tokenizer_path: Optional[str] = None,
                             trust_remote_code: bool = False, device: Union[str, torch.device] = "cpu"
                             ) -> tuple[list[Sample], Any]:
-    """Sample one response per prompt from a policy checkpoint, as the engine does; returns samples (as the
-    engine makes them: response ids without eos, stop reason) and the policy's tokenizer."""
-    from ..data.prompts import left_pad
+    """Sample one response per prompt from a policy checkpoint through the engine's sampler
+    (:func:`~ppo_core.ppo.rollout.sample_prompts`); returns the samples (prompt ids, response ids without eos,
+    stop reason, as a rollout makes them) and the policy's tokenizer."""
     from ..modeling.loading import disable_dropout, load_causal_lm, load_tokenizer
-    from ..ppo.rollout import sample_responses
+    from ..ppo.rollout import sample_prompts
 
     tokenizer = load_tokenizer(tokenizer_path or policy_path, trust_remote_code)
     policy = load_causal_lm(policy_path, trust_remote_code, tokenizer).to(device)
     policy.eval()
     disable_dropout(policy)
     generator = torch.Generator(device=torch.device(device)).manual_seed(seed)
-    samples: list[Sample] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = list(prompts[start:start + batch_size])
-        input_ids, attention_mask = left_pad([tokenizer(text)["input_ids"] for text in texts], tokenizer.pad_token_id)
-        responses = sample_responses(policy, input_ids.to(device), attention_mask.to(device), max_new_tokens,
-                                     tokenizer.eos_token_id, tokenizer.pad_token_id, generator, temperature,
-                                     top_k, top_p)
-        lengths = responses.mask.sum(1).tolist()
-        for text, row, n, stopped in zip(texts, responses.tokens.tolist(), lengths, responses.stopped_by_eos.tolist()):
-            kept = row[: int(n) - (1 if stopped else 0)]
-            samples.append(Sample(prompt=text, response=tokenizer.decode(kept, skip_special_tokens=True),
-                                  response_ids=tuple(kept), solution=None, stop_reason="eos" if stopped else "length"))
-    return samples, tokenizer
+    generation = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  batch_size=batch_size)
+    encoded = encode_texts([as_prompt_text(prompt) for prompt in prompts], tokenizer)
+    return sample_prompts(policy, encoded, tokenizer, generation, generator, device=device), tokenizer
 
 
-def normalize_on_policy(model: RewardModel, policy_path: str, prompts: Sequence[str], *, num_prompts: int = 64,
-                        max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                        seed: int = 0, batch_size: int = 32, tokenizer_path: Optional[str] = None,
-                        trust_remote_code: bool = False) -> Normalization:
+def normalize_on_policy(model: RewardModel, policy_path: str, prompts: Sequence[Union[str, PromptText]], *,
+                        num_prompts: int = 64, max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0,
+                        top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
+                        tokenizer_path: Optional[str] = None, trust_remote_code: bool = False) -> Normalization:
     """Sample responses of the starting policy to ``num_prompts`` of ``prompts`` (seeded), score them raw, and
-    store gain and bias so that their normalised scores have mean 0 and std 1."""
+    store gain and bias so that their normalised scores have mean 0 and std 1. A ``str`` prompt is raw text; a
+    :class:`~ppo_core.data.prompts.PromptText` says whether its text is chat-templated."""
     chosen = choose_prompts(prompts, num_prompts, seed)
     samples, policy_tokenizer = sample_policy_responses(
         policy_path, chosen, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 from pydantic import ValidationError
 
 from ..config.train_reward import CORRUPTIONS
+from ..data.prompts import PromptText, as_prompt_text
 from ..errors import DataError, format_validation_error
 from ..plugin.contract import Record
 from .data import PreferencePair
@@ -62,12 +63,15 @@ def _corrupt_once(text: str, kind: str, rng: random.Random, alphabet: str) -> Op
 
 def make_preference_pairs(records: Iterable[Union[Record, Mapping[str, Any]]], rng: Union[random.Random, int],
                           corruptions: Sequence[str] = CORRUPTIONS, pairs_per_record: int = 1,
-                          render: Optional[Callable[[Record], str]] = None,
+                          render: Optional[Callable[[Record], Union[str, PromptText]]] = None,
                           alphabet: str = string.ascii_lowercase) -> list[PreferencePair]:
     """Pairs ``chosen`` = the record's (first) solution, ``rejected`` = a corrupted copy of it.
 
     ``rng`` is a ``random.Random`` or a seed (the same seed gives the same pairs). ``render`` turns a record
-    into prompt text (default: :attr:`Record.prompt_text`, what the engine uses without a chat template).
+    into prompt text (default: :attr:`Record.prompt_text`, what the engine uses without a chat template); a
+    :class:`~ppo_core.data.prompts.PromptText` it returns (:func:`~ppo_core.data.prompts.render_prompt`) also
+    says whether the text is chat-templated, which the pairs keep (:attr:`PreferencePair.templated`) so that
+    training tokenizes their prompts as the engine does.
     A record without a solution, or with one no corruption can change, raises :class:`DataError`.
     """
     if pairs_per_record < 1:
@@ -83,7 +87,8 @@ def make_preference_pairs(records: Iterable[Union[Record, Mapping[str, Any]]], r
                 record = Record.from_dict(record)
             except ValidationError as error:
                 raise DataError(f"record {index}: {format_validation_error(error)}") from None
-        prompt = render(record)
+        prompt_text = as_prompt_text(render(record))
+        prompt = prompt_text.text
         if not record.solutions:
             raise DataError(f"record {index} (prompt {prompt[:60]!r}) has no solution to make a preference pair from")
         chosen = record.solutions[0]
@@ -92,7 +97,8 @@ def make_preference_pairs(records: Iterable[Union[Record, Mapping[str, Any]]], r
             if rejected is None:
                 raise DataError(f"record {index} (prompt {prompt[:60]!r}): no corruption in "
                                 f"{', '.join(corruptions)} can change its solution {chosen!r}")
-            pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected))
+            pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected,
+                                        templated=prompt_text.templated))
     if not pairs:
         raise DataError("no records to make preference pairs from")
     return pairs

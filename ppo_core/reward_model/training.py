@@ -75,11 +75,13 @@ def train_reward_model(backbone_path: str, data: Union[RewardData, Sequence[Any]
     tokenizer = model.tokenizer
     limit = model.max_length
     if data.kind == "pairs":
-        rows = [(_fit(text_token_ids(tokenizer, p.prompt, p.chosen, options.append_eos), limit),
-                 _fit(text_token_ids(tokenizer, p.prompt, p.rejected, options.append_eos), limit)) for p in data.items]
+        rows = [(_fit(text_token_ids(tokenizer, p.prompt, p.chosen, options.append_eos, p.templated), limit),
+                 _fit(text_token_ids(tokenizer, p.prompt, p.rejected, options.append_eos, p.templated), limit))
+                for p in data.items]
         targets = torch.zeros(len(rows))
     else:
-        rows = [(_fit(text_token_ids(tokenizer, s.prompt, s.response, options.append_eos), limit),) for s in data.items]
+        rows = [(_fit(text_token_ids(tokenizer, s.prompt, s.response, options.append_eos, s.templated), limit),)
+                for s in data.items]
         targets = torch.tensor([s.score for s in data.items], dtype=torch.float32)
 
     generator = torch.Generator().manual_seed(options.seed)
