@@ -4,11 +4,11 @@ transformers' ``DynamicLayer`` re-concatenates a layer's whole cache at every ge
 the sampling time of a small model). :func:`preallocated_cache` gives the model a ``DynamicCache`` whose layers
 write each step into buffers sized for the whole generation instead.
 
-This subclasses a transformers internal, so it relies only on what every supported release shares: the
-``DynamicCache(config=...)`` constructor with a ``layers`` list, and a layer's ``update(keys, values, ...)``,
-``is_initialized``, ``keys`` and ``values``. Anything else (the layer's own ``lazy_initialization`` changed its
-signature between 4.57 and 5.x) is done here. Where the installed release does not fit, the model builds its
-own cache (None is returned).
+This subclasses a transformers internal, so it relies only on what every supported release (4.56 to 5.x) shares:
+the ``DynamicCache(config=...)`` constructor with a ``layers`` list, and a layer's ``update(keys, values, ...)``,
+``keys`` and ``values``. Everything else is done here: the layer's own ``lazy_initialization`` changed its
+signature between 4.57 and 5.x, and ``is_initialized`` only exists since 4.57 (it is set, never read). Where the
+installed release does not fit, the model builds its own cache (None is returned).
 """
 
 from __future__ import annotations
@@ -31,16 +31,18 @@ def _preallocated_layer_class() -> type:
             super().__init__()
             self.capacity = capacity
             self.length = 0
+            self.key_buffer: Optional[torch.Tensor] = None
+            self.value_buffer: Optional[torch.Tensor] = None
 
         def _allocate(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
             self.dtype, self.device = key_states.dtype, key_states.device  # read by transformers 4.x
             self.key_buffer = key_states.new_empty(key_states.shape[:-2] + (self.capacity, key_states.shape[-1]))
             self.value_buffer = value_states.new_empty(
                 value_states.shape[:-2] + (self.capacity, value_states.shape[-1]))
-            self.is_initialized = True
+            self.is_initialized = True  # what get_seq_length and others check since transformers 4.57
 
         def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
+            if self.key_buffer is None:
                 self._allocate(key_states, value_states)
             end = self.length + key_states.shape[-2]
             if end > self.capacity:
