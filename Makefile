@@ -1,12 +1,14 @@
 # Two commands do everything on a fresh clone:
 #   make demo   create .venv, install ppo-core and the bundled plugins, run the whole pipeline
-#   make test   create .venv the same way, run the test suite
+#   make test   create .venv the same way, run the test suite (tests/ and plugins/*/tests)
+# and one more checks the declared dependency ranges from below:
+#   make test-min-deps   the suite in .venv-min, every `>=` bound of the pyproject.toml files installed exactly
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-min-deps bench clean
 
 $(VENV)/.installed: pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +20,29 @@ $(VENV)/.installed: pyproject.toml $(PLUGINS)
 
 setup: $(VENV)/.installed
 
+# The lowest declared versions: .ci/lowest_versions.py turns every `name>=X` into `name==X`.
+MIN_VENV ?= .venv-min
+MIN_PY := $(MIN_VENV)/bin/python
+
+$(MIN_VENV)/.installed: pyproject.toml $(PLUGINS) .ci/lowest_versions.py
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_PY) .ci/lowest_versions.py pyproject.toml $(PLUGINS) > $(MIN_VENV)/constraints.txt
+	$(MIN_PY) -m pip install --quiet torch==2.13.0
+	$(MIN_PY) -m pip install --quiet -c $(MIN_VENV)/constraints.txt -e '.[test,report]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	touch $@
+
 demo: setup
 	$(VENV)/bin/ppo-core demo
 
 test: setup
 	$(PY) -m pytest
 
+# PYTEST_ARGS narrows the run, e.g. PYTEST_ARGS="--ignore=tests/test_demo.py" (.ci/run does)
+test-min-deps: $(MIN_VENV)/.installed
+	$(MIN_PY) -m pytest $(PYTEST_ARGS)
+
 bench: setup
 	$(PY) benchmarks/ppo_throughput.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(MIN_VENV) runs

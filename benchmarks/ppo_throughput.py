@@ -1,6 +1,6 @@
 """PPO throughput of ppo-core on the TRL baseline's workload, and an interleaved comparison with TRL 1.0.0.
 
-The workload is /work/shared/trl-baseline's, exactly: the character tokenizer; a random GPT-2 policy (``small``
+The workload is the TRL baseline's (benchmarks/trl), exactly: the character tokenizer; a random GPT-2 policy (``small``
 4x256 or ``medium`` 6x512, built by ``ppo_core.modeling.tiny.init_model`` -- byte-identical to the baseline's policy);
 the 512 ``reverse`` prompts (the ``ppo-core-datasets`` synthetic dataset with default options); 64 rollouts an
 update, at most 32 new tokens, temperature 1.0, stop at eos; 4 epochs x 4 minibatches of 16 (16 optimizer
@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / ".bench"
-TRL_BASELINE = Path(os.environ.get("TRL_BASELINE_DIR", "/work/shared/trl-baseline"))
+TRL_BASELINE = REPO / "benchmarks" / "trl"  # setup_trl_venv.sh, make_tiny_models.py, trl_ppo_bench.py
 ROLLOUTS = 64
 
 

@@ -44,9 +44,10 @@ def test_the_preallocated_cache_is_used_and_samples_what_the_default_cache_sampl
 def test_the_preallocated_cache_refuses_to_overflow(tiny):
     model, _, batch = tiny
     cache = rollout.preallocated_cache(model, batch["input_ids"].size(1))
-    out = model(**batch, use_cache=True, cache=cache)
+    keyword = rollout._cache_argument(model)  # `cache` in transformers 5.x, `past_key_values` in 4.x
+    out = model(**batch, use_cache=True, **{keyword: cache})
     with pytest.raises(RuntimeError, match="sized for"):
-        model(input_ids=batch["input_ids"][:, :1], use_cache=True, cache=out.cache)
+        model(input_ids=batch["input_ids"][:, :1], use_cache=True, **{keyword: rollout._returned_cache(out)})
 
 
 @pytest.mark.parametrize("shared", [True, False])

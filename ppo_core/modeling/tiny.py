@@ -153,6 +153,9 @@ def _fix_tokenizer_class(directory: Path) -> None:
     tc = json.loads(tc_path.read_text())
     tc["tokenizer_class"] = "PreTrainedTokenizerFast"
     tc_path.write_text(json.dumps(tc, indent=2))
+    # transformers 4.x also writes special_tokens_map.json, a repeat of the special tokens tokenizer_config.json
+    # holds; without it every release writes the same files.
+    (directory / "special_tokens_map.json").unlink(missing_ok=True)
 
 
 def _is_nonempty(path: Path) -> bool:

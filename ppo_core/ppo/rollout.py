@@ -8,7 +8,6 @@ normalisation all go through it.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -18,6 +17,7 @@ from torch import nn
 from ..config import GenerationConfig
 from ..data.prompts import EncodedPrompt, left_pad, make_samples
 from ..modeling.compat import forward_argument, logits_to_keep
+from ..modeling.kv_cache import preallocated_cache
 from ..plugin.contract import Sample
 from .functional import entropy_from_logits, last_token_index, logprobs_from_logits
 
@@ -58,55 +58,6 @@ def _cache_argument(model: nn.Module) -> str:
 
 def _returned_cache(out):
     return out["cache"] if "cache" in out else out["past_key_values"]
-
-
-@functools.cache
-def _preallocated_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    class PreallocatedLayer(DynamicLayer):
-        """A DynamicLayer that writes each step's keys and values into buffers sized for the whole generation and
-        returns views of the filled part: DynamicLayer re-concatenates the whole cache at every step, which was
-        about a third of the sampling time (the cache is copied once per layer per token)."""
-
-        def __init__(self, capacity: int):
-            super().__init__()
-            self.capacity = capacity
-            self.length = 0
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                self.key_buffer = key_states.new_empty(key_states.shape[:-2] + (self.capacity, key_states.shape[-1]))
-                self.value_buffer = value_states.new_empty(
-                    value_states.shape[:-2] + (self.capacity, value_states.shape[-1]))
-            end = self.length + key_states.shape[-2]
-            if end > self.capacity:
-                raise RuntimeError(f"KV cache sized for {self.capacity} positions asked to hold {end}")
-            self.key_buffer[..., self.length:end, :].copy_(key_states)
-            self.value_buffer[..., self.length:end, :].copy_(value_states)
-            self.length = end
-            self.keys = self.key_buffer[..., :end, :]
-            self.values = self.value_buffer[..., :end, :]
-            return self.keys, self.values
-
-    return PreallocatedLayer
-
-
-def preallocated_cache(model: nn.Module, capacity: int):
-    """A transformers DynamicCache for ``capacity`` positions that never copies what it holds, or None (let the
-    model make its own) when the installed transformers or the model's layer types do not allow it."""
-    try:
-        from transformers.cache_utils import DynamicCache, DynamicLayer
-
-        cache = DynamicCache(config=model.config)
-        layers = getattr(cache, "layers", None)
-        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-            return None  # sliding-window, linear-attention or other special layers keep their own cache
-        cache.layers = [_preallocated_layer_class()(capacity) for _ in layers]
-    except (ImportError, TypeError, ValueError, AttributeError):
-        return None
-    return cache
 
 
 @torch.no_grad()
