@@ -60,7 +60,7 @@ class RewardConfig(Section):
     isolation: Literal["process", "none"] = Field(
         "process", description="`process`: the reward runs in its own worker process, fed copies of the samples: "
         "a hang, crash or exit there is a fault of this reward, never the run's. `none`: in the main process "
-        "(no copying; a crash or `os._exit` takes the run down).")
+        "(no pickling; a crash or `os._exit` there ends the run).")
 
 
 class KLConfig(Section):
