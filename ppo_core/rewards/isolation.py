@@ -54,13 +54,13 @@ def serve(connection, spec: bytes, parent_pid: int) -> None:
     except BaseException as error:  # an import or constructor failure, sys.exit included
         connection.send_bytes(pickle.dumps(("failed", _portable(error))))
         return
-    connection.send_bytes(pickle.dumps(ready))
-    while True:
-        try:
+    try:
+        connection.send_bytes(pickle.dumps(ready))
+        while True:
             method, samples, hidden = pickle.loads(connection.recv_bytes())
-        except (EOFError, OSError):
-            return  # the parent closed the pipe: the run is over
-        connection.send_bytes(_answer(reward, context, method, samples, hidden))
+            connection.send_bytes(_answer(reward, context, method, samples, hidden))
+    except (EOFError, OSError):
+        return  # the parent closed the pipe (the run is over) or is gone
 
 
 def _answer(reward, context: RunContext, method: str, samples: list, hidden) -> bytes:
@@ -247,6 +247,9 @@ class IsolatedReward:
             answered = connection.poll(self.timeout_s)
         except OSError:  # BrokenPipeError: it died between two calls
             answered = True
+        except BaseException:  # a second Ctrl-C while waiting: its answer would be read as the next one's
+            self._discard()
+            raise
         if not answered:
             self._discard()
             raise WorkerFault(f"did not answer within timeout_s={self.timeout_s:g} (its worker process was killed "
