@@ -22,6 +22,7 @@ import multiprocessing.util  # registers multiprocessing's own exit handler befo
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -210,7 +211,7 @@ class IsolatedReward:
         try:
             status, payload = pickle.loads(worker.connection.recv_bytes())
         except (EOFError, OSError):
-            status, payload = "died", worker.death()
+            status, payload = "died", worker.death() + _main_script_hint(worker.process.exitcode)
         if status == "ready":
             self.reads_reference_hidden, self._ready = payload, True
             return
@@ -274,6 +275,16 @@ class IsolatedReward:
     def _restart(self) -> None:
         self._worker = _start_worker(self._spec, self._name)
         self._finalizer = weakref.finalize(self, _stop_quietly, self._worker)
+
+
+def _main_script_hint(exitcode: Optional[int]) -> str:
+    """A spawned worker first re-imports the main script; one that starts a run unguarded kills it at start-up."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if exitcode != 1 or path is None or getattr(main, "__spec__", None) is not None:
+        return ""
+    return (f"; a worker process re-imports the main script {path}: if it starts the run at import, guard that "
+            f"with `if __name__ == \"__main__\":`")
 
 
 def _stop_quietly(worker: Worker) -> None:
