@@ -47,7 +47,8 @@ elif target == "checkpoint":
     checkpoint.save_torch_state = killing(checkpoint.save_torch_state)
 elif target == "metrics":
     metrics.MetricsLog.write = killing(metrics.MetricsLog.write)
-sys.exit(main(sys.argv[3:]))
+if __name__ == "__main__":  # a reward's worker process re-imports this script
+    sys.exit(main(sys.argv[3:]))
 """
 
 

@@ -267,3 +267,42 @@ def test_in_process_a_hung_reward_times_out_without_holding_the_process(compose,
     assert composer(samples(hang=True)).stats["reward/hangs/errors"] == 1.0
     # the hung call's thread is a daemon: the interpreter may exit while it sleeps
     assert all(thread.daemon for thread in __import__("threading").enumerate() if thread.name == "ppo-core-reward")
+
+
+ORPHANED = """
+import sys, time
+from ppo_core import RunContext
+from ppo_core.config import RewardConfig
+from ppo_core.plugin.loading import load_plugins
+from ppo_core.rewards.composer import build_composer
+
+if __name__ == "__main__":
+    composer = build_composer([RewardConfig(name="exact_match")], load_plugins().registry, RunContext())
+    print(composer.terms[0].reward._worker.process.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_worker_exits_when_its_main_process_is_killed(tmp_path):
+    import subprocess
+
+    script = tmp_path / "orphaning.py"
+    script.write_text(ORPHANED, encoding="utf-8")
+    main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(main.stdout.readline())
+        assert Path(f"/proc/{worker}").exists()
+    finally:
+        main.kill()
+        main.wait(30)
+    deadline = time.monotonic() + 20
+    while is_running(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not is_running(worker), "the worker outlived its SIGKILLed main process"
+
+
+def is_running(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False

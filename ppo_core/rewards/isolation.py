@@ -120,7 +120,7 @@ class Worker:
         self.connection.close()
         if grace_s and self.process.pid is not None:
             self.process.join(grace_s)
-        _kill_session(self.process.pid)
+        _kill_session(self.process.pid, reaped=self.process.exitcode is not None)
         self.process.join()
         _LIVE.discard(self)
 
@@ -138,16 +138,18 @@ class Worker:
         return f"worker process exited with status {code} (os._exit or an exit outside the reward's call)"
 
 
-def _kill_session(pid: Optional[int]) -> None:
+def _kill_session(pid: Optional[int], reaped: bool) -> None:
+    """SIGKILL the worker's session: the worker (unless already reaped) and anything it started."""
     if pid is None:
         return
     try:
-        os.killpg(pid, signal.SIGKILL)  # the worker and anything it started (it leads its own session)
+        os.killpg(pid, signal.SIGKILL)  # the worker leads its own process group
     except (ProcessLookupError, PermissionError, AttributeError):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if not reaped:  # it died or was stopped before it could call setsid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 _LIVE: set[Worker] = set()
