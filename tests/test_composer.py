@@ -23,6 +23,7 @@ from ppo_core.plugin.loading import load_plugins
 from ppo_core.rewards.composer import Composer, build_composer
 
 PLUGIN = "test_rewards"
+ISOLATIONS = ["process", "none"]
 RELEASE = threading.Event()  # lets a sleeping reward go when its test ends
 
 
@@ -33,8 +34,17 @@ class FieldReward(Reward):
         return [sample.fields[self.name] for sample in samples]
 
 
-def field_reward(reward_name: str) -> type:
-    return type(f"Field_{reward_name}", (FieldReward,), {"name": reward_name})
+# one class per name, at the top level of this module: a worker process imports them from here
+class FieldA(FieldReward):
+    name = "a"
+
+
+class FieldB(FieldReward):
+    name = "b"
+
+
+class FieldC(FieldReward):
+    name = "c"
 
 
 class Fragile(Reward):
@@ -128,9 +138,8 @@ class ForgotCall(Reward):
     name = "forgot_call"
 
 
-REWARD_CLASSES = [field_reward(name) for name in ("a", "b", "c")] + [Fragile, Short, Scalar, Sleepy, Scaled,
-                                                                     Unstartable, FromHidden, ForgotScoreHidden,
-                                                                     ForgotCall]
+REWARD_CLASSES = [FieldA, FieldB, FieldC, Fragile, Short, Scalar, Sleepy, Scaled, Unstartable, FromHidden,
+                  ForgotScoreHidden, ForgotCall]
 
 
 @hookimpl
@@ -151,12 +160,23 @@ def registry(make_plugin):
 
 @pytest.fixture
 def compose(registry):
-    """``compose({"name": "a", "weight": 2}, ...)``: a Composer over those reward configs."""
+    """``compose({"name": "a", "weight": 2}, ..., isolation="process")``: a Composer over those reward configs.
 
-    def make(*configs: dict) -> Composer:
-        return build_composer([RewardConfig(**config) for config in configs], registry, RunContext())
+    The arithmetic does not depend on where a reward runs, so it runs in process (``isolation: none``, fast);
+    the faults, time-outs and building run both ways (``ISOLATIONS``). Worker processes stop at teardown.
+    """
+    built: list[Composer] = []
 
-    return make
+    def make(*configs: dict, isolation: str = "none") -> Composer:
+        configs = [RewardConfig(**{"isolation": isolation, **config}) for config in configs]
+        built.append(build_composer(configs, registry, RunContext()))
+        return built[-1]
+
+    try:
+        yield make
+    finally:
+        for composer in built:
+            composer.close()
 
 
 @pytest.fixture
@@ -302,10 +322,11 @@ FAULTS = {
 }
 
 
+@pytest.mark.parametrize("isolation", ISOLATIONS)
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_every_fault_is_a_reward_error_naming_plugin_reward_and_sample(fault, compose, batch, release_sleepers):
+def test_every_fault_is_a_reward_error_naming_plugin_reward_and_sample(fault, isolation, compose, batch, release_sleepers):
     config, columns, prompts, expected = FAULTS[fault]
-    composer = compose(config, {"name": "b"})
+    composer = compose(config, {"name": "b"}, isolation=isolation)
     samples = batch(prompts, **columns, b=[1.0] * len(prompts or next(iter(columns.values()))))
     with pytest.raises(RewardError) as raised:
         composer(samples)
@@ -317,19 +338,22 @@ def test_every_fault_is_a_reward_error_naming_plugin_reward_and_sample(fault, co
     assert isinstance(raised.value, PluginError) and isinstance(raised.value, UserError)  # the CLI exits 2
 
 
-def test_a_raising_reward_keeps_the_original_exception(compose, batch):
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_a_raising_reward_keeps_the_original_exception(compose, batch, isolation):
     with pytest.raises(RewardError) as raised:
-        compose({"name": "fragile"})(batch(["poison", "ok"]))
+        compose({"name": "fragile"}, isolation=isolation)(batch(["poison", "ok"]))
     assert isinstance(raised.value.__cause__, ValueError)
     assert "sample 0" in str(raised.value)
 
 
+@pytest.mark.parametrize("isolation", ISOLATIONS)
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_on_error_skip_goes_on_and_counts_the_error(fault, compose, batch, release_sleepers):
+def test_on_error_skip_goes_on_and_counts_the_error(fault, isolation, compose, batch, release_sleepers):
     config, columns, prompts, _ = FAULTS[fault]
     size = len(prompts or next(iter(columns.values())))
     b = [float(i) for i in range(size)]
-    result = compose({**config, "weight": 2.0, "on_error": "skip"}, {"name": "b"})(batch(prompts, **columns, b=b))
+    result = compose({**config, "weight": 2.0, "on_error": "skip"}, {"name": "b"},
+                     isolation=isolation)(batch(prompts, **columns, b=b))
     assert result.totals == approx(b)                 # the failing reward's term is left out
     name = config["name"]
     assert result.values[name] == [None] * size
@@ -338,19 +362,23 @@ def test_on_error_skip_goes_on_and_counts_the_error(fault, compose, batch, relea
     assert result.stats["reward/b/errors"] == 0.0
 
 
+@pytest.mark.parametrize("isolation", ISOLATIONS)
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_on_error_number_stands_in_for_every_sample(fault, compose, batch, release_sleepers):
+def test_on_error_number_stands_in_for_every_sample(fault, isolation, compose, batch, release_sleepers):
     config, columns, prompts, _ = FAULTS[fault]
     size = len(prompts or next(iter(columns.values())))
     b = [float(i) for i in range(size)]
-    result = compose({**config, "weight": 2.0, "on_error": 0.5}, {"name": "b"})(batch(prompts, **columns, b=b))
+    result = compose({**config, "weight": 2.0, "on_error": 0.5}, {"name": "b"},
+                     isolation=isolation)(batch(prompts, **columns, b=b))
     assert result.totals == approx([value + 2.0 * 0.5 for value in b])
     assert result.stats[f"reward/{config['name']}/errors"] == 1.0
 
 
-def test_after_a_time_out_the_next_batch_is_scored(compose, batch, release_sleepers):
-    # 0.3 s: long enough for the healthy call below to answer in time on a busy machine
-    composer = compose({"name": "sleepy", "timeout_s": 0.3, "on_error": "skip"})
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_after_a_time_out_the_next_batch_is_scored(compose, batch, release_sleepers, isolation):
+    # 0.3 s: long enough for the healthy call below to answer in time on a busy machine (a fresh worker's
+    # start-up does not count against it)
+    composer = compose({"name": "sleepy", "timeout_s": 0.3, "on_error": "skip"}, isolation=isolation)
     hung = composer(batch(slow=[True, False]))
     assert hung.stats["reward/sleepy/errors"] == 1.0 and hung.totals == [0.0, 0.0]
     healthy = composer(batch(slow=[False, False]))   # while the hung call still holds its thread
@@ -358,14 +386,16 @@ def test_after_a_time_out_the_next_batch_is_scored(compose, batch, release_sleep
     assert healthy.stats["reward/sleepy/errors"] == 0.0
 
 
-def test_a_healthy_reward_under_a_time_limit_is_scored(compose, batch):
-    result = compose({"name": "sleepy", "timeout_s": 5.0, "weight": 3.0})(batch(slow=[False, False, False]))
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_a_healthy_reward_under_a_time_limit_is_scored(compose, batch, isolation):
+    result = compose({"name": "sleepy", "timeout_s": 5.0, "weight": 3.0}, isolation=isolation)(batch(slow=[False, False, False]))
     assert result.totals == approx([3.0, 3.0, 3.0])
 
 
 # ---- building ---------------------------------------------------------------------------------------------------
-def test_build_composer_stamps_each_term_with_its_plugin(compose):
-    composer = compose({"name": "a"}, {"name": "scaled", "options": {"factor": 2.0}})
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_build_composer_stamps_each_term_with_its_plugin(compose, isolation):
+    composer = compose({"name": "a"}, {"name": "scaled", "options": {"factor": 2.0}}, isolation=isolation)
     assert [(term.name, term.plugin) for term in composer.terms] == [("a", PLUGIN), ("scaled", PLUGIN)]
     assert composer.terms[1].reward.options.factor == 2.0
 
@@ -391,9 +421,10 @@ def test_build_composer_bad_options_name_the_config_location(registry, options, 
     assert expected in str(raised.value)
 
 
-def test_a_reward_that_cannot_start_is_a_plugin_error(registry):
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_a_reward_that_cannot_start_is_a_plugin_error(registry, isolation):
     with pytest.raises(PluginError) as raised:
-        build_composer([RewardConfig(name="unstartable")], registry, RunContext())
+        build_composer([RewardConfig(name="unstartable", isolation=isolation)], registry, RunContext())
     message = str(raised.value)
     assert "'unstartable'" in message and f"plugin '{PLUGIN}'" in message and "model file missing" in message
 

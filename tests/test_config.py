@@ -62,7 +62,7 @@ def test_defaults_validate():
     assert config.data.dataset == "reverse" and config.data.options == {} and config.data.max_prompt_tokens == 256
     reward = config.rewards[0]
     assert (reward.name, reward.weight, reward.options, reward.normalize) == ("exact_match", 1.0, {}, False)
-    assert (reward.on_abstain, reward.on_error, reward.timeout_s) == ("skip", "raise", None)
+    assert (reward.on_abstain, reward.on_error, reward.timeout_s, reward.isolation) == ("skip", "raise", 60.0, "process")
     ppo = config.ppo
     assert (ppo.rollout_batch_size, ppo.minibatch_size, ppo.micro_batch_size, ppo.epochs) == (64, 16, None, 4)
     assert (ppo.clip_range, ppo.gamma, ppo.lam) == (0.2, 1.0, 0.95)

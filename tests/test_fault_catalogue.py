@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -577,3 +578,199 @@ def test_fault_in_a_real_process(fault, tmp_path, tiny_model, make_distribution,
     names = {"tmp": tmp_path, "model": tiny_model, "config": tmp_path / fault.name}
     check_error_line(done.returncode, done.stdout, done.stderr, substitute(list(fault.expect), **names))
     assert not [path for path in substitute(list(fault.absent), **names) if Path(path).exists()]
+
+
+# ==== rewards in worker processes (isolation: process) ==========================================================
+# A reward that hangs, exits, crashes, is killed, answers with a dict, mutates its samples or moves the working
+# directory -- and a plugin that calls sys.exit at import -- as real `ppo-core` processes: exit 2, one line
+# naming the plugin and the reward, no traceback, in bounded time, and no process of the run left behind
+# (every process the run starts inherits a marker in its environment; none may carry it after the exit).
+
+ISOLATION_REWARDS = '''
+    import ctypes
+    import os
+    import signal
+    import sys
+    import tempfile
+    import time
+
+    from ppo_core import Reward, hookimpl
+
+
+    class Hangs(Reward):
+        name = "hangs"
+
+        def __call__(self, samples):
+            time.sleep(600)
+
+
+    class ExitsZero(Reward):
+        name = "exits_zero"
+
+        def __call__(self, samples):
+            sys.exit(0)
+
+
+    class ExitsThree(Reward):
+        name = "exits_three"
+
+        def __call__(self, samples):
+            sys.exit(3)
+
+
+    class HardExit(Reward):
+        name = "hard_exit"
+
+        def __call__(self, samples):
+            os._exit(5)
+
+
+    class Interrupts(Reward):
+        name = "interrupts"
+
+        def __call__(self, samples):
+            raise KeyboardInterrupt
+
+
+    class Segfaults(Reward):
+        name = "segfaults"
+
+        def __call__(self, samples):
+            return [float(ctypes.string_at(0)[0])] * len(samples)
+
+
+    class KillsItself(Reward):
+        name = "kills_itself"
+
+        def __call__(self, samples):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+    class AnswersDict(Reward):
+        name = "answers_dict"
+
+        def __call__(self, samples):
+            return {float(i): 1.0 for i in range(len(samples))}
+
+
+    class Mutates(Reward):
+        name = "mutates"
+
+        def __call__(self, samples):
+            count = len(samples)
+            samples.clear()
+            return [0.0] * count
+
+
+    class Sees(Reward):
+        name = "sees"
+
+        def __call__(self, samples):
+            raise ValueError(f"saw {len(samples)} samples")
+
+
+    class MovesAway(Reward):
+        """Moves to a directory of its own on the first batch; fails on the second."""
+
+        name = "moves_away"
+        calls = 0
+
+        def __call__(self, samples):
+            self.calls += 1
+            if self.calls == 1:
+                os.chdir(tempfile.mkdtemp())
+                return [0.0] * len(samples)
+            raise ValueError(f"second batch, working in {os.getcwd()}")
+
+
+    @hookimpl
+    def register_rewards(register):
+        for reward in (Hangs, ExitsZero, ExitsThree, HardExit, Interrupts, Segfaults, KillsItself, AnswersDict,
+                       Mutates, Sees, MovesAway):
+            register(reward)
+'''
+
+EXITS_AT_IMPORT = '''
+    import sys
+
+    sys.exit(0)
+'''
+
+PLUGINS.update({"isolation": ISOLATION_REWARDS, "exits_at_import": EXITS_AT_IMPORT})
+RUN_MARKER = "PPO_CORE_FAULT_RUN"
+
+
+def isolated(*entries: dict, **more: Any) -> dict:
+    return {"rewards": list(entries), **more}
+
+
+ISOLATION_FAULTS = [
+    Fault("reward-hangs-past-timeout", ("reward 'hangs'", "plugin 'isolation'", "timeout_s=1", "sample 0"),
+          isolated({"name": "hangs", "timeout_s": 1}), plugin="isolation"),
+    Fault("reward-sys-exit-0", ("reward 'exits_zero'", "plugin 'isolation'", "sys.exit(0)"),
+          isolated({"name": "exits_zero"}), plugin="isolation"),
+    Fault("reward-sys-exit-3", ("reward 'exits_three'", "plugin 'isolation'", "sys.exit(3)"),
+          isolated({"name": "exits_three"}), plugin="isolation"),
+    Fault("reward-os-exit", ("reward 'hard_exit'", "plugin 'isolation'", "exited with status 5"),
+          isolated({"name": "hard_exit"}), plugin="isolation"),
+    Fault("reward-keyboard-interrupt", ("reward 'interrupts'", "plugin 'isolation'", "KeyboardInterrupt"),
+          isolated({"name": "interrupts"}), plugin="isolation"),
+    Fault("reward-segfault", ("reward 'segfaults'", "plugin 'isolation'", "SIGSEGV"),
+          isolated({"name": "segfaults"}), plugin="isolation"),
+    Fault("reward-worker-sigkilled", ("reward 'kills_itself'", "plugin 'isolation'", "SIGKILL", "out-of-memory"),
+          isolated({"name": "kills_itself"}), plugin="isolation"),
+    Fault("reward-returns-dict", ("reward 'answers_dict'", "plugin 'isolation'", "returned dict, not a sequence"),
+          isolated({"name": "answers_dict"}), plugin="isolation"),
+    # the next reward still sees all 4 samples (its ValueError says so), not the list `mutates` emptied
+    Fault("reward-mutates-samples", ("reward 'sees'", "plugin 'isolation'", "saw 4 samples"),
+          isolated({"name": "mutates"}, {"name": "sees"}), plugin="isolation"),
+    # update 1's checkpoint lands in {tmp}/run although the reward moved its own process elsewhere
+    Fault("reward-changes-directory", ("reward 'moves_away'", "plugin 'isolation'", "second batch"),
+          isolated({"name": "moves_away"}, train={"output_dir": "run", "updates": 2, "save_every": 1}),
+          plugin="isolation"),
+    Fault("plugin-exits-at-import", ("unknown reward 'quits'", "failed to load: exits_at_import"),
+          isolated({"name": "quits"}), plugin="exits_at_import"),
+]
+
+
+def processes_marked(marker: str) -> list[int]:
+    """Live processes whose environment carries ``RUN_MARKER=marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "status").read_text()
+        except OSError:
+            continue
+        if f"{RUN_MARKER}={marker}".encode() in environ.split(b"\0") and "State:\tZ" not in state:
+            found.append(int(entry.name))
+    return found
+
+
+def run_cli(argv: list[str], tmp_path: Path, site: Path, marker: str) -> subprocess.CompletedProcess:
+    path = [str(Path(__file__).parents[1]), str(site), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path)), RUN_MARKER: marker}
+    return subprocess.run([sys.executable, "-m", "ppo_core.cli", *argv], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=240)
+
+
+@pytest.mark.parametrize("fault", ISOLATION_FAULTS, ids=[fault.id for fault in ISOLATION_FAULTS])
+def test_isolated_reward_fault_in_a_real_process(fault, tmp_path, tiny_model, make_distribution, monkeypatch):
+    argv = prepare(fault, tmp_path, tiny_model, None, make_distribution, monkeypatch)
+    site = tmp_path / f"site-ppo-core-{fault.plugin}"
+    marker = f"{os.getpid()}-{fault.id}"
+    started = time.monotonic()
+    done = run_cli(argv, tmp_path, site, marker)
+    assert time.monotonic() - started < 180
+    names = {"tmp": tmp_path, "model": tiny_model, "config": tmp_path / fault.name}
+    check_error_line(done.returncode, done.stdout, done.stderr, substitute(list(fault.expect), **names))
+    assert processes_marked(marker) == [], "a process of the run outlived it"
+    if fault.id == "reward-changes-directory":
+        assert (tmp_path / "run" / "checkpoints" / "update-000001").is_dir()
+    if fault.id == "plugin-exits-at-import":  # `ppo-core plugins` lists it as failed instead of exiting silently
+        listing = run_cli(["plugins", "--json"], tmp_path, site, marker)
+        assert listing.returncode == 0, listing.stderr
+        failed = {item["name"]: item["error"] for item in json.loads(listing.stdout)["failed"]}
+        assert "sys.exit(0)" in failed["exits_at_import"]

@@ -47,7 +47,8 @@ elif target == "checkpoint":
     checkpoint.save_torch_state = killing(checkpoint.save_torch_state)
 elif target == "metrics":
     metrics.MetricsLog.write = killing(metrics.MetricsLog.write)
-sys.exit(main(sys.argv[3:]))
+if __name__ == "__main__":  # a reward's worker process re-imports this script
+    sys.exit(main(sys.argv[3:]))
 """
 
 
@@ -158,8 +159,9 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(setup):
         "from ppo_core.config import load_config\nfrom ppo_core.commands.train import train\n"
         "from ppo_core.errors import TrainingError\n"
         "config = load_config(sys.argv[2], ['rewards=[{name: huge}]', 'train.save_every=0'])\n"
-        "try:\n    train(config, extra_plugins=[('huge_plugin', huge_plugin)])\n"
-        "except TrainingError as error:\n    print('STOPPED:', error)\n")
+        "if __name__ == '__main__':  # a reward's worker process re-imports this script\n"
+        "    try:\n        train(config, extra_plugins=[('huge_plugin', huge_plugin)])\n"
+        "    except TrainingError as error:\n        print('STOPPED:', error)\n")
     config = write_config(root, model, "nonfinite")
     result = subprocess.run([sys.executable, str(script), str(root), str(config)], capture_output=True,
                             text=True, timeout=300)

@@ -90,7 +90,13 @@ class RewardConfig(Section):
     on_error: Union[Literal["raise", "skip"], float] = Field(
         "raise", description="A failing call: `raise` stops the run naming the plugin and sample; `skip` treats "
         "the batch as abstained; a number is used for every sample. Events are counted in metrics.")
-    timeout_s: Optional[float] = Field(None, gt=0, description="Per-batch time limit for this reward.")
+    timeout_s: Optional[float] = Field(60.0, gt=0, description="Per-batch time limit for this reward, in seconds; "
+                                       "a late call is a fault (its worker process is killed and restarted). "
+                                       "`null`: no limit.")
+    isolation: Literal["process", "none"] = Field(
+        "process", description="`process`: the reward runs in its own worker process, fed copies of the samples: "
+        "a hang, crash or exit there is a fault of this reward, never the run's. `none`: in the main process "
+        "(no pickling; a crash or `os._exit` there ends the run).")
 
 
 class KLConfig(Section):

@@ -110,8 +110,10 @@ def load_plugins(
         try:
             plugin = source.load() if isinstance(source, metadata.EntryPoint) else source
             manager.register(plugin, name=info.name)
-        except Exception as error:  # a broken plugin must not take the others down
-            plugins.failed.append(FailedPlugin(info, f"{type(error).__name__}: {error}", traceback.format_exc()))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # a broken plugin (sys.exit at import included) must not take the rest down
+            plugins.failed.append(FailedPlugin(info, _describe_failure(error), traceback.format_exc()))
             continue
         try:
             manager.check_pending()
@@ -125,6 +127,12 @@ def load_plugins(
     plugins.registry.failed_plugins = [failed.info.name for failed in plugins.failed]
     plugins.registry.skipped_plugins = [info.name for info in plugins.skipped]
     return plugins
+
+
+def _describe_failure(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return f"called sys.exit({error.code!r}) while being imported"
+    return f"{type(error).__name__}: {error}"
 
 
 def _fill_registry(plugins: PluginSet) -> None:

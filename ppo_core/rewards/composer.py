@@ -8,24 +8,30 @@ that reward's term is left out of the sample's total (it adds 0) and the sample 
 reward's logged mean; with ``on_abstain: <number>`` that number is used as the reward's value. The share of
 abstentions is logged as ``reward/<name>/abstain_rate``.
 
-Faults: an exception, a wrong-length answer, a value that is not a number, a non-finite value, a time-out,
-or abstaining on every sample of a batch (with ``on_abstain: skip``) stops the run with an error naming the plugin, the reward and the sample, unless the reward's ``on_error``
-says to go on (``skip``: the batch counts as abstained; a number: used for every sample); such events are
-counted in ``reward/<name>/errors``.
+Faults: an exception, an answer that is not a sequence (a dict, a number...), a wrong-length answer, a value
+that is not a number, a non-finite value, a time-out (``timeout_s``), an exit (``sys.exit``, ``os._exit``) or a
+crash of the reward's worker process, or abstaining on every sample of a batch (with ``on_abstain: skip``) stops
+the run with an error naming the plugin, the reward and the sample, unless the reward's ``on_error`` says to go
+on (``skip``: the batch counts as abstained; a number: used for every sample); such events are counted in
+``reward/<name>/errors``.
+
+Isolation: a reward runs in its own worker process (``isolation: process``, see :mod:`.isolation`) unless its
+config says ``isolation: none``; either way it gets its own copy of the samples list.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import numbers
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ..config import RewardConfig
-from ..errors import RewardError
+from ..errors import ConfigError, RewardError, UserError
 from ..plugin.contract import Reward, RunContext, Sample, reads_reference_hidden
-from ..plugin.registry import Registry
+from ..plugin.registry import Registry, validate_options
+from .isolation import IsolatedReward, WorkerFault, run_with_timeout
 
 
 @dataclass
@@ -59,7 +65,7 @@ class RunningMoments:
 @dataclass
 class RewardTerm:
     config: RewardConfig
-    reward: Reward
+    reward: Reward | IsolatedReward
     plugin: str
     moments: Optional[RunningMoments] = None
 
@@ -81,7 +87,18 @@ class Composition:
 class Composer:
     def __init__(self, terms: list[RewardTerm]):
         self.terms = terms
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppo-core-reward")
+
+    def close(self) -> None:
+        """Stop the rewards' worker processes (they are also stopped at exit)."""
+        for term in self.terms:
+            if isinstance(term.reward, IsolatedReward):
+                term.reward.close()
+
+    def __enter__(self) -> "Composer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @property
     def reads_reference_hidden(self) -> bool:
@@ -131,20 +148,18 @@ class Composer:
     def _checked_call(self, term: RewardTerm, samples: Sequence[Sample], reference_hidden=None
                       ) -> list[Optional[float]]:
         try:
-            if reference_hidden is not None and reads_reference_hidden(term.reward):
-                answer = term.reward.score_hidden(samples, reference_hidden)
-            else:
-                answer = self._call_with_timeout(term, samples)
+            answer = self._call(term, samples, reference_hidden)
         except RewardError:
             raise
+        except WorkerFault as fault:
+            raise RewardError(f"{term.describe()} {fault} {self._batch_label(samples)}") from None
         except Exception as error:
             raise RewardError(f"{term.describe()} raised {type(error).__name__}: {error} "
                               f"{self._locate_failure(term, samples)}") from error
-        try:
-            answer = list(answer)
-        except TypeError:
+        if not _is_sequence(answer):
             raise RewardError(f"{term.describe()} returned {type(answer).__name__}, not a sequence of "
-                              f"{len(samples)} floats, {self._batch_label(samples)}") from None
+                              f"{len(samples)} floats, {self._batch_label(samples)}")
+        answer = list(answer)
         if len(answer) != len(samples):
             raise RewardError(f"{term.describe()} returned {len(answer)} values for {len(samples)} samples, "
                               f"{self._batch_label(samples)}")
@@ -170,28 +185,25 @@ class Composer:
             checked.append(value)
         return checked
 
-    def _call_with_timeout(self, term: RewardTerm, samples: Sequence[Sample]):
-        timeout = term.config.timeout_s
-        if timeout is None:
-            return term.reward(samples)
-        future = self._pool.submit(term.reward, samples)
-        try:
-            return future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            # the hung call keeps its thread; later calls go to a fresh pool
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppo-core-reward")
-            raise RewardError(f"{term.describe()} did not answer within timeout_s={timeout} on a batch of "
-                              f"{len(samples)} samples (first: {_sample_label(0, samples[0])})") from None
+    @staticmethod
+    def _call(term: RewardTerm, samples: Sequence[Sample], reference_hidden=None) -> Any:
+        """One call of the reward on its own copy of the samples list, bounded by its ``timeout_s``."""
+        function, args = term.reward, (list(samples),)
+        if reference_hidden is not None and reads_reference_hidden(term.reward):
+            function, args = term.reward.score_hidden, (list(samples), reference_hidden)
+        if isinstance(term.reward, IsolatedReward):
+            return function(*args)  # the worker's pipe enforces timeout_s
+        return run_with_timeout(function, args, term.config.timeout_s)
 
     def _locate_failure(self, term: RewardTerm, samples: Sequence[Sample]) -> str:
         """Re-score one sample at a time to name the one that makes the reward raise."""
-        if term.config.timeout_s is None:
-            for index, sample in enumerate(samples):
-                try:
-                    term.reward([sample])
-                except Exception:
-                    return f"on {_sample_label(index, sample)}"
+        for index, sample in enumerate(samples):
+            try:
+                self._call(term, [sample])
+            except WorkerFault:
+                break  # a time-out or an exit: stop looking
+            except Exception:
+                return f"on {_sample_label(index, sample)}"
         return self._batch_label(samples)
 
     @staticmethod
@@ -207,6 +219,13 @@ class Composer:
                 term.moments = RunningMoments(**state[term.name])
 
 
+def _is_sequence(answer: Any) -> bool:
+    """A list, a tuple, an array or a tensor; not a mapping (scored by its keys), a set, a string or a scalar."""
+    if isinstance(answer, (Mapping, Set, str, bytes)):
+        return False
+    return hasattr(answer, "__len__") and hasattr(answer, "__getitem__")
+
+
 def _sample_label(index: int, sample: Sample) -> str:
     prompt = sample.prompt if len(sample.prompt) <= 60 else sample.prompt[:57] + "..."
     return f"sample {index} (prompt {prompt!r})"
@@ -214,11 +233,32 @@ def _sample_label(index: int, sample: Sample) -> str:
 
 def build_composer(rewards: Sequence[RewardConfig], registry: Registry, context: RunContext,
                    source: str = "config") -> Composer:
-    terms = []
-    for index, config in enumerate(rewards):
-        reward = registry.build("reward", config.name, config.options, context,
-                                where=f"{source}: rewards.{index}.options",
-                                name_where=f"{source}: rewards.{index}.name")
-        entry = registry.get("reward", config.name)
-        terms.append(RewardTerm(config, reward, entry.plugin, RunningMoments() if config.normalize else None))
+    """The rewards as configured: isolated ones get a worker process each (started in parallel)."""
+    terms: list[RewardTerm] = []
+    try:
+        for index, config in enumerate(rewards):
+            terms.append(_build_term(index, config, registry, context, source))
+        for term in terms:
+            if isinstance(term.reward, IsolatedReward):
+                term.reward.wait_until_ready()
+    except BaseException:
+        Composer(terms).close()
+        raise
     return Composer(terms)
+
+
+def _build_term(index: int, config: RewardConfig, registry: Registry, context: RunContext, source: str
+                ) -> RewardTerm:
+    where, name_where = f"{source}: rewards.{index}.options", f"{source}: rewards.{index}.name"
+    moments = RunningMoments() if config.normalize else None
+    if config.isolation == "none":
+        reward = registry.build("reward", config.name, config.options, context, where=where, name_where=name_where)
+        return RewardTerm(config, reward, registry.get("reward", config.name).plugin, moments)
+    try:
+        entry = registry.get("reward", config.name)
+    except UserError as error:
+        raise ConfigError(f"{name_where}: {error}") from None
+    options = validate_options(entry, config.options, where)
+    label = f"reward '{config.name}' (plugin '{entry.plugin}')"
+    return RewardTerm(config, IsolatedReward(entry.cls, options, context, label, config.timeout_s), entry.plugin,
+                      moments)
