@@ -245,3 +245,47 @@ def test_write_file_atomically_replaces_a_file_or_leaves_it_untouched(tmp_path):
         write_file_atomically(target, crash)
     assert target.read_text() == "two\n" and os.listdir(target.parent) == ["rows.jsonl"]
 
+
+# ---- reward-model training -----------------------------------------------------------------------------
+def test_reward_training_skips_non_finite_steps_then_stops_naming_the_step(tiny_model_dir, monkeypatch):
+    from ppo_core.config.train_reward import RewardTrainOptions
+    from ppo_core.reward_model import training
+    from ppo_core.reward_model.training import train_reward_model
+
+    pairs = [{"prompt": f"p{i}", "chosen": "a" * (1 + i % 3), "rejected": "b"} for i in range(24)]
+    options = RewardTrainOptions(epochs=3, batch_size=4, held_out_fraction=0.0)
+    finite_loss = training._loss
+    calls = [0]
+
+    def nan_at_step_2_and_from_step_4(rewards, targets, kind):
+        calls[0] += 1
+        loss = finite_loss(rewards, targets, kind)
+        return loss * float("nan") if calls[0] >= 4 or calls[0] == 2 else loss
+
+    monkeypatch.setattr(training, "_loss", nan_at_step_2_and_from_step_4)
+    with pytest.raises(NonFiniteError, match=r"^train-reward: 3 optimizer steps in a row had a non-finite loss "
+                                             r"or gradient \(loss nan, grad norm nan, epoch 1, step 6\); lower"):
+        train_reward_model(str(tiny_model_dir), pairs, options)
+    assert calls[0] == 6  # step 2 was skipped alone (training went on), steps 4, 5 and 6 stopped it
+
+
+def test_reward_training_stops_between_steps_on_sigterm(tiny_model_dir, monkeypatch):
+    from ppo_core.config.train_reward import RewardTrainOptions
+    from ppo_core.reward_model import training
+    from ppo_core.reward_model.training import train_reward_model
+
+    pairs = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(16)]
+    finite_loss = training._loss
+    calls = [0]
+
+    def terminated_during_step_2(rewards, targets, kind):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return finite_loss(rewards, targets, kind)
+
+    monkeypatch.setattr(training, "_loss", terminated_during_step_2)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM during reward training at epoch 1 after step 2"):
+        train_reward_model(str(tiny_model_dir), pairs, RewardTrainOptions(epochs=2, batch_size=4))
+    assert calls[0] == 2  # step 2 finished, step 3 never started
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
