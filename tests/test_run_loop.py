@@ -13,7 +13,13 @@ import torch
 
 from ppo_core.errors import TrainingError
 from ppo_core.runtime.checkpoints import write_atomically, write_file_atomically
-from ppo_core.runtime.loop import NONFINITE, Interrupted, NonFiniteError, NonFiniteGuard, RunLoop
+from ppo_core.runtime.loop import (
+    NONFINITE,
+    Interrupted,
+    NonFiniteError,
+    NonFiniteGuard,
+    RunLoop,
+)
 from ppo_core.runtime.metrics import MetricsLog, Progress, read_metrics
 from ppo_core.runtime.optim import clip_gradients, make_optimizer, make_scheduler
 
