@@ -20,7 +20,6 @@ the model with ``save_pretrained`` plus its tokenizer, which ``AutoModelForCausa
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -32,15 +31,15 @@ from torch import nn
 from ..config import RunConfig
 from ..data.prompts import encode_records, left_pad
 from ..data.stream import PromptStream, take_records
-from ..errors import DataError, TrainingError
+from ..errors import DataError
 from ..modeling.loading import disable_dropout, fit_to_context, load_causal_lm, save_model
 from ..plugin.contract import Record
 from ..ppo.rollout import position_ids_from_mask
 from ..rewards.composer import Composer
 from ..runtime import checkpoints as ckpt
-from ..runtime.loop import Interrupted, open_run_dir, stop_requests
+from ..runtime.loop import NONFINITE, NonFiniteGuard, RunLoop, open_run_dir
 from ..runtime.metrics import Progress
-from ..runtime.optim import lr_multiplier
+from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
 from .train import load_run_inputs
 
 IGNORE_INDEX = -100
@@ -184,13 +183,10 @@ def build_sft(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
     model = load_causal_lm(config.model.path, config.model.trust_remote_code, tokenizer).to(device)
     if not config.sft.dropout:
         disable_dropout(model)
-    optim = config.optim
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=config.sft.lr or optim.lr, betas=optim.betas, eps=optim.eps,
-                                  weight_decay=optim.weight_decay)
+    # not fused (yet): the fused kernel rounds differently and moves the demo's published SFT numbers
+    optimizer = optimizer_for(model, config.optim, lr=config.sft.lr, fused=False)
     total_steps = planned_steps(config, train_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, total_steps, optim.warmup_steps, optim.schedule))
+    scheduler = make_scheduler(optimizer, total_steps, config.optim.warmup_steps, config.optim.schedule)
     records = PromptStream(dataset, "train", config.train.seed, config.data.shuffle, name=config.data.dataset)
     return SFTRun(config, output_dir(config), tokenizer, model, optimizer, scheduler, records, train_size,
                   total_steps, eval_records, composer, device)
@@ -210,17 +206,13 @@ def sft_step(run: SFTRun) -> dict[str, float]:
         nll, _n = response_nll(run.model, batch.rows(slice(start, start + micro)))
         (nll / tokens).backward()
         total += float(nll.detach())
-    params = [p for p in run.model.parameters() if p.grad is not None]
-    if config.optim.max_grad_norm is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.optim.max_grad_norm))
-    else:
-        grad_norm = float(torch.stack([p.grad.detach().norm() for p in params]).norm())
+    grad_norm = clip_gradients(run.model.parameters(), config.optim.max_grad_norm)
     loss = total / tokens
     stats = {"loss": loss, "grad_norm": grad_norm, "response_tokens": float(batch.response_tokens),
              "lr": run.scheduler.get_last_lr()[0]}
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         run.optimizer.zero_grad(set_to_none=True)
-        stats["nonfinite"] = 1.0
+        stats[NONFINITE] = 1.0
         return stats
     run.optimizer.step()
     run.scheduler.step()
@@ -278,6 +270,41 @@ def load_checkpoint(run: SFTRun, path: Path) -> int:
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
+class StepWindow:
+    """SFT logs every ``sft.log_every`` steps: the token-mean loss, mean grad norm and throughput since the
+    last line, the last step's learning rate."""
+
+    def __init__(self, batch_size: int, train_size: int):
+        self.batch_size, self.train_size = batch_size, train_size
+        self._reset()
+
+    def _reset(self) -> None:
+        self.nll = self.tokens = self.time = self.grad_norm = 0.0
+        self.steps = 0
+
+    def add(self, stats: dict[str, float], elapsed: float) -> None:
+        self.nll += stats["loss"] * stats["response_tokens"]
+        self.tokens += stats["response_tokens"]
+        self.time += elapsed
+        self.grad_norm += stats["grad_norm"]
+        self.steps += 1
+        self.lr = stats["lr"]
+
+    def line(self, done: int) -> dict:
+        record = {
+            "step": done,
+            "epoch": done * self.batch_size / self.train_size,
+            "loss": self.nll / max(self.tokens, 1.0),
+            "lr": self.lr,
+            "grad_norm": self.grad_norm / self.steps,
+            "response_tokens": self.tokens,
+            "tokens_per_s": self.tokens / max(self.time, 1e-9),
+            "time/step_s": self.time / self.steps,
+        }
+        self._reset()
+        return record
+
+
 def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
               source: str = "config", progress_stream=None) -> Path:
     """Run SFT as configured; returns the directory of the final model (``<output_dir>/final``)."""
@@ -290,55 +317,19 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
     log = open_run_dir(run_dir, config, resume, overwrite, lambda path: load_checkpoint(run, path), field_name)
     progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
                         **({"stream": progress_stream} if progress_stream else {}))
-    progress.first = run.step  # lines are not written every step: time per step counts from here
     sft = config.sft
-    window = {"nll": 0.0, "tokens": 0.0, "time": 0.0, "grad_norm": 0.0, "steps": 0}
-    nonfinite_in_a_row = 0
-    try:
-        with stop_requests() as stop:
-            while run.step < run.total_steps:
-                started = time.perf_counter()
-                stats = sft_step(run)
-                elapsed = time.perf_counter() - started
-                if stats.get("nonfinite"):
-                    nonfinite_in_a_row += 1
-                    if nonfinite_in_a_row >= config.train.max_nonfinite_steps:
-                        raise TrainingError(f"sft: {nonfinite_in_a_row} steps in a row had a non-finite loss or "
-                                            f"gradient (loss {stats['loss']}); lower sft.lr or optim.lr")
-                    continue
-                nonfinite_in_a_row = 0
-                run.step += 1
-                window["nll"] += stats["loss"] * stats["response_tokens"]
-                window["tokens"] += stats["response_tokens"]
-                window["time"] += elapsed
-                window["grad_norm"] += stats["grad_norm"]
-                window["steps"] += 1
-                last = run.step == run.total_steps
-                evaluate = bool(sft.eval_every) and (run.step % sft.eval_every == 0 or last)
-                save = bool(sft.save_every and run.step % sft.save_every == 0) or bool(stop and not last)
-                # a checkpoint closes the logging window, so a resumed run logs exactly the same lines
-                if run.step % sft.log_every == 0 or last or evaluate or save:
-                    record = {
-                        "step": run.step,
-                        "epoch": run.step * sft.batch_size / run.train_size,
-                        "loss": window["nll"] / max(window["tokens"], 1.0),
-                        "lr": stats["lr"],
-                        "grad_norm": window["grad_norm"] / window["steps"],
-                        "response_tokens": window["tokens"],
-                        "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
-                        "time/step_s": window["time"] / window["steps"],
-                    }
-                    if evaluate:
-                        record.update(evaluate_during_sft(run))
-                    log.write(record)
-                    progress.update(run.step, record)
-                    window = dict.fromkeys(window, 0.0)
-                    window["steps"] = 0
-                if save:
-                    path = save_checkpoint(run, log.lines)
-                    if stop:
-                        raise Interrupted(stop[0], path, run.step)
-        final = ckpt.write_atomically(run_dir / FINAL_DIR, lambda tmp: save_model(run.model, run.tokenizer, tmp))
-    finally:
-        log.close()
-    return final
+
+    def checkpoint(step: int, metrics_lines: int) -> Path:
+        run.step = step
+        return save_checkpoint(run, metrics_lines)
+
+    loop = RunLoop(
+        total=run.total_steps, step=lambda: sft_step(run), window=StepWindow(sft.batch_size, run.train_size),
+        log=log, progress=progress,
+        guard=NonFiniteGuard(config.train.max_nonfinite_steps, where="sft: ", unit="steps",
+                             advice="lower sft.lr or optim.lr"),
+        save_checkpoint=checkpoint, save_every=sft.save_every, log_every=sft.log_every,
+        eval_every=sft.eval_every, evaluate=lambda: evaluate_during_sft(run),
+        final_dir=run_dir / FINAL_DIR, write_final=lambda tmp: save_model(run.model, run.tokenizer, tmp),
+    )
+    return loop.run(start=run.step)

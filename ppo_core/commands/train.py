@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,7 +20,7 @@ from ..ppo.engine import PPOEngine, PromptBatch
 from ..ppo.rollout import Responses
 from ..rewards.composer import Composer, build_composer
 from ..runtime import checkpoints as ckpt
-from ..runtime.loop import Interrupted, open_run_dir, stop_requests
+from ..runtime.loop import RunLoop, open_run_dir
 from ..runtime.metrics import Progress, TensorBoardLog
 
 FINAL_DIR = "final"
@@ -181,6 +180,17 @@ def load_checkpoint(run: Run, path: Path) -> int:
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
+class UpdateLine:
+    """PPO logs every update: the engine's statistics, the update's wall time and its throughput."""
+
+    def add(self, stats: dict[str, float], elapsed: float) -> None:
+        self.stats, self.elapsed = stats, elapsed
+
+    def line(self, done: int) -> dict:
+        return {"update": done, **self.stats, "time/update_s": self.elapsed,
+                "tokens_per_s": self.stats["response_tokens"] / self.elapsed}
+
+
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
           source: str = "config", progress_stream=None) -> Path:
     """Run PPO as configured; returns the directory of the final model."""
@@ -196,27 +206,17 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
     progress = Progress(config.train.updates, config.train.progress,
                         **({"stream": progress_stream} if progress_stream else {}))
     scorer = make_scorer(run.composer, run.tokenizer)
-    try:
-        with stop_requests() as stop:
-            while run.update < config.train.updates:
-                started = time.perf_counter()
-                stats = run.engine.step(next_prompt_batch(run), scorer)
-                run.update += 1
-                elapsed = time.perf_counter() - started
-                record = {"update": run.update, **stats, "time/update_s": elapsed,
-                          "tokens_per_s": stats["response_tokens"] / elapsed}
-                log.write(record)
-                if board:
-                    board.write(record)
-                progress.update(run.update, record)
-                save_every = config.train.save_every
-                if (save_every and run.update % save_every == 0) or (stop and run.update < config.train.updates):
-                    path = save_checkpoint(run, log.lines)
-                    if stop:
-                        raise Interrupted(stop[0], path, run.update)
-        final = ckpt.write_atomically(run_dir / FINAL_DIR, lambda tmp: save_policy(run, tmp))
-    finally:
-        log.close()
-        if board:
-            board.close()
-    return final
+
+    def checkpoint(update: int, metrics_lines: int) -> Path:
+        run.update = update
+        return save_checkpoint(run, metrics_lines)
+
+    loop = RunLoop(
+        total=config.train.updates,
+        step=lambda: run.engine.step(next_prompt_batch(run), scorer),
+        window=UpdateLine(), log=log, progress=progress,  # the engine guards its optimizer steps itself
+        save_checkpoint=checkpoint, save_every=config.train.save_every,
+        final_dir=run_dir / FINAL_DIR, write_final=lambda tmp: save_policy(run, tmp),
+        sinks=[board] if board else [],
+    )
+    return loop.run(start=run.update)

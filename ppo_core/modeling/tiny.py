@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,13 +164,6 @@ def _is_nonempty(path: Path) -> bool:
     return True  # a file or symlink is "something in the way"
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        path.unlink()
-
-
 def init_model(
     out_dir: str | os.PathLike[str],
     size: str = "small",
@@ -185,45 +176,25 @@ def init_model(
     ``AutoModelForCausalLM.from_pretrained(out_dir)`` and ``AutoTokenizer.from_pretrained(out_dir)`` both
     work on the result. Weights are saved as safetensors; the same ``seed`` gives byte-identical files.
 
-    The checkpoint is built in a temporary sibling directory and renamed into place, so a crash never leaves
-    a half-written checkpoint at ``out_dir``. A non-empty existing ``out_dir`` raises ``FileExistsError``
-    unless ``overwrite=True``. Returns the absolute path of ``out_dir``.
+    The checkpoint is written with ``ppo_core.runtime.checkpoints.write_atomically`` (a temporary sibling
+    directory, fsynced, renamed into place), so a crash never leaves a half-written checkpoint at ``out_dir``.
+    A non-empty existing ``out_dir`` raises ``FileExistsError`` unless ``overwrite=True``. Returns the absolute
+    path of ``out_dir``.
     """
     out = Path(out_dir).expanduser().absolute()
     _size_kwargs(size, n_positions)  # validate before touching the filesystem
     if _is_nonempty(out) and not overwrite:
         raise FileExistsError(f"{out} already exists and is not empty (pass --overwrite to replace it)")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        kw = _size_kwargs(size, n_positions)
-        tok = build_char_tokenizer(model_max_length=kw["n_positions"])
-        model = build_tiny_model(size, seed=seed, n_positions=n_positions, tokenizer=tok)
+    from ..runtime.checkpoints import write_atomically
+
+    kw = _size_kwargs(size, n_positions)
+    tok = build_char_tokenizer(model_max_length=kw["n_positions"])
+    model = build_tiny_model(size, seed=seed, n_positions=n_positions, tokenizer=tok)
+
+    def write(tmp: Path) -> None:
         tok.save_pretrained(tmp)
         _fix_tokenizer_class(tmp)
         model.save_pretrained(tmp, safe_serialization=True)
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; give the checkpoint normal directory permissions
 
-        # Move the finished checkpoint into place.
-        if os.path.lexists(out):
-            if _is_nonempty(out):
-                # overwrite=True: move the old one aside first, then swap in the new one.
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-                old.rmdir()
-                os.replace(out, old)
-                try:
-                    os.replace(tmp, out)
-                except BaseException:
-                    os.replace(old, out)  # put the previous checkpoint back
-                    raise
-                _remove(old)
-            else:
-                out.rmdir()  # empty directory: os.replace cannot replace it portably
-                os.replace(tmp, out)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return out
+    return write_atomically(out, write)

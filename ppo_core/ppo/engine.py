@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..config import GenerationConfig, OptimConfig, PPOConfig
-from ..errors import TrainingError
-from ..runtime.optim import lr_multiplier, make_optimizer
+from ..runtime.loop import NonFiniteError
+from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
 from .functional import (
     AdaptiveKLController,
     FixedKLController,
@@ -34,10 +34,6 @@ from .functional import (
     ppo_total_loss,
 )
 from .rollout import Responses, generate_responses, response_outputs
-
-
-class NonFiniteError(TrainingError):
-    """Too many optimizer steps in a row had a non-finite loss or gradient."""
 
 
 @dataclass
@@ -127,11 +123,10 @@ class PPOEngine:
         self.generator = generator
         self.max_nonfinite_steps = max_nonfinite_steps
         self.kl_controller = make_kl_controller(ppo)
-        self.optimizer = make_optimizer(model, optim)
+        self.optimizer = optimizer_for(model, optim)
         steps_per_update = ppo.epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
-        total_steps = steps_per_update * total_updates
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_multiplier(step, total_steps, optim.warmup_steps, optim.schedule))
+        self.scheduler = make_scheduler(self.optimizer, steps_per_update * total_updates, optim.warmup_steps,
+                                        optim.schedule)
         self.nonfinite_in_a_row = 0
         self.device = next(model.parameters()).device
 
@@ -334,13 +329,7 @@ class PPOEngine:
         return loss, stats
 
     def _clip_gradients(self) -> float:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = self.optim_config.max_grad_norm
-        if max_norm is None:
-            # the global norm, for the statistics only: one foreach kernel rather than a norm per parameter
-            grads = [p.grad.detach() for p in params]
-            return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        return clip_gradients(self.model.parameters(), self.optim_config.max_grad_norm)
 
     # ---- state for checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Optional, Union
@@ -162,20 +161,14 @@ def read_reward_data(path: Union[str, Path], kind: Union[DataKind, Literal["auto
 
 
 def write_jsonl(path: Union[str, Path], rows: Iterable[Union[Mapping[str, Any], BaseModel]]) -> Path:
-    """Write rows as JSONL, atomically (a temporary sibling file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".partial-{path.name}-{os.getpid()}"
-    try:
+    """Write rows as JSONL, atomically (``ppo_core.runtime.checkpoints.write_file_atomically``)."""
+    from ..runtime.checkpoints import write_file_atomically
+
+    def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as stream:
             for row in rows:
                 # defaults left out: a pair without a chat template is written as it always was
                 data = row.model_dump(exclude_defaults=True) if isinstance(row, BaseModel) else dict(row)
                 stream.write(json.dumps(data, ensure_ascii=False) + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return write_file_atomically(Path(path), write)

@@ -1,5 +1,8 @@
 """Crash-safe checkpoints: written to a temporary directory, fsynced, then renamed into place.
 
+The same two steps write every output that must never be seen half-written (:func:`write_atomically` for a
+directory, :func:`write_file_atomically` for a file): final models, reward models, init-model, JSONL data.
+
 A checkpoint directory that exists under its final name is complete. It holds everything an exact resume
 needs: policy and critic weights, optimizer and scheduler, KL controller, reward normalisers, the sampling
 generator's state, the data position, the update counter and how many metrics lines were written.
@@ -41,24 +44,64 @@ def fsync_dir(directory: Path) -> None:
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp_dir)``, fsync it, and rename it to ``target`` (replacing an older one)."""
+    """Run ``write(tmp_dir)``, fsync it, and rename it to ``target`` (replacing whatever is there).
+
+    A crash or an error in ``write`` leaves ``target`` as it was: complete, or absent."""
     target = Path(target)
+    tmp = _fresh_sibling(target, ".partial-")
+    try:
+        tmp.mkdir()
+        write(tmp)
+        fsync_tree(tmp)
+        _move_into_place(tmp, target)
+    finally:
+        _remove(tmp)
+    return target
+
+
+def write_file_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """:func:`write_atomically` for one file: ``write(tmp_file)``, fsync it, rename it to ``target``."""
+    target = Path(target)
+    tmp = _fresh_sibling(target, ".partial-")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        _move_into_place(tmp, target)
+    finally:
+        _remove(tmp)
+    return target
+
+
+def _fresh_sibling(target: Path, prefix: str) -> Path:
+    """``<prefix><name>-<pid>`` next to ``target`` (a leftover of an earlier crash of this pid is removed)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".partial-{target.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    write(tmp)
-    fsync_tree(tmp)
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{os.getpid()}"
+    path = target.parent / f"{prefix}{target.name}-{os.getpid()}"
+    _remove(path)
+    return path
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an older ``target`` is moved aside first, and put back if that fails."""
+    if os.path.lexists(target):
+        old = _fresh_sibling(target, ".old-")
         os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        _remove(old)
     else:
         os.replace(tmp, target)
     fsync_dir(target.parent)
-    return target
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
 
 
 def save_checkpoint(run_dir: Path, step: int, keep: int, write: Callable[[Path], None]) -> Path:

@@ -1,14 +1,29 @@
-"""What every training loop shares: stop requests (SIGINT/SIGTERM at a safe point) and the run directory."""
+"""The run loop `train` and `sft` share, and the pieces `train-reward` uses too.
+
+:class:`RunLoop` runs a step callable until the planned count, and around it does what every run does: stop
+requests (SIGINT/SIGTERM take effect at a safe point, after a checkpoint), the non-finite guard, metrics lines
+(metrics.jsonl, TensorBoard, the progress line), the checkpoint cadence and the final atomic save. The step
+itself (a PPO update, an SFT optimizer step) holds no logging or checkpoint code.
+"""
 
 from __future__ import annotations
 
+import math
 import signal
+import threading
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional, Protocol, Sequence
 
 from ..config import RunConfig, save_config
+from ..errors import TrainingError
 from . import checkpoints as ckpt
-from .metrics import METRICS_FILE, MetricsLog
+from .metrics import METRICS_FILE, MetricsLog, Progress
+
+# a step's statistics carry this key (true) when it had a non-finite loss or gradient and was skipped
+NONFINITE = "nonfinite"
 
 CONFIG_FILE = "config.yaml"
 
@@ -25,8 +40,13 @@ class Interrupted(Exception):
 
 @contextmanager
 def stop_requests():
-    """SIGINT/SIGTERM set a flag that the loop checks between updates (a safe point)."""
+    """SIGINT/SIGTERM set a flag that the loop checks between updates (a safe point).
+
+    Signal handlers belong to the main thread: elsewhere nothing is installed and the flag never rises."""
     received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
 
     def handler(signum, _frame):
         if received:  # a second signal: stop now
@@ -51,5 +71,124 @@ def open_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool
     ckpt.remove_stale_partials(run_dir)
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     metrics_lines = load(latest) if latest is not None else 0
-    save_config(config, run_dir / CONFIG_FILE)
+    ckpt.write_file_atomically(run_dir / CONFIG_FILE, lambda tmp: save_config(config, tmp))
     return MetricsLog(run_dir / METRICS_FILE, keep_lines=metrics_lines)
+
+
+# ---- the non-finite guard ------------------------------------------------------------------------------
+class NonFiniteError(TrainingError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
+class NonFiniteGuard:
+    """Counts steps in a row with a non-finite loss or gradient; the ``limit``-th one stops the run.
+
+    ``where`` prefixes the message (``"sft: "``), ``unit`` names what was counted, ``advice`` ends it.
+    """
+
+    def __init__(self, limit: int, where: str = "", unit: str = "optimizer steps", advice: str = ""):
+        self.limit = limit
+        self.where = where
+        self.unit = unit
+        self.advice = advice
+        self.in_a_row = 0
+
+    def check(self, loss: float, grad_norm: float, at: str = "") -> bool:
+        """True for a finite step; False for one to skip (see :meth:`count`). ``at`` says which step it was."""
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        return self.count(finite, f"loss {loss}, grad norm {grad_norm}{', ' + at if at else ''}")
+
+    def count(self, finite: bool, detail: str) -> bool:
+        """A finite step restarts the count and returns True; a non-finite one returns False, and the
+        ``limit``-th in a row raises :class:`NonFiniteError` with ``detail`` (the last step's numbers)."""
+        if finite:
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise NonFiniteError(f"{self.where}{self.in_a_row} {self.unit} in a row had a non-finite loss or "
+                                 f"gradient ({detail}); {self.advice}")
+        return False
+
+
+# ---- the run loop --------------------------------------------------------------------------------------
+class MetricsWindow(Protocol):
+    """Folds the statistics of the steps since the last metrics line into the next one."""
+
+    def add(self, stats: dict[str, float], elapsed: float) -> None: ...
+
+    def line(self, done: int) -> dict:
+        """The metrics line after ``done`` steps; the next window starts empty."""
+
+
+class Sink(Protocol):
+    def write(self, record: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class RunLoop:
+    """Steps from ``start`` to ``total``, logging, checkpointing and stopping as configured.
+
+    With a ``guard``, a step whose statistics say :data:`NONFINITE` counts for it and is otherwise forgotten:
+    nothing is counted, logged or saved for it. A checkpoint closes the metrics window, so a resumed run writes exactly
+    the lines the uninterrupted one does.
+    """
+
+    total: int
+    step: Callable[[], dict[str, float]]
+    window: MetricsWindow
+    log: MetricsLog
+    progress: Progress
+    save_checkpoint: Callable[[int, int], Path]  # (steps done, metrics lines written) -> checkpoint directory
+    final_dir: Path
+    write_final: Callable[[Path], None]  # writes the final model into the (temporary) directory it is given
+    guard: Optional[NonFiniteGuard] = None  # None: the step guards its own optimizer steps (PPO's engine)
+    save_every: int = 0
+    log_every: int = 1
+    eval_every: int = 0
+    evaluate: Callable[[], dict[str, float]] = dict  # statistics added to the line of an evaluation step
+    sinks: Sequence[Sink] = ()  # more places every metrics line goes (TensorBoard)
+
+    def run(self, start: int) -> Path:
+        """Run to ``total`` and save the final model atomically; returns its directory.
+
+        A stop request raises :class:`Interrupted` after the checkpoint of the step it arrived in."""
+        done = start
+        self.progress.first = start  # time per step counts from here (lines need not come every step)
+        try:
+            with stop_requests() as stop:
+                while done < self.total:
+                    started = time.perf_counter()
+                    stats = self.step()
+                    elapsed = time.perf_counter() - started
+                    finite = not stats.get(NONFINITE)
+                    detail = f"loss {stats.get('loss')}, grad norm {stats.get('grad_norm')}"
+                    if self.guard and not self.guard.count(finite, detail):
+                        continue
+                    done += 1
+                    self.window.add(stats, elapsed)
+                    last = done == self.total
+                    evaluate = bool(self.eval_every) and (done % self.eval_every == 0 or last)
+                    save = bool(self.save_every and done % self.save_every == 0) or bool(stop and not last)
+                    if done % self.log_every == 0 or last or evaluate or save:
+                        record = self.window.line(done)
+                        if evaluate:
+                            record.update(self.evaluate())
+                        self._write(record, done)
+                    if save:
+                        path = self.save_checkpoint(done, self.log.lines)
+                        if stop:
+                            raise Interrupted(stop[0], path, done)
+            return ckpt.write_atomically(self.final_dir, self.write_final)
+        finally:
+            self.log.close()
+            for sink in self.sinks:
+                sink.close()
+
+    def _write(self, record: dict, done: int) -> None:
+        self.log.write(record)
+        for sink in self.sinks:
+            sink.write(record)
+        self.progress.update(done, record)
