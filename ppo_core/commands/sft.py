@@ -39,8 +39,9 @@ from ..ppo.rollout import position_ids_from_mask
 from ..rewards.composer import Composer
 from ..runtime import checkpoints as ckpt
 from ..runtime.loop import Interrupted, open_run_dir, stop_requests
-from ..runtime.metrics import Progress
+from ..runtime.metrics import MetricsLog, Progress
 from ..runtime.optim import lr_multiplier
+from ..runtime.rundir import RunDirectory, claim_run_dir
 from .train import load_run_inputs
 
 IGNORE_INDEX = -100
@@ -281,62 +282,70 @@ def load_checkpoint(run: SFTRun, path: Path) -> int:
 def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
               source: str = "config", progress_stream=None) -> Path:
     """Run SFT as configured; returns the directory of the final model (``<output_dir>/final``)."""
-    run_dir = output_dir(config)
     field_name = "sft.output_dir" if config.sft.output_dir else "train.output_dir"
-    ckpt.check_run_dir(run_dir, resume, overwrite, field_name)
-    run = build_sft(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
-    log = open_run_dir(run_dir, config, resume, overwrite, lambda path: load_checkpoint(run, path), field_name)
+    with claim_run_dir(output_dir(config), resume, overwrite, field_name) as run_dir:
+        run = build_sft(config, extra_plugins, source)  # the old run stays in place until the new one has saved
+        run.run_dir = run_dir.work
+        log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
+        try:
+            final = _sft_loop(run, log, run_dir, progress_stream)
+        finally:
+            log.close()
+    return final
+
+
+def _sft_loop(run: SFTRun, log: MetricsLog, run_dir: RunDirectory, progress_stream) -> Path:
+    config = run.config
     progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
                         **({"stream": progress_stream} if progress_stream else {}))
     progress.first = run.step  # lines are not written every step: time per step counts from here
     sft = config.sft
     window = {"nll": 0.0, "tokens": 0.0, "time": 0.0, "grad_norm": 0.0, "steps": 0}
     nonfinite_in_a_row = 0
-    try:
-        with stop_requests() as stop:
-            while run.step < run.total_steps:
-                started = time.perf_counter()
-                stats = sft_step(run)
-                elapsed = time.perf_counter() - started
-                if stats.get("nonfinite"):
-                    nonfinite_in_a_row += 1
-                    if nonfinite_in_a_row >= config.train.max_nonfinite_steps:
-                        raise TrainingError(f"sft: {nonfinite_in_a_row} steps in a row had a non-finite loss or "
-                                            f"gradient (loss {stats['loss']}); lower sft.lr or optim.lr")
-                    continue
-                nonfinite_in_a_row = 0
-                run.step += 1
-                window["nll"] += stats["loss"] * stats["response_tokens"]
-                window["tokens"] += stats["response_tokens"]
-                window["time"] += elapsed
-                window["grad_norm"] += stats["grad_norm"]
-                window["steps"] += 1
-                last = run.step == run.total_steps
-                evaluate = bool(sft.eval_every) and (run.step % sft.eval_every == 0 or last)
-                save = bool(sft.save_every and run.step % sft.save_every == 0) or bool(stop and not last)
-                # a checkpoint closes the logging window, so a resumed run logs exactly the same lines
-                if run.step % sft.log_every == 0 or last or evaluate or save:
-                    record = {
-                        "step": run.step,
-                        "epoch": run.step * sft.batch_size / run.train_size,
-                        "loss": window["nll"] / max(window["tokens"], 1.0),
-                        "lr": stats["lr"],
-                        "grad_norm": window["grad_norm"] / window["steps"],
-                        "response_tokens": window["tokens"],
-                        "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
-                        "time/step_s": window["time"] / window["steps"],
-                    }
-                    if evaluate:
-                        record.update(evaluate_during_sft(run))
-                    log.write(record)
-                    progress.update(run.step, record)
-                    window = dict.fromkeys(window, 0.0)
-                    window["steps"] = 0
-                if save:
-                    path = save_checkpoint(run, log.lines)
-                    if stop:
-                        raise Interrupted(stop[0], path, run.step)
-        final = ckpt.write_atomically(run_dir / FINAL_DIR, lambda tmp: save_model(run.model, run.tokenizer, tmp))
-    finally:
-        log.close()
-    return final
+    with stop_requests() as stop:
+        while run.step < run.total_steps:
+            started = time.perf_counter()
+            stats = sft_step(run)
+            elapsed = time.perf_counter() - started
+            if stats.get("nonfinite"):
+                nonfinite_in_a_row += 1
+                if nonfinite_in_a_row >= config.train.max_nonfinite_steps:
+                    raise TrainingError(f"sft: {nonfinite_in_a_row} steps in a row had a non-finite loss or "
+                                        f"gradient (loss {stats['loss']}); lower sft.lr or optim.lr")
+                continue
+            nonfinite_in_a_row = 0
+            run.step += 1
+            window["nll"] += stats["loss"] * stats["response_tokens"]
+            window["tokens"] += stats["response_tokens"]
+            window["time"] += elapsed
+            window["grad_norm"] += stats["grad_norm"]
+            window["steps"] += 1
+            last = run.step == run.total_steps
+            evaluate = bool(sft.eval_every) and (run.step % sft.eval_every == 0 or last)
+            save = bool(sft.save_every and run.step % sft.save_every == 0) or bool(stop and not last)
+            # a checkpoint closes the logging window, so a resumed run logs exactly the same lines
+            if run.step % sft.log_every == 0 or last or evaluate or save:
+                record = {
+                    "step": run.step,
+                    "epoch": run.step * sft.batch_size / run.train_size,
+                    "loss": window["nll"] / max(window["tokens"], 1.0),
+                    "lr": stats["lr"],
+                    "grad_norm": window["grad_norm"] / window["steps"],
+                    "response_tokens": window["tokens"],
+                    "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
+                    "time/step_s": window["time"] / window["steps"],
+                }
+                if evaluate:
+                    record.update(evaluate_during_sft(run))
+                log.write(record)
+                progress.update(run.step, record)
+                window = dict.fromkeys(window, 0.0)
+                window["steps"] = 0
+            if save:
+                path = run_dir.publish(save_checkpoint(run, log.lines))
+                run.run_dir = run_dir.final
+                if stop:
+                    raise Interrupted(stop[0], path, run.step)
+    return run_dir.publish(ckpt.write_atomically(run.run_dir / FINAL_DIR,
+                                                 lambda tmp: save_model(run.model, run.tokenizer, tmp)))
+

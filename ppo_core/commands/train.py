@@ -22,7 +22,8 @@ from ..ppo.rollout import Responses
 from ..rewards.composer import Composer, build_composer
 from ..runtime import checkpoints as ckpt
 from ..runtime.loop import Interrupted, open_run_dir, stop_requests
-from ..runtime.metrics import Progress, TensorBoardLog
+from ..runtime.metrics import MetricsLog, Progress, TensorBoardLog
+from ..runtime.rundir import RunDirectory, claim_run_dir
 
 FINAL_DIR = "final"
 # fields that may change between a run and its resume without changing what is computed
@@ -173,11 +174,20 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
     """Run PPO as configured; returns the directory of the final model."""
     if not config.rewards:
         raise ConfigError(f"{source}: rewards: PPO needs at least one reward (only `sft` and `eval` run without)")
-    run_dir = Path(config.train.output_dir)
-    ckpt.check_run_dir(run_dir, resume, overwrite)
-    run = build_run(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
-    log = open_run_dir(run_dir, config, resume, overwrite, lambda path: load_checkpoint(run, path))
-    board = TensorBoardLog(run_dir / "tensorboard") if config.train.tensorboard else None
+    with claim_run_dir(config.train.output_dir, resume, overwrite) as run_dir:
+        run = build_run(config, extra_plugins, source)  # the old run stays in place until the new one has saved
+        run.run_dir = run_dir.work
+        log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
+        try:
+            final = _train_loop(run, log, run_dir, progress_stream)
+        finally:
+            log.close()
+    return final
+
+
+def _train_loop(run: Run, log: MetricsLog, run_dir: RunDirectory, progress_stream) -> Path:
+    config = run.config
+    board = TensorBoardLog(run.run_dir / "tensorboard") if config.train.tensorboard else None
     progress = Progress(config.train.updates, config.train.progress,
                         **({"stream": progress_stream} if progress_stream else {}))
     scorer = make_scorer(run.composer, run.tokenizer)
@@ -196,12 +206,11 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
                 progress.update(run.update, record)
                 save_every = config.train.save_every
                 if (save_every and run.update % save_every == 0) or (stop and run.update < config.train.updates):
-                    path = save_checkpoint(run, log.lines)
+                    path = run_dir.publish(save_checkpoint(run, log.lines))
+                    run.run_dir = run_dir.final
                     if stop:
                         raise Interrupted(stop[0], path, run.update)
-        final = ckpt.write_atomically(run_dir / FINAL_DIR, lambda tmp: save_policy(run, tmp))
+        return run_dir.publish(ckpt.write_atomically(run.run_dir / FINAL_DIR, lambda tmp: save_policy(run, tmp)))
     finally:
-        log.close()
         if board:
             board.close()
-    return final

@@ -9,6 +9,8 @@ No pickle: weights and RNG state in safetensors, the rest in JSON; the optimizer
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -17,10 +19,20 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.json"
+MANIFEST_FILE = "manifest.json"
+
+
+class OutputError(UserError):
+    """An output cannot be written (a full disk, a read-only or missing folder)."""
+
+
 _NAME = re.compile(r"^update-(\d{6,})$")
 
 
@@ -41,29 +53,48 @@ def fsync_dir(directory: Path) -> None:
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp_dir)``, fsync it, and rename it to ``target`` (replacing an older one)."""
+    """Run ``write(tmp_dir)``, fsync it, and rename it to ``target`` (replacing an older one).
+
+    A write that fails (a full disk, a read-only folder) leaves no partial folder behind and is reported as a
+    :class:`~ppo_core.errors.UserError` naming the target; nothing that existed before is touched.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".partial-{target.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    write(tmp)
-    fsync_tree(tmp)
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{os.getpid()}"
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
-    fsync_dir(target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        write(tmp)
+        fsync_tree(tmp)
+        if target.exists():
+            old = target.parent / f".old-{target.name}-{os.getpid()}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except (OSError, SafetensorError) as error:  # safetensors reports its I/O errors as its own type
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write {target}: {_why(error)}") from None
     return target
 
 
+def _why(error: Exception) -> str:
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):
+        return "the disk is full"
+    return getattr(error, "strerror", None) or " ".join(str(error).split())
+
+
 def save_checkpoint(run_dir: Path, step: int, keep: int, write: Callable[[Path], None]) -> Path:
-    """Write checkpoint ``step`` of a run atomically, then drop all but the newest ``keep``."""
-    path = write_atomically(checkpoint_dir(run_dir, step), write)
+    """Write checkpoint ``step`` of a run atomically, with its manifest last, then drop all but the newest ``keep``."""
+
+    def write_with_manifest(tmp: Path) -> None:
+        write(tmp)
+        write_json(tmp / MANIFEST_FILE, manifest_of(tmp))
+
+    path = write_atomically(checkpoint_dir(run_dir, step), write_with_manifest)
     prune_checkpoints(run_dir, keep)
     return path
 
@@ -84,9 +115,60 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
+def latest_checkpoint(run_dir: Path, warn: Callable[[str], None] = lambda line: None) -> Optional[Path]:
+    """The newest checkpoint whose files match its manifest; each damaged newer one is named through ``warn``."""
+    damaged = []
+    for _update, path in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            if damaged:
+                warn(f"warning: {'; '.join(damaged)}; resuming from {path.name}")
+            return path
+        damaged.append(f"checkpoint {path.name} is damaged ({problem})")
+    if damaged:
+        raise UserError(f"--resume: no intact checkpoint in {Path(run_dir) / CHECKPOINTS_DIR}: {'; '.join(damaged)}")
+    return None
+
+
+def manifest_of(directory: Path) -> dict[str, dict[str, Any]]:
+    """Each file's size and sha256, by path relative to ``directory``."""
+    files = {}
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        files[str(path.relative_to(directory))] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return {"files": files}
+
+
+def verify_checkpoint(path: Path) -> Optional[str]:
+    """None when every file of the checkpoint matches its manifest, else what is wrong (naming the file).
+    Checkpoints written before manifests existed are accepted when their state file parses."""
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        try:
+            read_json(path / STATE_FILE)
+        except (OSError, ValueError):
+            return f"{STATE_FILE} unreadable"
+        return None
+    try:
+        files = read_json(manifest_path)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST_FILE} unreadable"
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["size"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {expected['size']}"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def remove_stale_partials(run_dir: Path) -> None:
@@ -126,27 +208,6 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-# ---- run directories -----------------------------------------------------------------------------------
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> None:
-    """Refuse a previous run's directory unless asked to resume it or start it over (nothing is written)."""
-    from ..errors import UserError
-
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
-        raise UserError(f"{field_name}: {run_dir} already holds a run; pass --resume to continue it or "
-                        f"--overwrite to start over")
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> None:
-    """:func:`check_run_dir`, then empty the directory for ``overwrite`` and create it. Call it only once the
-    run has been built, so that a config, plugin or model error never removes the previous run."""
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume, overwrite, field_name)
-    if overwrite and run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}"""
     if isinstance(data, dict):
@@ -159,8 +220,6 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_resumable(saved: dict, current: dict, path: Path, may_change: Sequence[str]) -> None:
     """A resumed run must compute what the interrupted one did: only keys starting with ``may_change`` differ."""
-    from ..errors import UserError
-
     before, after = flatten(saved), flatten(current)
     changed = sorted(k for k in before.keys() | after.keys()
                      if before.get(k) != after.get(k) and not k.startswith(tuple(may_change)))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..config import RunConfig, save_config
 from . import checkpoints as ckpt
 from .metrics import METRICS_FILE, MetricsLog
+from .rundir import RunDirectory
 
 CONFIG_FILE = "config.yaml"
 
@@ -41,15 +43,14 @@ def stop_requests():
             signal.signal(sig, old)
 
 
-def open_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool, load, field_name: str =
-                 "train.output_dir") -> MetricsLog:
-    """Empty (--overwrite) or resume the run directory, save the resolved config, open metrics.jsonl.
+def open_run_dir(run_dir: RunDirectory, config: RunConfig, resume: bool, load) -> MetricsLog:
+    """Resume the run directory (or start in it), save the resolved config, open metrics.jsonl.
 
-    ``load(checkpoint_path)`` restores the newest checkpoint and returns how many metrics lines belong to it.
+    ``load(checkpoint_path)`` restores a checkpoint and returns how many metrics lines belong to it; the newest
+    intact checkpoint is used, and a damaged newer one is named in one warning line.
     """
-    ckpt.prepare_run_dir(run_dir, resume, overwrite, field_name)
-    ckpt.remove_stale_partials(run_dir)
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    ckpt.remove_stale_partials(run_dir.work)
+    latest = ckpt.latest_checkpoint(run_dir.work, warn=lambda line: print(line, file=sys.stderr)) if resume else None
     metrics_lines = load(latest) if latest is not None else 0
-    save_config(config, run_dir / CONFIG_FILE)
-    return MetricsLog(run_dir / METRICS_FILE, keep_lines=metrics_lines)
+    save_config(config, run_dir.work / CONFIG_FILE)
+    return MetricsLog(run_dir.work / METRICS_FILE, keep_lines=metrics_lines)
