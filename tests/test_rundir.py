@@ -18,7 +18,12 @@ from ppo_core.cli import main
 from ppo_core.errors import UserError
 from ppo_core.modeling.tiny import init_model
 from ppo_core.runtime import checkpoints
-from ppo_core.runtime.rundir import LOCK_FILE, MARKER_FILE, RunDirError, check_run_dir, claim_run_dir
+from ppo_core.runtime.rundir import (
+    LOCK_FILE,
+    MARKER_FILE,
+    RunDirError,
+    check_run_dir,
+)
 
 HOLD_LOCK = "import sys, time\nfrom ppo_core.runtime.rundir import claim_run_dir\n" \
             "held = claim_run_dir(sys.argv[1], resume=True, overwrite=False)\nprint('held', flush=True)\ntime.sleep(600)\n"
