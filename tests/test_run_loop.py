@@ -22,6 +22,7 @@ from ppo_core.runtime.loop import (
 )
 from ppo_core.runtime.metrics import MetricsLog, Progress, read_metrics
 from ppo_core.runtime.optim import clip_gradients, make_optimizer, make_scheduler
+from ppo_core.runtime.rundir import RunDirectory
 
 
 # ---- the learning-rate schedule ------------------------------------------------------------------------
@@ -149,7 +150,8 @@ def make_loop(tmp_path: Path, stats: list[dict], saved: list, **options) -> RunL
     log = MetricsLog(tmp_path / "metrics.jsonl")
     progress = Progress(len(stats), "none")
 
-    def checkpoint(done, lines):
+    def checkpoint(directory, done, lines):
+        assert directory == tmp_path
         saved.append((done, lines))
         return tmp_path / f"checkpoint-{done}"
 
@@ -158,7 +160,8 @@ def make_loop(tmp_path: Path, stats: list[dict], saved: list, **options) -> RunL
 
     settings = dict(total=sum(1 for s in stats if not s.get(NONFINITE)), step=lambda: next(steps),
                     window=SumWindow(), log=log, progress=progress, guard=NonFiniteGuard(3),
-                    save_checkpoint=checkpoint, final_dir=tmp_path / "final", write_final=write_final)
+                    save_checkpoint=checkpoint, write_final=write_final,
+                    directory=RunDirectory(tmp_path, resume=True, overwrite=False, field_name="train.output_dir"))
     return RunLoop(**{**settings, **options})
 
 

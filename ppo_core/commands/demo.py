@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import UserError
+from ..runtime.rundir import check_replaceable
 
 SEED = 0
 TASK = {"dataset": "reverse", "options": {"size": 2000, "eval_size": 200, "min_len": 2, "max_len": 4}}
@@ -27,6 +28,8 @@ QUICK = {  # the reduced size the test suite runs, so the pipeline cannot rot
     "eval_records": 16,
 }
 REPORT_DIR = "report"
+#: what a demo directory holds; --overwrite removes nothing else
+DEMO_ENTRIES = {"model", "sft", "reward-model", "ppo", REPORT_DIR}
 
 
 def demo_configs(out: str = "runs/demo", seed: int = SEED) -> dict[str, dict[str, Any]]:
@@ -85,6 +88,7 @@ def run_demo(out: str = "runs/demo", quick: bool = False, overwrite: bool = Fals
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise UserError(f"demo: {root} already holds a demo run; pass --overwrite to start over")
+        check_replaceable(root, DEMO_ENTRIES, "demo: --out")
         shutil.rmtree(root)
     configs = demo_configs(out, seed)
 

@@ -38,12 +38,12 @@ from ..ppo.rollout import position_ids_from_mask
 from ..rewards.composer import Composer
 from ..runtime import checkpoints as ckpt
 from ..runtime.loop import NONFINITE, NonFiniteGuard, RunLoop, open_run_dir
+from ..runtime.rundir import claim_run_dir
 from ..runtime.metrics import Progress
 from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
 from .train import load_run_inputs
 
 IGNORE_INDEX = -100
-FINAL_DIR = "final"
 MODEL_DIR = "model"
 SUMMARY_KEYS = ("loss", "lr", "eval/loss", "eval/exact_match")
 # fields that may change between an SFT run and its resume without changing what is computed
@@ -140,7 +140,6 @@ def mean_loss(model: nn.Module, records: Sequence[Record], tokenizer, config: Ru
 @dataclass
 class SFTRun:
     config: RunConfig
-    run_dir: Path
     tokenizer: Any
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -188,7 +187,7 @@ def build_sft(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
     total_steps = planned_steps(config, train_size)
     scheduler = make_scheduler(optimizer, total_steps, config.optim.warmup_steps, config.optim.schedule)
     records = PromptStream(dataset, "train", config.train.seed, config.data.shuffle, name=config.data.dataset)
-    return SFTRun(config, output_dir(config), tokenizer, model, optimizer, scheduler, records, train_size,
+    return SFTRun(config, tokenizer, model, optimizer, scheduler, records, train_size,
                   total_steps, eval_records, composer, device)
 
 
@@ -236,7 +235,7 @@ def evaluate_during_sft(run: SFTRun) -> dict[str, float]:
 
 
 # ---- saving ------------------------------------------------------------------------------------------
-def save_checkpoint(run: SFTRun, metrics_lines: int) -> Path:
+def save_checkpoint(run: SFTRun, run_dir: Path, metrics_lines: int) -> Path:
     def write(tmp: Path) -> None:
         save_model(run.model, run.tokenizer, tmp / MODEL_DIR)
         ckpt.save_torch_state(tmp / "optimizer.pt", {"optimizer": run.optimizer.state_dict(),
@@ -249,7 +248,7 @@ def save_checkpoint(run: SFTRun, metrics_lines: int) -> Path:
             "config": run.config.model_dump(mode="json"),
         })
 
-    return ckpt.save_checkpoint(run.run_dir, run.step, run.config.train.keep_checkpoints, write)
+    return ckpt.save_checkpoint(run_dir, run.step, run.config.train.keep_checkpoints, write)
 
 
 def load_checkpoint(run: SFTRun, path: Path) -> int:
@@ -309,27 +308,26 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
               source: str = "config", progress_stream=None) -> Path:
     """Run SFT as configured; returns the directory of the final model (``<output_dir>/final``)."""
     config = fit_to_context(config, config.model.path, source, "sft")
-    run_dir = output_dir(config)
     field_name = "sft.output_dir" if config.sft.output_dir else "train.output_dir"
-    ckpt.check_run_dir(run_dir, resume, overwrite, field_name)
-    run = build_sft(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
-    ckpt.check_resume_progress(run_dir, resume, run.total_steps, "step", "sft.steps (or sft.epochs)")
-    log = open_run_dir(run_dir, config, resume, overwrite, lambda path: load_checkpoint(run, path), field_name)
-    progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
-                        **({"stream": progress_stream} if progress_stream else {}))
-    sft = config.sft
+    with claim_run_dir(output_dir(config), resume, overwrite, field_name) as run_dir:
+        run = build_sft(config, extra_plugins, source)  # the old run stays in place until the new one has saved
+        ckpt.check_resume_progress(run_dir.work, resume, run.total_steps, "step", "sft.steps (or sft.epochs)")
+        log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
+        progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
+                            **({"stream": progress_stream} if progress_stream else {}))
+        sft = config.sft
 
-    def checkpoint(step: int, metrics_lines: int) -> Path:
-        run.step = step
-        return save_checkpoint(run, metrics_lines)
+        def checkpoint(directory: Path, step: int, metrics_lines: int) -> Path:
+            run.step = step
+            return save_checkpoint(run, directory, metrics_lines)
 
-    loop = RunLoop(
-        total=run.total_steps, step=lambda: sft_step(run), window=StepWindow(sft.batch_size, run.train_size),
-        log=log, progress=progress,
-        guard=NonFiniteGuard(config.train.max_nonfinite_steps, where="sft: ", unit="steps",
-                             advice="lower sft.lr or optim.lr"),
-        save_checkpoint=checkpoint, save_every=sft.save_every, log_every=sft.log_every,
-        eval_every=sft.eval_every, evaluate=lambda: evaluate_during_sft(run),
-        final_dir=run_dir / FINAL_DIR, write_final=lambda tmp: save_model(run.model, run.tokenizer, tmp),
-    )
-    return loop.run(start=run.step)
+        loop = RunLoop(
+            total=run.total_steps, step=lambda: sft_step(run), window=StepWindow(sft.batch_size, run.train_size),
+            log=log, progress=progress,
+            guard=NonFiniteGuard(config.train.max_nonfinite_steps, where="sft: ", unit="steps",
+                                 advice="lower sft.lr or optim.lr"),
+            save_checkpoint=checkpoint, save_every=sft.save_every, log_every=sft.log_every,
+            eval_every=sft.eval_every, evaluate=lambda: evaluate_during_sft(run),
+            directory=run_dir, write_final=lambda tmp: save_model(run.model, run.tokenizer, tmp),
+        )
+        return loop.run(start=run.step)

@@ -21,9 +21,9 @@ from ..ppo.rollout import Responses
 from ..rewards.composer import Composer, build_composer
 from ..runtime import checkpoints as ckpt
 from ..runtime.loop import RunLoop, open_run_dir
+from ..runtime.rundir import claim_run_dir
 from ..runtime.metrics import Progress, TensorBoardLog
 
-FINAL_DIR = "final"
 # fields that may change between a run and its resume without changing what is computed
 RESUMABLE_CHANGES = ("train.updates", "train.save_every", "train.keep_checkpoints", "train.progress",
                      "train.tensorboard", "train.output_dir", "train.threads", "sft.")
@@ -34,7 +34,6 @@ class Run:
     """Everything a training run is built from."""
 
     config: RunConfig
-    run_dir: Path
     plugins: PluginSet
     tokenizer: Any
     model: ActorCritic
@@ -93,8 +92,7 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                        generator=generator, max_nonfinite_steps=config.train.max_nonfinite_steps)
     prompts = PromptStream(dataset, "train", config.train.seed, config.data.shuffle, name=config.data.dataset)
-    run_dir = Path(config.train.output_dir)
-    return Run(config, run_dir, plugins, tokenizer, model, engine, composer, prompts, device)
+    return Run(config, plugins, tokenizer, model, engine, composer, prompts, device)
 
 
 def next_prompt_batch(run: Run) -> PromptBatch:
@@ -136,7 +134,7 @@ def save_policy(run: Run, directory: Path) -> None:
     run.model.save_critic(directory)
 
 
-def save_checkpoint(run: Run, metrics_lines: int) -> Path:
+def save_checkpoint(run: Run, run_dir: Path, metrics_lines: int) -> Path:
     def write(tmp: Path) -> None:
         save_policy(run, tmp / "policy")
         engine_state = run.engine.state_dict()
@@ -153,7 +151,7 @@ def save_checkpoint(run: Run, metrics_lines: int) -> Path:
             "config": run.config.model_dump(mode="json"),
         })
 
-    return ckpt.save_checkpoint(run.run_dir, run.update, run.config.train.keep_checkpoints, write)
+    return ckpt.save_checkpoint(run_dir, run.update, run.config.train.keep_checkpoints, write)
 
 
 def load_checkpoint(run: Run, path: Path) -> int:
@@ -197,26 +195,25 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
     if not config.rewards:
         raise ConfigError(f"{source}: rewards: PPO needs at least one reward (only `sft` and `eval` run without)")
     config = fit_to_context(config, config.model.path, source)
-    run_dir = Path(config.train.output_dir)
-    ckpt.check_run_dir(run_dir, resume, overwrite)
-    ckpt.check_resume_progress(run_dir, resume, config.train.updates, "update", "train.updates")
-    run = build_run(config, extra_plugins, source)  # before --overwrite empties the run dir: an error keeps it
-    log = open_run_dir(run_dir, config, resume, overwrite, lambda path: load_checkpoint(run, path))
-    board = TensorBoardLog(run_dir / "tensorboard") if config.train.tensorboard else None
-    progress = Progress(config.train.updates, config.train.progress,
-                        **({"stream": progress_stream} if progress_stream else {}))
-    scorer = make_scorer(run.composer, run.tokenizer)
+    with claim_run_dir(config.train.output_dir, resume, overwrite) as run_dir:
+        ckpt.check_resume_progress(run_dir.work, resume, config.train.updates, "update", "train.updates")
+        run = build_run(config, extra_plugins, source)  # the old run stays in place until the new one has saved
+        log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
+        board = TensorBoardLog(run_dir.work / "tensorboard") if config.train.tensorboard else None
+        progress = Progress(config.train.updates, config.train.progress,
+                            **({"stream": progress_stream} if progress_stream else {}))
+        scorer = make_scorer(run.composer, run.tokenizer)
 
-    def checkpoint(update: int, metrics_lines: int) -> Path:
-        run.update = update
-        return save_checkpoint(run, metrics_lines)
+        def checkpoint(directory: Path, update: int, metrics_lines: int) -> Path:
+            run.update = update
+            return save_checkpoint(run, directory, metrics_lines)
 
-    loop = RunLoop(
-        total=config.train.updates,
-        step=lambda: run.engine.step(next_prompt_batch(run), scorer),
-        window=UpdateLine(), log=log, progress=progress,  # the engine guards its optimizer steps itself
-        save_checkpoint=checkpoint, save_every=config.train.save_every,
-        final_dir=run_dir / FINAL_DIR, write_final=lambda tmp: save_policy(run, tmp),
-        sinks=[board] if board else [],
-    )
-    return loop.run(start=run.update)
+        loop = RunLoop(
+            total=config.train.updates,
+            step=lambda: run.engine.step(next_prompt_batch(run), scorer),
+            window=UpdateLine(), log=log, progress=progress,  # the engine guards its optimizer steps itself
+            save_checkpoint=checkpoint, save_every=config.train.save_every,
+            directory=run_dir, write_final=lambda tmp: save_policy(run, tmp),
+            sinks=[board] if board else [],
+        )
+        return loop.run(start=run.update)

@@ -22,8 +22,9 @@ from ..reward_model.normalization import (
     normalize_on_responses,
 )
 from ..reward_model.pairs import make_preference_pairs
-from ..reward_model.storage import save_reward_model
+from ..reward_model.storage import SAVED_ENTRIES, save_reward_model
 from ..reward_model.training import TrainResult, train_reward_model
+from ..runtime.rundir import check_replaceable
 
 
 @dataclass
@@ -62,9 +63,13 @@ def run_train_reward(config: TrainRewardConfig, overwrite: bool = False, source:
     """Train, normalise and save as ``config`` says; returns where it saved and the metrics."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    output = Path(config.output_dir)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise UserError(f"output_dir: {output} already exists; pass --overwrite to replace it")
+    output = Path(config.output_dir).expanduser().absolute()
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        if not overwrite:
+            raise UserError(f"output_dir: {output} already exists; pass --overwrite to replace it")
+        if not output.is_dir():
+            raise UserError(f"output_dir: {output} is a file, not a directory")
+        check_replaceable(output, SAVED_ENTRIES, "output_dir")
     device = resolve_device(config.model.device)
     tokenizer_path = config.model.tokenizer or config.model.path
     tokenizer = load_tokenizer(tokenizer_path, config.model.trust_remote_code,

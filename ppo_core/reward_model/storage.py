@@ -16,6 +16,8 @@ from .model import RewardModel, RewardModelError
 REWARD_MODEL_FILE = "reward_model.json"
 REWARD_HEAD_FILE = "reward_head.safetensors"
 BACKBONE_DIR = "backbone"
+#: what a saved reward model directory holds; --overwrite replaces nothing else
+SAVED_ENTRIES = {REWARD_MODEL_FILE, REWARD_HEAD_FILE, BACKBONE_DIR}
 FORMAT_NAME = "ppo-core-reward-model"
 FORMAT_VERSION = 1
 

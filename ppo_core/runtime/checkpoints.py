@@ -12,18 +12,31 @@ No pickle: weights and RNG state in safetensors, the rest in JSON; the optimizer
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.json"
+MANIFEST_FILE = "manifest.json"
+
+
+class OutputError(UserError):
+    """An output cannot be written (a full disk, a read-only or missing folder)."""
+
+
 _NAME = re.compile(r"^update-(\d{6,})$")
 
 
@@ -46,31 +59,42 @@ def fsync_dir(directory: Path) -> None:
 def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp_dir)``, fsync it, and rename it to ``target`` (replacing whatever is there).
 
-    A crash or an error in ``write`` leaves ``target`` as it was: complete, or absent."""
+    A crash or an error in ``write`` leaves ``target`` as it was: complete, or absent. A write that fails for
+    want of room or permission (a full disk, a read-only folder) is an :class:`OutputError` naming ``target``."""
     target = Path(target)
-    tmp = _fresh_sibling(target, ".partial-")
-    try:
-        tmp.mkdir()
-        write(tmp)
-        fsync_tree(tmp)
-        _move_into_place(tmp, target)
-    finally:
-        _remove(tmp)
+    with _output_errors(target):
+        tmp = _fresh_sibling(target, ".partial-")
+        try:
+            tmp.mkdir()
+            write(tmp)
+            fsync_tree(tmp)
+            _move_into_place(tmp, target)
+        finally:
+            _remove(tmp)
     return target
 
 
 def write_file_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     """:func:`write_atomically` for one file: ``write(tmp_file)``, fsync it, rename it to ``target``."""
     target = Path(target)
-    tmp = _fresh_sibling(target, ".partial-")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        _move_into_place(tmp, target)
-    finally:
-        _remove(tmp)
+    with _output_errors(target):
+        tmp = _fresh_sibling(target, ".partial-")
+        try:
+            write(tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            _move_into_place(tmp, target)
+        finally:
+            _remove(tmp)
     return target
+
+
+@contextmanager
+def _output_errors(target: Path):
+    try:
+        yield
+    except (OSError, SafetensorError) as error:  # safetensors reports its I/O errors as its own type
+        raise OutputError(f"cannot write {target}: {_why(error)}") from None
 
 
 def _fresh_sibling(target: Path, prefix: str) -> Path:
@@ -104,9 +128,20 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _why(error: Exception) -> str:
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):
+        return "the disk is full"
+    return getattr(error, "strerror", None) or " ".join(str(error).split())
+
+
 def save_checkpoint(run_dir: Path, step: int, keep: int, write: Callable[[Path], None]) -> Path:
-    """Write checkpoint ``step`` of a run atomically, then drop all but the newest ``keep``."""
-    path = write_atomically(checkpoint_dir(run_dir, step), write)
+    """Write checkpoint ``step`` of a run atomically, with its manifest last, then drop all but the newest ``keep``."""
+
+    def write_with_manifest(tmp: Path) -> None:
+        write(tmp)
+        write_json(tmp / MANIFEST_FILE, manifest_of(tmp))
+
+    path = write_atomically(checkpoint_dir(run_dir, step), write_with_manifest)
     prune_checkpoints(run_dir, keep)
     return path
 
@@ -127,9 +162,60 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
+def latest_checkpoint(run_dir: Path, warn: Callable[[str], None] = lambda line: None) -> Optional[Path]:
+    """The newest checkpoint whose files match its manifest; each damaged newer one is named through ``warn``."""
+    damaged = []
+    for _update, path in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            if damaged:
+                warn(f"warning: {'; '.join(damaged)}; resuming from {path.name}")
+            return path
+        damaged.append(f"checkpoint {path.name} is damaged ({problem})")
+    if damaged:
+        raise UserError(f"--resume: no intact checkpoint in {Path(run_dir) / CHECKPOINTS_DIR}: {'; '.join(damaged)}")
+    return None
+
+
+def manifest_of(directory: Path) -> dict[str, dict[str, Any]]:
+    """Each file's size and sha256, by path relative to ``directory``."""
+    files = {}
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        files[str(path.relative_to(directory))] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return {"files": files}
+
+
+def verify_checkpoint(path: Path) -> Optional[str]:
+    """None when every file of the checkpoint matches its manifest, else what is wrong (naming the file).
+    Checkpoints written before manifests existed are accepted when their state file parses."""
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        try:
+            read_json(path / STATE_FILE)
+        except (OSError, ValueError):
+            return f"{STATE_FILE} unreadable"
+        return None
+    try:
+        files = read_json(manifest_path)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST_FILE} unreadable"
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["size"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {expected['size']}"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def remove_stale_partials(run_dir: Path) -> None:
@@ -169,22 +255,9 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-# ---- run directories -----------------------------------------------------------------------------------
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> None:
-    """Refuse a previous run's directory unless asked to resume it or start it over (nothing is written)."""
-    from ..errors import UserError
-
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
-        raise UserError(f"{field_name}: {run_dir} already holds a run; pass --resume to continue it or "
-                        f"--overwrite to start over")
-
-
 def check_resume_progress(run_dir: Path, resume: bool, planned: int, counter: str, field_name: str) -> None:
     """--resume asks for at least what the newest checkpoint has done: fewer ``planned`` updates (or steps)
     would end at once and rewrite the run's config.yaml to a count the run has already passed."""
-    from ..errors import UserError
-
     latest = latest_checkpoint(run_dir) if resume else None
     if latest is None:
         return
@@ -192,16 +265,6 @@ def check_resume_progress(run_dir: Path, resume: bool, planned: int, counter: st
     if done is not None and planned < done:
         raise UserError(f"--resume: {field_name} is {planned}, but {latest} has already done {done} {counter}s; "
                         f"ask for at least {done}")
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> None:
-    """:func:`check_run_dir`, then empty the directory for ``overwrite`` and create it. Call it only once the
-    run has been built, so that a config, plugin or model error never removes the previous run."""
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume, overwrite, field_name)
-    if overwrite and run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -216,8 +279,6 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_resumable(saved: dict, current: dict, path: Path, may_change: Sequence[str]) -> None:
     """A resumed run must compute what the interrupted one did: only keys starting with ``may_change`` differ."""
-    from ..errors import UserError
-
     before, after = flatten(saved), flatten(current)
     changed = sorted(k for k in before.keys() | after.keys()
                      if before.get(k) != after.get(k) and not k.startswith(tuple(may_change)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -21,11 +22,13 @@ from ..config import RunConfig, save_config
 from ..errors import TrainingError
 from . import checkpoints as ckpt
 from .metrics import METRICS_FILE, MetricsLog, Progress
+from .rundir import RunDirectory
 
 # a step's statistics carry this key (true) when it had a non-finite loss or gradient and was skipped
 NONFINITE = "nonfinite"
 
 CONFIG_FILE = "config.yaml"
+FINAL_DIR = "final"
 
 
 class Interrupted(Exception):
@@ -61,18 +64,18 @@ def stop_requests():
             signal.signal(sig, old)
 
 
-def open_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool, load, field_name: str =
-                 "train.output_dir") -> MetricsLog:
-    """Empty (--overwrite) or resume the run directory, save the resolved config, open metrics.jsonl.
+def open_run_dir(run_dir: RunDirectory, config: RunConfig, resume: bool, load) -> MetricsLog:
+    """Resume the run directory (or start in it), save the resolved config, open metrics.jsonl.
 
-    ``load(checkpoint_path)`` restores the newest checkpoint and returns how many metrics lines belong to it.
+    ``load(checkpoint_path)`` restores a checkpoint and returns how many metrics lines belong to it; the newest
+    intact checkpoint is used, and damaged newer ones are named in one warning line.
     """
-    ckpt.prepare_run_dir(run_dir, resume, overwrite, field_name)
-    ckpt.remove_stale_partials(run_dir)
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    ckpt.remove_stale_partials(run_dir.work)
+    warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    latest = ckpt.latest_checkpoint(run_dir.work, warn=warn) if resume else None
     metrics_lines = load(latest) if latest is not None else 0
-    ckpt.write_file_atomically(run_dir / CONFIG_FILE, lambda tmp: save_config(config, tmp))
-    return MetricsLog(run_dir / METRICS_FILE, keep_lines=metrics_lines)
+    ckpt.write_file_atomically(run_dir.work / CONFIG_FILE, lambda tmp: save_config(config, tmp))
+    return MetricsLog(run_dir.work / METRICS_FILE, keep_lines=metrics_lines)
 
 
 # ---- the non-finite guard ------------------------------------------------------------------------------
@@ -141,8 +144,8 @@ class RunLoop:
     window: MetricsWindow
     log: MetricsLog
     progress: Progress
-    save_checkpoint: Callable[[int, int], Path]  # (steps done, metrics lines written) -> checkpoint directory
-    final_dir: Path
+    save_checkpoint: Callable[[Path, int, int], Path]  # (run dir, steps done, metrics lines) -> checkpoint dir
+    directory: RunDirectory  # where the run writes; published (swapped into place) once something is saved
     write_final: Callable[[Path], None]  # writes the final model into the (temporary) directory it is given
     guard: Optional[NonFiniteGuard] = None  # None: the step guards its own optimizer steps (PPO's engine)
     save_every: int = 0
@@ -178,10 +181,10 @@ class RunLoop:
                             record.update(self.evaluate())
                         self._write(record, done)
                     if save:
-                        path = self.save_checkpoint(done, self.log.lines)
+                        path = self.directory.publish(self.save_checkpoint(self.directory.work, done, self.log.lines))
                         if stop:
                             raise Interrupted(stop[0], path, done)
-            return ckpt.write_atomically(self.final_dir, self.write_final)
+            return self.directory.publish(ckpt.write_atomically(self.directory.work / FINAL_DIR, self.write_final))
         finally:
             self.log.close()
             for sink in self.sinks:

@@ -76,10 +76,11 @@ def read_metrics(path: Path) -> list[dict]:
 class Progress:
     """A one-line bar on a terminal, a plain line per update otherwise."""
 
-    def __init__(self, total: int, mode: str = "auto", stream: TextIO = sys.stderr, label: str = "update",
+    def __init__(self, total: int, mode: str = "auto", stream: Optional[TextIO] = None, label: str = "update",
                  keys: Sequence[str] = SUMMARY_KEYS):
         self.total = total
         self.keys = tuple(keys)
+        stream = stream or sys.stderr  # looked up now: a default bound at import would outlive a redirect
         self.stream = stream
         self.label = label
         if mode == "auto":
