@@ -40,7 +40,7 @@ def killing(original):
     return wrapped
 
 if target == "generate":
-    engine.sample_responses = killing(engine.sample_responses)
+    engine.generate_responses = killing(engine.generate_responses)
 elif target == "train":
     engine.PPOEngine._loss = killing(engine.PPOEngine._loss)
 elif target == "checkpoint":
