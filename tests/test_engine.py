@@ -221,3 +221,19 @@ def test_pad_token_is_added_when_it_equals_eos(tiny_model, tmp_path):
     loaded = load_tokenizer(str(tmp_path / "tok"))
     assert loaded.pad_token_id is not None and loaded.pad_token_id != loaded.eos_token_id
     assert loaded.padding_side == "left"
+
+
+def test_train_stops_its_reward_workers_when_it_returns_or_fails(tiny_model, tmp_path):
+    """A Python caller that trains twice in one process must not collect worker processes."""
+    from ppo_core.errors import TrainingError
+    from ppo_core.rewards import isolation
+
+    before = set(isolation._LIVE)
+    config = make_config(tiny_model, tmp_path / "run", "train.updates=1", "ppo.rollout_batch_size=8")
+    assert config.rewards[0].isolation == "process"
+    train(config, extra_plugins=PLUGINS)
+    assert isolation._LIVE <= before
+    with pytest.raises(TrainingError, match="non-finite"):  # fails in update 1, after the workers started
+        train(make_config(tiny_model, tmp_path / "run", "train.updates=1", "train.max_nonfinite_steps=1",
+                          "optim.max_grad_norm=null", "ppo.vf_coef=1e300"), overwrite=True, extra_plugins=PLUGINS)
+    assert isolation._LIVE <= before

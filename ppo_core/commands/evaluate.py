@@ -149,13 +149,13 @@ def evaluate_model(config: RunConfig, model_dir: Union[str, Path], split: str = 
                          trust_remote_code=config.model.trust_remote_code)
     dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
                                      where=f"{source}: data.options", name_where=f"{source}: data.dataset")
-    composer = build_composer(config.rewards, plugins.registry, context, source)
-    records = take_records(dataset, split, samples)
-    if not records:
-        raise DataError(f"{source}: the {split} split of dataset '{config.data.dataset}' has no records")
-    model = load_causal_lm(str(model_dir), config.model.trust_remote_code, tokenizer, field="--model").to(device)
-    seed = config.train.seed if seed is None else seed
-    result = evaluate_records(model, tokenizer, records, config, composer, device, decodings, seed)
+    with build_composer(config.rewards, plugins.registry, context, source) as composer:  # its workers stop here
+        records = take_records(dataset, split, samples)
+        if not records:
+            raise DataError(f"{source}: the {split} split of dataset '{config.data.dataset}' has no records")
+        model = load_causal_lm(str(model_dir), config.model.trust_remote_code, tokenizer, field="--model").to(device)
+        seed = config.train.seed if seed is None else seed
+        result = evaluate_records(model, tokenizer, records, config, composer, device, decodings, seed)
     gen = config.generation
     numbers = {
         "model": str(model_dir),

@@ -311,23 +311,25 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
     field_name = "sft.output_dir" if config.sft.output_dir else "train.output_dir"
     with claim_run_dir(output_dir(config), resume, overwrite, field_name) as run_dir:
         run = build_sft(config, extra_plugins, source)  # the old run stays in place until the new one has saved
-        ckpt.check_resume_progress(run_dir.work, resume, run.total_steps, "step", "sft.steps (or sft.epochs)")
-        log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
-        progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
-                            **({"stream": progress_stream} if progress_stream else {}))
-        sft = config.sft
+        with run.composer:  # its reward workers stop with the run
+            ckpt.check_resume_progress(run_dir.work, resume, run.total_steps, "step",
+                                       "sft.steps (or sft.epochs)")
+            log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
+            progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
+                                **({"stream": progress_stream} if progress_stream else {}))
+            sft = config.sft
 
-        def checkpoint(directory: Path, step: int, metrics_lines: int) -> Path:
-            run.step = step
-            return save_checkpoint(run, directory, metrics_lines)
+            def checkpoint(directory: Path, step: int, metrics_lines: int) -> Path:
+                run.step = step
+                return save_checkpoint(run, directory, metrics_lines)
 
-        loop = RunLoop(
-            total=run.total_steps, step=lambda: sft_step(run), window=StepWindow(sft.batch_size, run.train_size),
-            log=log, progress=progress,
-            guard=NonFiniteGuard(config.train.max_nonfinite_steps, where="sft: ", unit="steps",
-                                 advice="lower sft.lr or optim.lr"),
-            save_checkpoint=checkpoint, save_every=sft.save_every, log_every=sft.log_every,
-            eval_every=sft.eval_every, evaluate=lambda: evaluate_during_sft(run),
-            directory=run_dir, write_final=lambda tmp: save_model(run.model, run.tokenizer, tmp),
-        )
-        return loop.run(start=run.step)
+            loop = RunLoop(
+                total=run.total_steps, step=lambda: sft_step(run), window=StepWindow(sft.batch_size, run.train_size),
+                log=log, progress=progress,
+                guard=NonFiniteGuard(config.train.max_nonfinite_steps, where="sft: ", unit="steps",
+                                     advice="lower sft.lr or optim.lr"),
+                save_checkpoint=checkpoint, save_every=sft.save_every, log_every=sft.log_every,
+                eval_every=sft.eval_every, evaluate=lambda: evaluate_during_sft(run),
+                directory=run_dir, write_final=lambda tmp: save_model(run.model, run.tokenizer, tmp),
+            )
+            return loop.run(start=run.step)

@@ -198,22 +198,23 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
     with claim_run_dir(config.train.output_dir, resume, overwrite) as run_dir:
         ckpt.check_resume_progress(run_dir.work, resume, config.train.updates, "update", "train.updates")
         run = build_run(config, extra_plugins, source)  # the old run stays in place until the new one has saved
-        log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
-        board = TensorBoardLog(run_dir.work / "tensorboard") if config.train.tensorboard else None
-        progress = Progress(config.train.updates, config.train.progress,
-                            **({"stream": progress_stream} if progress_stream else {}))
-        scorer = make_scorer(run.composer, run.tokenizer)
+        with run.composer:  # its reward workers stop with the run
+            log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
+            board = TensorBoardLog(run_dir.work / "tensorboard") if config.train.tensorboard else None
+            progress = Progress(config.train.updates, config.train.progress,
+                                **({"stream": progress_stream} if progress_stream else {}))
+            scorer = make_scorer(run.composer, run.tokenizer)
 
-        def checkpoint(directory: Path, update: int, metrics_lines: int) -> Path:
-            run.update = update
-            return save_checkpoint(run, directory, metrics_lines)
+            def checkpoint(directory: Path, update: int, metrics_lines: int) -> Path:
+                run.update = update
+                return save_checkpoint(run, directory, metrics_lines)
 
-        loop = RunLoop(
-            total=config.train.updates,
-            step=lambda: run.engine.step(next_prompt_batch(run), scorer),
-            window=UpdateLine(), log=log, progress=progress,  # the engine guards its optimizer steps itself
-            save_checkpoint=checkpoint, save_every=config.train.save_every,
-            directory=run_dir, write_final=lambda tmp: save_policy(run, tmp),
-            sinks=[board] if board else [],
-        )
-        return loop.run(start=run.update)
+            loop = RunLoop(
+                total=config.train.updates,
+                step=lambda: run.engine.step(next_prompt_batch(run), scorer),
+                window=UpdateLine(), log=log, progress=progress,  # the engine guards its optimizer steps itself
+                save_checkpoint=checkpoint, save_every=config.train.save_every,
+                directory=run_dir, write_final=lambda tmp: save_policy(run, tmp),
+                sinks=[board] if board else [],
+            )
+            return loop.run(start=run.update)
