@@ -7,7 +7,6 @@ The engine returns its statistics; logging, evaluation and checkpoints belong to
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from ..config import GenerationConfig, OptimConfig, PPOConfig
-from ..runtime.loop import NonFiniteError
+from ..runtime.loop import NonFiniteGuard
 from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
 from .functional import (
     AdaptiveKLController,
@@ -121,13 +120,13 @@ class PPOEngine:
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.generator = generator
-        self.max_nonfinite_steps = max_nonfinite_steps
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps, advice="stopping. Lower optim.lr, set "
+                                        "optim.max_grad_norm, or check the rewards' scale")
         self.kl_controller = make_kl_controller(ppo)
         self.optimizer = optimizer_for(model, optim)
         steps_per_update = ppo.epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
         self.scheduler = make_scheduler(self.optimizer, steps_per_update * total_updates, optim.warmup_steps,
                                         optim.schedule)
-        self.nonfinite_in_a_row = 0
         self.device = next(model.parameters()).device
 
     # ---- one update ---------------------------------------------------------------------------------
@@ -266,11 +265,10 @@ class PPOEngine:
         step_stats = self._accumulate_gradients(rollout, minibatch)
         # O3. clip the global gradient norm; a non-finite loss or gradient skips the step
         grad_norm = self._clip_gradients()
-        if not (math.isfinite(grad_norm) and math.isfinite(step_stats["loss/total"])):
-            self._skip_nonfinite_step(step_stats["loss/total"], grad_norm)
+        if not self.nonfinite.check(step_stats["loss/total"], grad_norm):  # the limit-th in a row stops the run
+            self.optimizer.zero_grad(set_to_none=True)
             return None
         # O4. the optimizer and learning-rate schedule step
-        self.nonfinite_in_a_row = 0
         self.optimizer.step()
         self.scheduler.step()
         step_stats["grad_norm"] = grad_norm
@@ -290,16 +288,6 @@ class PPOEngine:
             (loss * share).backward()
             accumulate(step_stats, micro_stats, float(share))
         return step_stats
-
-    def _skip_nonfinite_step(self, loss: float, grad_norm: float) -> None:
-        """O3: drop the step's gradients; stop the run after ``max_nonfinite_steps`` such steps in a row."""
-        self.nonfinite_in_a_row += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
-            raise NonFiniteError(
-                f"{self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient (loss {loss}, "
-                f"grad norm {grad_norm}); stopping. Lower optim.lr, set optim.max_grad_norm, or check the rewards' "
-                f"scale")
 
     def _loss(self, rollout: Rollout, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of micro-batch ``rows``: Eq. 6 from Eq. 1, 2, 4, 5, plus beta * KL (Eq. 7) when kl.placement is
@@ -338,7 +326,7 @@ class PPOEngine:
             "scheduler": self.scheduler.state_dict(),
             "kl_controller": self.kl_controller.state_dict(),
             "generator": self.generator.get_state(),
-            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "nonfinite_in_a_row": self.nonfinite.in_a_row,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -346,4 +334,4 @@ class PPOEngine:
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.generator.set_state(state["generator"])
-        self.nonfinite_in_a_row = int(state["nonfinite_in_a_row"])
+        self.nonfinite.in_a_row = int(state["nonfinite_in_a_row"])
