@@ -211,3 +211,17 @@ def test_crash_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
     # nothing half-written: the new dir was never created, the old checkpoint is intact, no temp dirs remain
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert sorted(os.listdir(out)) == ["keep.txt"]
+
+
+def test_overwrite_never_replaces_the_current_directory(tmp_path, monkeypatch, capsys):
+    """`init-model . --overwrite` (or `..`) must not replace the directory the user stands in."""
+    from ppo_core.cli import main
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("mine\n")
+    monkeypatch.chdir(tmp_path / "work")
+    for target in (".", ".."):
+        assert main(["init-model", target, "--size", "tiny", "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "refusing to --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "work" / "notes.txt").read_text() == "mine\n"

@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..runtime.rundir import check_replaceable
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -185,6 +187,8 @@ def init_model(
     _size_kwargs(size, n_positions)  # validate before touching the filesystem
     if _is_nonempty(out) and not overwrite:
         raise FileExistsError(f"{out} already exists and is not empty (pass --overwrite to replace it)")
+    if _is_nonempty(out):  # --overwrite never replaces the current directory, one of its ancestors, home or root
+        check_replaceable(out, None, "init-model")
 
     from ..runtime.checkpoints import write_atomically
 
