@@ -1,10 +1,18 @@
-"""What reward isolation costs: PPO updates with every reward in its own worker process (`isolation: process`)
-against the same rewards in the main process (`isolation: none`), interleaved.
+"""What reward isolation costs, and what scoring while sampling gains back: PPO updates with every reward in its
+own worker process (`isolation: process`) against the same rewards in the main process (`isolation: none`),
+interleaved, in three modes:
 
-    python benchmarks/reward_isolation.py [--updates 5] [--pairs 3]
+- `none`: every reward in the main process, scored after sampling and the log-prob forwards;
+- `process-serial`: in worker processes, but scored after sampling (`generation.score_while_sampling: false`);
+- `process`: in worker processes, each generation chunk scored while the next is sampled (the default).
 
-Two workloads, each run as `ppo-core train` would (one subprocess per run, pairs interleaved, the order
-inside a pair alternating):
+    python benchmarks/reward_isolation.py [--updates 5] [--rounds 3] [--chunk 16]
+
+`--chunk` is `generation.batch_size` for every mode (the demo samples its 64 prompts in one chunk by default;
+with 16 there are four chunks, and a chunk's scoring overlaps the sampling of the next).
+
+Two workloads, each run as `ppo-core train` would (one subprocess per run, rounds interleaved, the order
+inside a round alternating):
 
 - `demo`: the demo's PPO config (examples/demo/ppo.yaml: the learned reward reading the reference hidden
   states, exact match, edit distance, repetition penalty; 64 rollouts per update) on a tiny model from
@@ -12,8 +20,9 @@ inside a pair alternating):
 - `sleep50`: the same run with one reward that sleeps 50 ms per batch and scores 1.0.
 
 Prints one JSON line: per workload and mode the medians over every update but each run's first (warm-up) of
-the update time and of the scoring time (`time/score_s`), the overhead process - none of both, and the start-up
-of the run (plugins, models, reward workers) as the wall time of the run minus its updates.
+the update time and of the scoring time left after sampling (`time/score_s`), the overhead of isolation
+(process-serial - none), the overlap gain (process-serial - process), and the start-up of the run (plugins,
+models, reward workers) as the wall time of the run minus its updates.
 The models are cached in `.bench/isolation/`.
 """
 
@@ -33,7 +42,7 @@ from ppo_core import Reward, hookimpl
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".bench" / "isolation"
-MODES = ("process", "none")
+MODES = ("none", "process-serial", "process")
 
 RUN = r"""
 import json, sys, time
@@ -101,11 +110,15 @@ def write_configs(directory: Path, model: Path, reward_model: Path, updates: int
     return paths
 
 
-def run_once(config: Path, mode: str) -> dict:
+def run_once(config: Path, mode: str, chunk: int | None) -> dict:
     import yaml
 
     count = len(yaml.safe_load(config.read_text(encoding="utf-8"))["rewards"])
-    overrides = [f"rewards.{index}.isolation={mode}" for index in range(count)]
+    isolation = "none" if mode == "none" else "process"
+    overrides = [f"rewards.{index}.isolation={isolation}" for index in range(count)]
+    overrides.append(f"generation.score_while_sampling={'true' if mode == 'process' else 'false'}")
+    if chunk:
+        overrides.append(f"generation.batch_size={chunk}")
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     done = subprocess.run([sys.executable, "-c", RUN, str(config), json.dumps(overrides), str(Path(__file__).parent)],
                           capture_output=True, text=True, env=env, cwd=REPO, check=True)
@@ -118,29 +131,33 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         out[mode] = {key: statistics.median(value for result in results for value in result[key])
                      for key in ("update_s", "score_s")}
         out[mode]["startup_s"] = statistics.median(result["startup_s"] for result in results)
-    out["overhead_per_update_s"] = out["process"]["update_s"] - out["none"]["update_s"]
-    out["overhead_score_s"] = out["process"]["score_s"] - out["none"]["score_s"]
-    out["overhead_startup_s"] = out["process"]["startup_s"] - out["none"]["startup_s"]
+    isolated, serial, none = out["process"], out["process-serial"], out["none"]
+    out["isolation_overhead_per_update_s"] = serial["update_s"] - none["update_s"]
+    out["overlap_gain_per_update_s"] = serial["update_s"] - isolated["update_s"]
+    out["net_overhead_per_update_s"] = isolated["update_s"] - none["update_s"]
+    out["overhead_startup_s"] = isolated["startup_s"] - none["startup_s"]
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=5)
-    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=None, help="generation.batch_size (default: the whole batch)")
     args = parser.parse_args()
 
     model, reward_model = prepare_models()
     results: dict[str, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         configs = write_configs(Path(tmp), model, reward_model, args.updates)
-        for pair in range(args.pairs):
+        for pair in range(args.rounds):
             for workload, config in configs.items():
                 for mode in (MODES if pair % 2 == 0 else MODES[::-1]):
-                    print(f"pair {pair + 1}/{args.pairs}: {workload} {mode}", file=sys.stderr)
-                    results.setdefault(workload, {}).setdefault(mode, []).append(run_once(config, mode))
+                    print(f"round {pair + 1}/{args.rounds}: {workload} {mode}", file=sys.stderr)
+                    results.setdefault(workload, {}).setdefault(mode, []).append(run_once(config, mode, args.chunk))
     summary = {workload: summarise(runs) for workload, runs in results.items()}
-    print(json.dumps({"updates_per_run": args.updates, "pairs": args.pairs, "cpus": os.cpu_count(), **summary}))
+    print(json.dumps({"updates_per_run": args.updates, "rounds": args.rounds, "chunk": args.chunk,
+                      "cpus": os.cpu_count(), **summary}))
 
 
 if __name__ == "__main__":

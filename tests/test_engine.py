@@ -198,9 +198,12 @@ def test_the_scorer_declares_whether_it_gets_the_reference_hidden_states(tiny_mo
     class Declaring:
         reads_reference_hidden = reads
 
-        def __call__(self, responses, batch, reference_hidden):
+        def start(self, responses, records):
+            return composed.start(responses, records)
+
+        def finish(self, handles, reference_hidden):
             seen.append(reference_hidden)
-            return composed(responses, batch, reference_hidden)
+            return composed.finish(handles, reference_hidden)
 
     _, stats = run.engine.collect_rollout(next_prompt_batch(run), Declaring())
     assert "reward/letter_share" in stats
@@ -237,3 +240,16 @@ def test_train_stops_its_reward_workers_when_it_returns_or_fails(tiny_model, tmp
         train(make_config(tiny_model, tmp_path / "run", "train.updates=1", "train.max_nonfinite_steps=1",
                           "optim.max_grad_norm=null", "ppo.vf_coef=1e300"), overwrite=True, extra_plugins=PLUGINS)
     assert isolation._LIVE <= before
+
+
+def test_scoring_each_chunk_in_a_worker_while_the_next_is_sampled_changes_no_number(tiny_model, tmp_path):
+    """With rewards in worker processes, each generation chunk is scored in the background while the next one is
+    sampled; every logged number is the one of scoring the whole batch in process."""
+    runs = {}
+    for name, isolation, overlap in (("overlap", "process", "true"), ("after", "process", "false"),
+                                     ("none", "none", "true")):
+        config = make_config(tiny_model, tmp_path / name, "generation.batch_size=8", "train.updates=2",
+                             f"rewards.0.isolation={isolation}", f"generation.score_while_sampling={overlap}")
+        train(config, extra_plugins=PLUGINS)
+        runs[name] = without_timing(read_metrics(tmp_path / name / "metrics.jsonl"))
+    assert runs["overlap"] == runs["after"] == runs["none"] and len(runs["none"]) == 2

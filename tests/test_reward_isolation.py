@@ -111,6 +111,17 @@ class AnswersDict(Reward):
         return {float(i): 1.0 for i in range(len(samples))}
 
 
+class Gated(Reward):
+    """Answers len(samples) for each sample once the file ``fields["gate"]`` exists."""
+
+    name = "gated"
+
+    def __call__(self, samples):
+        while not Path(samples[0].fields["gate"]).exists():
+            time.sleep(0.01)
+        return [float(len(samples))] * len(samples)
+
+
 class Pid(Reward):
     name = "pid"
 
@@ -119,7 +130,7 @@ class Pid(Reward):
 
 
 REWARD_CLASSES = [Hangs, Exits, HardExit, Interrupts, Segfaults, KillsItself, Mutates, Counts, MovesAway,
-                  AnswersDict, Pid]
+                  AnswersDict, Gated, Pid]
 
 
 @hookimpl
@@ -308,3 +319,24 @@ def is_running(pid: int) -> bool:
         return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return False
+
+
+def test_chunks_are_scored_in_the_background_and_composed_as_one_batch(compose, samples, tmp_path):
+    gate = tmp_path / "open"
+    composer = compose({"name": "gated", "timeout_s": 60}, {"name": "counts", "isolation": "none"})
+    chunks = [samples(2, gate=str(gate)), samples(3, gate=str(gate))]
+    # start returns while the worker waits for the gate: scoring it synchronously would never see the gate open
+    scorings = [composer.start(chunk) for chunk in chunks]
+    gate.touch()
+    composition = composer.finish(scorings)
+    assert composition.values["gated"] == [2.0, 2.0, 3.0, 3.0, 3.0]  # one call per chunk, in the workers
+    assert composition.values["counts"] == [5.0] * 5  # in process: one call on the whole batch
+    assert composition.totals == approx([7.0, 7.0, 8.0, 8.0, 8.0])
+
+
+def test_a_fault_in_a_background_chunk_is_raised_by_finish_naming_its_batch(compose, samples):
+    composer = compose({"name": "hangs", "timeout_s": 0.5}, {"name": "counts"})
+    scorings = [composer.start(samples(2)), composer.start(samples(4, hang=True))]
+    with pytest.raises(RewardError) as raised:
+        composer.finish(scorings)
+    assert "reward 'hangs'" in str(raised.value) and "on a batch of 4 samples" in str(raised.value)

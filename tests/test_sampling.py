@@ -80,8 +80,11 @@ def rollout_samples(checkpoint, tokenizer, records):
 
         reads_reference_hidden = False
 
-        def __call__(self, samples, reference_hidden=None):
-            seen["samples"] = samples
+        def start(self, samples):
+            return samples
+
+        def finish(self, chunks, reference_hidden=None):
+            seen["samples"] = samples = [sample for chunk in chunks for sample in chunk]
             return SimpleNamespace(totals=[0.0] * len(samples), stats={})
 
     encoded = encode_records(records, tokenizer, DataConfig(dataset="reverse"))

@@ -114,10 +114,13 @@ class ComposerScorer:
         """Whether a reward of the composer scores from the frozen reference's hidden states."""
         return self.composer.reads_reference_hidden
 
-    def __call__(self, responses: Responses, batch: PromptBatch, reference_hidden=None):
-        samples = make_samples(batch.records, responses.tokens, responses.mask, responses.stopped_by_eos,
-                               self.tokenizer)
-        composition = self.composer(samples, reference_hidden)
+    def start(self, responses: Responses, records):
+        """Decode one chunk into samples and start its background rewards (the composer's workers)."""
+        samples = make_samples(records, responses.tokens, responses.mask, responses.stopped_by_eos, self.tokenizer)
+        return self.composer.start(samples)
+
+    def finish(self, scorings, reference_hidden=None):
+        composition = self.composer.finish(scorings, reference_hidden)
         return torch.tensor(composition.totals, dtype=torch.float32), composition.stats
 
 

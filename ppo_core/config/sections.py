@@ -149,6 +149,10 @@ class GenerationConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 keeps all.")
     batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Prompts per generation call; "
                                       "defaults to the whole rollout batch.")
+    score_while_sampling: bool = Field(True, description="Hand each generation chunk to the reward worker processes "
+                                       "(rewards with `isolation: process`) as soon as it is sampled, so they score "
+                                       "it while the next chunk is sampled and the log-probs are computed; false: "
+                                       "every reward scores the batch after that. The numbers are the same.")
 
 
 class OptimConfig(Section):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Protocol, Sequence
+from typing import Any, Iterator, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -63,7 +63,12 @@ class Rollout:
 
 
 class Scorer(Protocol):
-    """Scores a rollout's responses: ``scorer(responses, batch, reference_hidden) -> (scores [B], statistics)``.
+    """Scores a rollout's responses in two calls, so that scoring can overlap sampling:
+
+    - ``scorer.start(responses, records) -> handle`` as each generation chunk is done (``records``: the chunk's
+      rows of :attr:`PromptBatch.records`); it may hand the chunk to reward workers and return at once;
+    - ``scorer.finish(handles, reference_hidden) -> (scores [B], statistics)`` once the whole batch is sampled and
+      evaluated, with the handles in row order.
 
     A scorer declares ``reads_reference_hidden``: when true, the engine also asks the frozen reference for its final
     hidden state at each sequence's last real token and passes it as ``reference_hidden`` [B, H] (otherwise None),
@@ -72,8 +77,10 @@ class Scorer(Protocol):
 
     reads_reference_hidden: bool
 
-    def __call__(self, responses: Responses, batch: PromptBatch,
-                 reference_hidden: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def start(self, responses: Responses, records: Sequence) -> Any: ...
+
+    def finish(self, handles: Sequence[Any], reference_hidden: Optional[torch.Tensor]
+               ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 @contextmanager
@@ -144,9 +151,17 @@ class PPOEngine:
         """Blocks R1-R6 of docs/design.md: the buffer one update trains on, and its statistics."""
         self.model.eval()
         times: dict[str, float] = {}
-        # R1. sample responses from the current policy (KV cache; a row stops at its first eos)
+        # R1. sample responses from the current policy (KV cache; a row stops at its first eos); each chunk is
+        # handed to the scorer as soon as it is sampled, so reward workers score it while the next is sampled
+        handles = []
+
+        def start_scoring(rows: slice, chunk: Responses) -> None:
+            handles.append(scorer.start(chunk, batch.records[rows]))
+
+        overlap = self.generation.score_while_sampling
         with timed(times, "time/generate_s"):
-            responses = self.generate(batch.input_ids, batch.attention_mask)
+            responses = self.generate(batch.input_ids, batch.attention_mask,
+                                      on_chunk=start_scoring if overlap else None)
         sequences = torch.cat([batch.input_ids, responses.tokens], dim=1)
         attention_mask = torch.cat([batch.attention_mask.bool(), responses.mask], dim=1)
         mask = responses.mask.float()
@@ -155,8 +170,10 @@ class PPOEngine:
             old_logprobs, old_values, ref_logprobs, ref_hidden = self._evaluate(
                 sequences, attention_mask, batch.input_ids.size(1), scorer.reads_reference_hidden, times)
         # R3. sequence scores: the scorer's total per sample, missing-eos penalty and clip (Eq. 11, 12)
-        with timed(times, "time/score_s"):
-            scores, score_stats = scorer(responses, batch, ref_hidden)
+        with timed(times, "time/score_s"):  # what is left of scoring once sampling and R2 are done
+            if not overlap:
+                start_scoring(slice(None), responses)
+            scores, score_stats = scorer.finish(handles, ref_hidden)
         scores = self._shaped_scores(scores.to(self.device, torch.float32), responses.stopped_by_eos)
         # R4. per-token rewards (Eq. 8) -> R5. GAE advantages and returns (Eq. 3, 10)
         kl_coef = self.kl_controller.value
@@ -213,9 +230,9 @@ class PPOEngine:
         }
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, greedy: bool = False) -> Responses:
+    def generate(self, input_ids, attention_mask, greedy: bool = False, on_chunk=None) -> Responses:
         return generate_responses(self.model.policy, input_ids, attention_mask, self.generation, self.eos_token_id,
-                                  self.pad_token_id, self.generator, greedy)
+                                  self.pad_token_id, self.generator, greedy, on_chunk)
 
     def _evaluate(self, sequences, attention_mask, prompt_length, with_reference_hidden: bool,
                   times: dict[str, float]):

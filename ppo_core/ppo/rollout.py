@@ -9,7 +9,7 @@ normalisation all go through it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -138,16 +138,21 @@ def concat_responses(parts: Sequence[Responses], pad_token_id: int) -> Responses
 @torch.no_grad()
 def generate_responses(policy: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        generation: GenerationConfig, eos_token_id: int, pad_token_id: int,
-                       generator: Optional[torch.Generator], greedy: bool = False) -> Responses:
+                       generator: Optional[torch.Generator], greedy: bool = False,
+                       on_chunk: Optional[Callable[[slice, Responses], None]] = None) -> Responses:
     """:func:`sample_responses` over a left-padded batch in chunks of ``generation.batch_size`` rows (the whole
-    batch when unset), one after the other with the same generator."""
+    batch when unset), one after the other with the same generator. ``on_chunk(rows, responses)`` is called as
+    each chunk is done (a PPO rollout starts scoring it there while the next chunk is sampled)."""
     chunk = generation.batch_size or input_ids.size(0)
     parts = []
     for start in range(0, input_ids.size(0), chunk):
-        ids, mask = without_padding_columns(input_ids[start:start + chunk], attention_mask[start:start + chunk])
+        rows = slice(start, start + chunk)
+        ids, mask = without_padding_columns(input_ids[rows], attention_mask[rows])
         parts.append(sample_responses(policy, ids, mask, generation.max_new_tokens, eos_token_id, pad_token_id,
                                       generator, generation.temperature, generation.top_k, generation.top_p,
                                       greedy=greedy))
+        if on_chunk is not None:
+            on_chunk(rows, parts[-1])
     return concat_responses(parts, pad_token_id)
 
 

@@ -17,12 +17,19 @@ on (``skip``: the batch counts as abstained; a number: used for every sample); s
 
 Isolation: a reward runs in its own worker process (``isolation: process``, see :mod:`.isolation`) unless its
 config says ``isolation: none``; either way it gets its own copy of the samples list.
+
+Overlap: :meth:`Composer.start` hands one chunk of a batch to the rewards in worker processes and returns at
+once, so a PPO rollout samples the next chunk (and runs its log-prob forwards) while they score;
+:meth:`Composer.finish` collects the chunks and composes the batch exactly as one call on the whole batch would,
+except that a background reward is called once per chunk (its faults, abstentions and ``on_error`` apply per
+chunk). Rewards in process and rewards that read the reference's hidden states are scored in ``finish``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import threading
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -84,6 +91,43 @@ class Composition:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+class BackgroundCall:
+    """``function(*args)`` in a daemon thread; :meth:`result` waits for it and returns or raises its outcome.
+
+    The thread mostly waits on a worker process's pipe (which releases the GIL), so the caller's torch work goes
+    on meanwhile; the worker's own time limit (``timeout_s``) bounds the wait."""
+
+    def __init__(self, function, *args):
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, args=(function, args), daemon=True,
+                                        name="ppo-core-scoring")
+        self._thread.start()
+
+    def _run(self, function, args) -> None:
+        try:
+            self._outcome["answer"] = function(*args)
+        except BaseException as error:
+            self._outcome["error"] = error
+
+    def result(self) -> Any:
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["answer"]
+
+
+@dataclass
+class Scoring:
+    """One chunk of a batch whose background rewards are being scored (:meth:`Composer.start`)."""
+
+    samples: list[Sample]
+    background: dict[str, BackgroundCall]  # reward name -> its call on these samples
+
+
+def _scores_in_background(term: RewardTerm) -> bool:
+    return isinstance(term.reward, IsolatedReward) and not reads_reference_hidden(term.reward)
+
+
 class Composer:
     def __init__(self, terms: list[RewardTerm]):
         self.terms = terms
@@ -106,17 +150,44 @@ class Composer:
         return any(reads_reference_hidden(term.reward) for term in self.terms)
 
     def __call__(self, samples: Sequence[Sample], reference_hidden=None) -> Composition:
+        """Score ``samples`` with every reward, now, and compose the totals."""
+        return self._compose(list(samples), {term.name: self._score(term, samples, reference_hidden)
+                                             for term in self.terms})
+
+    def start(self, samples: Sequence[Sample]) -> "Scoring":
+        """Start scoring one chunk of a batch in the background: every reward that runs in a worker process and
+        does not read the reference's hidden states gets the chunk now, while the caller goes on (sampling the
+        next chunk). :meth:`finish` collects the chunks and scores the rest."""
+        samples = list(samples)
+        return Scoring(samples, {term.name: BackgroundCall(self._score, term, samples)
+                                 for term in self.terms if _scores_in_background(term)})
+
+    def finish(self, scorings: Sequence["Scoring"], reference_hidden=None) -> Composition:
+        """The composition of the chunks started with :meth:`start`, in their order, as one batch: the rewards
+        scored in the background are collected, the others are called once on the whole batch now."""
+        samples = [sample for scoring in scorings for sample in scoring.samples]
+        scored: dict[str, tuple[list[Optional[float]], int]] = {}
+        for term in self.terms:
+            if all(term.name in scoring.background for scoring in scorings):
+                parts = [scoring.background[term.name].result() for scoring in scorings]
+                scored[term.name] = [v for values, _ in parts for v in values], sum(errors for _, errors in parts)
+            else:
+                scored[term.name] = self._score(term, samples, reference_hidden)
+        return self._compose(samples, scored)
+
+    def _compose(self, samples: list[Sample], scored: dict[str, tuple[list[Optional[float]], int]]) -> Composition:
+        """The weighted totals and statistics from each reward's raw values and error count."""
         totals = [0.0] * len(samples)
         scored_by_any = [False] * len(samples)
         values: dict[str, list[Optional[float]]] = {}
         stats: dict[str, float] = {}
         for term in self.terms:
-            raw, errors = self._score(term, samples, reference_hidden)
+            raw, errors = scored[term.name]
             resolved = [term.config.on_abstain if v is None and term.config.on_abstain != "skip" else v for v in raw]
             values[term.name] = raw
-            scored = [v for v in resolved if v is not None]
+            scored_values = [v for v in resolved if v is not None]
             if term.moments is not None:
-                term.moments.update(scored)
+                term.moments.update(scored_values)
             for i, value in enumerate(resolved):
                 if value is None:
                     continue

@@ -204,6 +204,7 @@ class IsolatedReward(HiddenStateReward):
         self._worker: Optional[Worker] = _start_worker(self._spec, self._name)
         self._ready = False
         self._finalizer = weakref.finalize(self, _stop_quietly, self._worker)
+        self._one_request_at_a_time = threading.Lock()  # chunks of a batch are scored from background threads
 
     def wait_until_ready(self) -> None:
         """Block until the worker built the reward; a failure is a PluginError naming the reward."""
@@ -239,6 +240,10 @@ class IsolatedReward(HiddenStateReward):
         self._finalizer.detach()
 
     def _request(self, method: str, samples: Sequence[Sample], hidden: Any) -> Any:
+        with self._one_request_at_a_time:
+            return self._request_now(method, samples, hidden)
+
+    def _request_now(self, method: str, samples: Sequence[Sample], hidden: Any) -> Any:
         if self._worker is None:  # restarted after a fault: the fresh worker builds the reward again
             self._restart()
         try:

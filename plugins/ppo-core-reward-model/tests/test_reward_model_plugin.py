@@ -112,7 +112,11 @@ def test_zero_extra_forward_in_a_real_rollout(trained_reward_model, tiny_model_d
     class Recording:
         reads_reference_hidden = composer.reads_reference_hidden
 
-        def __call__(self, samples, reference_hidden=None):
+        def start(self, samples):
+            return samples
+
+        def finish(self, chunks, reference_hidden=None):
+            samples = [sample for chunk in chunks for sample in chunk]
             seen["samples"], seen["hidden"] = samples, reference_hidden
             seen["composition"] = composition = composer(samples, reference_hidden)
             return composition
