@@ -8,6 +8,10 @@ and Python users call the entry functions (``ppo_core.train``, ``ppo_core.sft``,
 ``ppo_core.train_reward``), which load torch and transformers only when first used.
 """
 
+from .runtime.cpu import prefer_passive_openmp_threads
+
+prefer_passive_openmp_threads()  # before anything imports torch (ppo_core.runtime.cpu says why)
+
 from .errors import (
     ConfigError,
     DataError,

@@ -48,7 +48,7 @@ def demo_configs(out: str = "runs/demo", seed: int = SEED) -> dict[str, dict[str
         "rewards": rule_rewards,
         "generation": generation,
         "optim": {"lr": 3.0e-3, "schedule": "constant", "warmup_steps": 20},
-        "train": {"seed": seed, "output_dir": sft_dir, "threads": 2},
+        "train": {"seed": seed, "output_dir": sft_dir},
         "sft": {"steps": 330, "batch_size": 32, "log_every": 25},
     }
     reward = {
@@ -60,7 +60,6 @@ def demo_configs(out: str = "runs/demo", seed: int = SEED) -> dict[str, dict[str
         "train": {"train_backbone": False, "epochs": 20, "lr": 3.0e-3, "batch_size": 64, "seed": seed},
         "normalization": {"source": "policy", "prompts": 128, "seed": seed, **generation},
         "output_dir": reward_dir,
-        "threads": 2,
     }
     ppo = {
         "model": {"path": start, "critic": "shared"},
@@ -69,7 +68,7 @@ def demo_configs(out: str = "runs/demo", seed: int = SEED) -> dict[str, dict[str
         "ppo": {"rollout_batch_size": 64, "minibatch_size": 16, "epochs": 4, "kl": {"coef": 0.01}},
         "generation": generation,
         "optim": {"lr": 1.0e-3, "schedule": "linear"},
-        "train": {"seed": seed, "updates": 110, "output_dir": f"{out}/ppo", "threads": 2},
+        "train": {"seed": seed, "updates": 110, "output_dir": f"{out}/ppo"},
     }
     return {"sft": sft, "reward": reward, "ppo": ppo}
 
