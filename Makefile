@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml $(PLUGINS)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU build on local disk (an unpinned torch pulls a multi-GB CUDA build)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,report]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(PY) -m pip install --quiet -e '.[test,report,lora]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	touch $@
 
 setup: $(VENV)/.installed

@@ -12,7 +12,8 @@ from ..config import RunConfig
 from ..data.prompts import encode_records, left_pad, make_samples
 from ..data.stream import PromptStream
 from ..errors import ConfigError, TrainingError
-from ..modeling.loading import fit_to_context, frozen_copy, load_tokenizer, resolve_device, save_model
+from ..modeling.loading import fit_to_context, load_tokenizer, resolve_device, save_model
+from ..modeling.lora import MERGED_DIR, frozen_reference, is_adapter_model, load_adapter_weights, merged_copy
 from ..plugin.contract import RunContext
 from ..plugin.loading import PluginSet, load_plugins
 from ..ppo.actor_critic import ActorCritic, build_actor_critic
@@ -87,7 +88,7 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
     device, plugins, tokenizer, dataset, composer = (inputs.device, inputs.plugins, inputs.tokenizer,
                                                      inputs.dataset, inputs.composer)
     model = build_actor_critic(config.model, tokenizer, config.train.seed).to(device)
-    reference = frozen_copy(model.policy)
+    reference = frozen_reference(model.policy)  # with LoRA: the policy with its adapters off
     engine = PPOEngine(model, reference, config.ppo, config.generation, config.optim, config.train.updates,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                        generator=generator, max_nonfinite_steps=config.train.max_nonfinite_steps)
@@ -137,6 +138,14 @@ def save_policy(run: Run, directory: Path) -> None:
     run.model.save_critic(directory)
 
 
+def save_final(run: Run, directory: Path) -> None:
+    """The final output: the policy as checkpoints hold it and, for LoRA with save_merged, the merged model."""
+    save_policy(run, directory)
+    lora = run.config.model.lora
+    if lora is not None and lora.save_merged:
+        save_model(merged_copy(run.model.policy), run.tokenizer, directory / MERGED_DIR)
+
+
 def save_checkpoint(run: Run, run_dir: Path, metrics_lines: int) -> Path:
     def write(tmp: Path) -> None:
         save_policy(run, tmp / "policy")
@@ -163,8 +172,11 @@ def load_checkpoint(run: Run, path: Path) -> int:
 
     state = ckpt.read_json(path / ckpt.STATE_FILE)
     ckpt.check_resumable(state["config"], run.config.model_dump(mode="json"), path, RESUMABLE_CHANGES)
-    saved = AutoModelForCausalLM.from_pretrained(path / "policy", dtype=torch.float32)
-    run.model.policy.load_state_dict(saved.state_dict())
+    if is_adapter_model(run.model.policy):  # LoRA: the checkpoint holds the adapters, the base is model.path
+        load_adapter_weights(run.model.policy, path / "policy")
+    else:
+        saved = AutoModelForCausalLM.from_pretrained(path / "policy", dtype=torch.float32)
+        run.model.policy.load_state_dict(saved.state_dict())
     run.model.load_critic(path / "policy")
     torch_state = ckpt.load_torch_state(path / "optimizer.pt")
     run.engine.load_state_dict({
@@ -217,7 +229,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
                 step=lambda: run.engine.step(next_prompt_batch(run), scorer),
                 window=UpdateLine(), log=log, progress=progress,  # the engine guards its optimizer steps itself
                 save_checkpoint=checkpoint, save_every=config.train.save_every,
-                directory=run_dir, write_final=lambda tmp: save_policy(run, tmp),
+                directory=run_dir, write_final=lambda tmp: save_final(run, tmp),
                 sinks=[board] if board else [],
             )
             return loop.run(start=run.update)

@@ -46,6 +46,29 @@ def _must_divide(part: Optional[int], name: str, whole_name: str, info: Validati
     return part
 
 
+class LoRAConfig(Section):
+    """Low-rank adapters (peft; `pip install 'ppo-core[lora]'`): the policy's weights stay frozen, the adapters and
+    the value head train, and the reference is the same model with its adapters off (no second copy)."""
+
+    r: int = Field(8, gt=0, le=MAX_WIDTH, description="Rank of each adapter.")
+    alpha: float = Field(16.0, gt=0, description="Scale numerator: an adapter's update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input. PPO needs 0: every "
+                           "dropout is off in a PPO run, so that the first minibatch's ratio is exactly 1.")
+    target_modules: Optional[Union[list[str], Literal["all-linear"]]] = Field(
+        None, description="Names (or name suffixes) of the modules that get adapters, or `all-linear`; unset: "
+        "peft's default for the architecture (e.g. GPT-2's `c_attn`, Llama's `q_proj`/`v_proj`).")
+    save_merged: bool = Field(False, description="Also write `final/merged`: a full model with the adapters folded "
+                              "in (transformers loads it without peft).")
+
+    @field_validator("dropout")
+    @classmethod
+    def _no_dropout_in_ppo(cls, dropout: float) -> float:
+        if dropout:
+            raise ValueError("must be 0: a PPO run turns every dropout off (its first minibatch's ratio must be "
+                             "exactly 1)")
+        return dropout
+
+
 class ModelConfig(Section):
     path: str = Field(description="Policy checkpoint: a local directory or a hub id (any transformers causal LM).")
     tokenizer: Optional[str] = Field(None, description="Tokenizer path or hub id; defaults to `path`.")
@@ -58,6 +81,16 @@ class ModelConfig(Section):
                                              "head's MLP; defaults to the backbone's hidden size.")
     trust_remote_code: bool = Field(False, description="Allow checkpoints that ship their own modelling code.")
     device: str = Field("auto", description="`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:1`...")
+    lora: Optional[LoRAConfig] = Field(None, description="Train LoRA adapters instead of every weight; unset: full "
+                                       "fine-tuning.")
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_with_a_shared_critic(cls, lora: Optional[LoRAConfig], info: ValidationInfo) -> Optional[LoRAConfig]:
+        if lora is not None and info.data.get("critic") == "separate":
+            raise ValueError("LoRA runs use `critic: shared` (the value head on the policy's backbone, whose "
+                             "adapters train with it); a separate critic would be a full second model to train")
+        return lora
 
     @field_validator("critic_path")
     @classmethod

@@ -40,8 +40,9 @@ def _forward_argument(model_class: type, names: tuple[str, ...]) -> Optional[str
 
 def forward_argument(model: nn.Module, *names: str) -> Optional[str]:
     """The first of ``names`` that the model's forward accepts (transformers renames arguments across
-    releases), or None."""
-    return _forward_argument(type(model), names)
+    releases), or None. A wrapper that passes its keywords through (a peft model) is asked about its base."""
+    base = getattr(model, "get_base_model", None)
+    return _forward_argument(type(base() if callable(base) else model), names)
 
 
 def logits_to_keep(model: nn.Module, count: int) -> dict:

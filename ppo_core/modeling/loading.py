@@ -84,6 +84,12 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, tokenizer=None,
     problem = _local_path_problem(path)
     if problem:
         raise UserError(f"{field}: cannot load a causal LM from {path!r}: {problem}")
+    from .lora import adapter_base, load_adapter_model
+
+    base = adapter_base(Path(path)) if Path(path).is_dir() else None
+    if base is not None:  # LoRA adapters saved by a PPO run: their base model with the adapters merged in
+        return load_adapter_model(Path(path), load_causal_lm(base, trust_remote_code, tokenizer,
+                                                             field=f"{field} (the adapters' base model)"))
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:

@@ -13,6 +13,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..modeling.compat import fuse_activations, logits_to_keep
 from ..modeling.heads import MLPHead
+from ..modeling.lora import add_lora
 from ..modeling.loading import (
     disable_dropout,
     hidden_size_of,
@@ -85,6 +86,8 @@ class ActorCritic(nn.Module):
 
 def build_actor_critic(config: ModelConfig, tokenizer, seed: int) -> ActorCritic:
     policy = load_causal_lm(config.path, config.trust_remote_code, tokenizer)
+    if config.lora is not None:
+        policy = add_lora(policy, config.lora, config.path)
     critic_backbone = None
     if config.critic == "separate":
         critic_backbone = load_backbone(config.critic_path or config.path, config.trust_remote_code, tokenizer)
