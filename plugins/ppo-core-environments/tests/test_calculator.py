@@ -23,19 +23,6 @@ def record(prompt: str = "12*34=", solution: str = "408") -> Record:
     return Record.from_dict({"prompt": prompt, "solution": solution})
 
 
-def play(environment: Calculator, responses: list[str], start: Record = None):
-    """The steps of one episode answered by ``responses`` in turn (stopping when it is done)."""
-    state = environment.reset([start or record()]).states[0]
-    steps = []
-    for response in responses:
-        step = environment.step([state], [response])
-        steps.append(step)
-        state = step.states[0]
-        if step.done[0]:
-            break
-    return steps
-
-
 # ---- the parser ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("expression, value", [
     ("123*45", 5535), ("2+3*4", 14), ("(2+3)*4", 20), ("7//2", 3), ("-7//2", -4), ("-7%3", 2), ("84/12", 7),
@@ -76,28 +63,28 @@ def test_the_calculator_never_calls_eval(monkeypatch):
 
 
 # ---- the protocol --------------------------------------------------------------------------------------------
-def test_the_right_answer_at_once_bare_or_tagged():
+def test_the_right_answer_at_once_bare_or_tagged(play):
     for answer in ("408", " 408\n", "<answer>408</answer>", "so <answer> 408 </answer>"):
-        (step,) = play(make(), [answer])
+        (step,) = play(make(), [answer], record())
         assert (step.rewards, step.done, step.success, step.tool_calls) == ((1.0,), (True,), (True,), (0,))
 
 
-def test_a_wrong_answer_ends_the_episode_unsolved():
+def test_a_wrong_answer_ends_the_episode_unsolved(play):
     for answer in ("409", "<answer>409</answer>", "4 0 8", "", "<answer>408"):
-        (step,) = play(make(), [answer])
+        (step,) = play(make(), [answer], record())
         assert (step.rewards, step.done, step.success, step.observations) == ((0.0,), (True,), (False,), (None,))
 
 
-def test_a_tool_call_then_the_answer():
-    call, answer = play(make(), ["<calc>12*34</calc>", "<answer>408</answer>"])
+def test_a_tool_call_then_the_answer(play):
+    call, answer = play(make(), ["<calc>12*34</calc>", "<answer>408</answer>"], record())
     assert [m.model_dump() for m in call.observations[0]] == [{"role": "tool", "content": "408"}]
     assert (call.rewards, call.done, call.success, call.tool_calls) == ((None,), (False,), (None,), (1,))
     assert call.states[0]["calls"] == 1 and call.states[0]["result"] == "408"
     assert (answer.rewards, answer.done, answer.success, answer.tool_calls) == ((1.0,), (True,), (True,), (0,))
 
 
-def test_the_observation_role_is_an_option():
-    (call, _) = play(make(observation_role="user"), ["<calc>1+1</calc>", "2"])
+def test_the_observation_role_is_an_option(play):
+    (call, _) = play(make(observation_role="user"), ["<calc>1+1</calc>", "2"], record())
     assert call.observations[0][0].role == "user" and call.observations[0][0].content == "2"
 
 
@@ -111,18 +98,19 @@ def test_the_observation_role_is_an_option():
     ("<calc></calc>", "error: empty"),
     ("<calc>1+1</calc><calc>2+2</calc>", "2"),  # the first call is the one answered
 ])
-def test_a_failed_tool_call_is_answered_and_counted(response, observation):
-    (step,) = play(make(), [response])
+def test_a_failed_tool_call_is_answered_and_counted(response, observation, play):
+    (step,) = play(make(), [response], record())
     assert step.observations[0][0].content == observation
     assert (step.done, step.tool_calls, step.rewards) == ((False,), (1,), (None,))
 
 
-def test_the_tool_call_budget():
-    first, second, third = play(make(max_tool_calls=2), ["<calc>1+1</calc>", "<calc>2+2</calc>", "<calc>3+3</calc>"])
+def test_the_tool_call_budget(play):
+    calls = ["<calc>1+1</calc>", "<calc>2+2</calc>", "<calc>3+3</calc>"]
+    first, second, third = play(make(max_tool_calls=2), calls, record())
     assert (first.tool_calls, second.tool_calls) == ((1,), (1,)) and second.observations[0][0].content == "4"
     assert (third.done, third.success, third.rewards, third.tool_calls, third.observations) == \
         ((True,), (False,), (0.0,), (0,), (None,))
-    (only,) = play(make(max_tool_calls=0), ["<calc>1+1</calc>"])
+    (only,) = play(make(max_tool_calls=0), ["<calc>1+1</calc>"], record())
     assert (only.done, only.success) == ((True,), (False,))
 
 

@@ -19,24 +19,13 @@ def secret(number: int, low: int = 1, high: int = 32) -> Record:
     return Record.from_dict({"prompt": f"guess {low}-{high}", "solution": str(number), "low": low, "high": high})
 
 
-def play(environment: GuessNumber, guesses: list[str], start: Record):
-    state = environment.reset([start]).states[0]
-    steps = []
-    for guess in guesses:
-        steps.append(environment.step([state], [guess]))
-        state = steps[-1].states[0]
-        if steps[-1].done[0]:
-            break
-    return steps
-
-
-def test_the_right_first_guess():
+def test_the_right_first_guess(play):
     (step,) = play(make(), ["17"], secret(17))
     assert (step.rewards, step.done, step.success, step.observations, step.tool_calls) == \
         ((1.0,), (True,), (True,), (None,), (0,))
 
 
-def test_wrong_guesses_hear_higher_or_lower_and_the_reward_decays():
+def test_wrong_guesses_hear_higher_or_lower_and_the_reward_decays(play):
     steps = play(make(decay=0.5), ["16", " 24 ", "20", "17"], secret(17))
     assert [s.observations[0] for s in steps] == ["higher", "lower", "lower", None]  # the secret is higher/lower
     assert [s.rewards[0] for s in steps] == [None, None, None, 0.125] and steps[-1].success == (True,)
@@ -45,13 +34,13 @@ def test_wrong_guesses_hear_higher_or_lower_and_the_reward_decays():
     assert [(s.states[0]["low"], s.states[0]["high"]) for s in steps[:3]] == [(17, 32), (17, 23), (17, 19)]
 
 
-def test_not_a_number_is_told_so_and_costs_a_guess():
+def test_not_a_number_is_told_so_and_costs_a_guess(play):
     steps = play(make(), ["seventeen", "17.0", "", "17"], secret(17))
     assert [s.observations[0] for s in steps] == ["say a number"] * 3 + [None]
     assert steps[-1].rewards == (pytest.approx(0.9 ** 3),) and steps[-1].success == (True,)
 
 
-def test_the_guess_budget_ends_the_episode_unsolved():
+def test_the_guess_budget_ends_the_episode_unsolved(play):
     steps = play(make(max_guesses=3), ["1", "2", "3", "17"], secret(17))
     assert len(steps) == 3
     assert (steps[-1].done, steps[-1].success, steps[-1].rewards, steps[-1].observations) == \

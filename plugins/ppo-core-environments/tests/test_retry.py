@@ -22,29 +22,18 @@ def task(solution="pqibny") -> Record:
     return Record.from_dict({"prompt": "reverse: ynbiqp =", "solution": solution})
 
 
-def play(environment, answers, start=None):
-    state = environment.reset([start or task()]).states[0]
-    steps = []
-    for answer in answers:
-        steps.append(environment.step([state], [answer]))
-        state = steps[-1].states[0]
-        if steps[-1].done[0]:
-            break
-    return steps
-
-
-def test_the_right_answer_at_once():
-    (step,) = play(make(), [" pqibny\n"])
+def test_the_right_answer_at_once(play):
+    (step,) = play(make(), [" pqibny\n"], task())
     assert (step.rewards, step.done, step.success, step.observations, step.tool_calls) == \
         ((1.0,), (True,), (True,), (None,), (0,))
 
 
-def test_wrong_then_right_hears_feedback_and_the_reward_decays():
-    first, second = play(make(decay=0.5), ["pqibnx", "pqibny"])
+def test_wrong_then_right_hears_feedback_and_the_reward_decays(play):
+    first, second = play(make(decay=0.5), ["pqibnx", "pqibny"], task())
     assert (first.observations, first.rewards, first.done, first.success) == (("wrong: 1 differ",), (None,), (False,),
                                                                               (None,))
     assert (second.rewards, second.done, second.success) == ((0.5,), (True,), (True,))
-    *_, third = play(make(decay=0.5, max_attempts=3), ["a", "b", "pqibny"])
+    *_, third = play(make(decay=0.5, max_attempts=3), ["a", "b", "pqibny"], task())
     assert third.rewards == (0.25,)
 
 
@@ -57,24 +46,24 @@ def test_wrong_then_right_hears_feedback_and_the_reward_decays():
     ("positions", "pq", "wrong: pq____"),
     ("positions", "", "wrong: ______"),
 ])
-def test_feedback_kinds(kind, answer, text):
-    (step, _) = play(make(feedback=kind), [answer, "pqibny"])
+def test_feedback_kinds(kind, answer, text, play):
+    (step, _) = play(make(feedback=kind), [answer, "pqibny"], task())
     assert step.observations == (text,)
 
 
-def test_feedback_is_against_the_nearest_solution():
+def test_feedback_is_against_the_nearest_solution(play):
     assert feedback_text("positions", "abd", ["xyz", "abc"]) == "wrong: ab_"
     assert differing("abc", "abc") == 0 and differing("abc", "ab") == 1 and differing("", "abc") == 3
     (step, last) = play(make(), ["four", "4"], Record.from_dict({"prompt": "2+2=", "solution": ["4", "four!"]}))
     assert step.observations == ("wrong: 1 differ",) and last.success == (True,)
 
 
-def test_the_attempt_budget_ends_the_episode_unsolved():
-    steps = play(make(max_attempts=2), ["x", "y", "pqibny"])
+def test_the_attempt_budget_ends_the_episode_unsolved(play):
+    steps = play(make(max_attempts=2), ["x", "y", "pqibny"], task())
     assert len(steps) == 2
     assert (steps[-1].rewards, steps[-1].done, steps[-1].success, steps[-1].observations) == \
         ((0.0,), (True,), (False,), (None,))
-    (only,) = play(make(max_attempts=1), ["x"])
+    (only,) = play(make(max_attempts=1), ["x"], task())
     assert only.done == (True,) and only.success == (False,)
 
 
