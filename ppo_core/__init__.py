@@ -1,8 +1,9 @@
-"""ppo-core: PPO fine-tuning of causal language models with plugin rewards and datasets.
+"""ppo-core: PPO fine-tuning of causal language models with plugin rewards, datasets and environments.
 
 The public surface. Plugin authors import from here::
 
     from ppo_core import hookimpl, Reward, HiddenStateReward, Dataset, Record, Sample
+    from ppo_core import Environment, EnvReset, EnvStep
 
 and Python users call the entry functions (``ppo_core.train``, ``ppo_core.sft``, ``ppo_core.evaluate``,
 ``ppo_core.train_reward``), which load torch and transformers only when first used.
@@ -32,6 +33,7 @@ from .plugin.contract import (
     Solution,
     Split,
 )
+from .plugin.environment import EnvReset, EnvStep, Environment
 from .plugin.hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -54,7 +56,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ConfigError", "DataError", "Dataset", "HiddenStateReward", "Message", "NoOptions", "PluginError", "Record",
+    "ConfigError", "DataError", "Dataset", "EnvReset", "EnvStep", "Environment", "HiddenStateReward", "Message", "NoOptions", "PluginError", "Record",
     "Reward", "RewardError", "RunContext", "Sample", "Solution", "Split", "TrainingError", "UserError", "__version__",
     "evaluate", "hookimpl", "sft", "train", "train_reward",
 ]

@@ -117,7 +117,8 @@ def cmd_plugins(args) -> int:
         "plugins": [
             {"name": info.name, "distribution": info.distribution, "version": info.version,
              "entry_point": info.entry_point, "rewards": registry.by_plugin(info.name, "reward"),
-             "datasets": registry.by_plugin(info.name, "dataset")}
+             "datasets": registry.by_plugin(info.name, "dataset"),
+             "environments": registry.by_plugin(info.name, "environment")}
             for info in plugins.loaded
         ],
         "failed": [
@@ -137,6 +138,8 @@ def cmd_plugins(args) -> int:
         print(f"{item['name']} ({origin})")
         print(f"  rewards:  {', '.join(item['rewards']) or '-'}")
         print(f"  datasets: {', '.join(item['datasets']) or '-'}")
+        if item["environments"]:
+            print(f"  environments: {', '.join(item['environments'])}")
     for failure in plugins.failed:
         print(f"FAILED {failure.describe()}")
     for item in listing["skipped"]:

@@ -43,7 +43,7 @@ def rewards_of(listing: dict) -> dict[str, list[str]]:
     return {plugin["name"]: plugin["rewards"] for plugin in listing["plugins"]}
 
 
-def train_two_updates(root: Path, model: Path, rewards: list[dict]) -> list[dict]:
+def train_two_updates(root: Path, model: Path, rewards: list[dict], **sections) -> list[dict]:
     config = {
         "model": {"path": str(model)},
         "data": {"dataset": "reverse", "options": {"size": 32}},
@@ -51,6 +51,7 @@ def train_two_updates(root: Path, model: Path, rewards: list[dict]) -> list[dict
         "ppo": {"rollout_batch_size": 8, "minibatch_size": 4, "epochs": 1},
         "generation": {"max_new_tokens": 8},
         "train": {"updates": 2, "output_dir": str(root / "run"), "progress": "none"},
+        **sections,
     }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -133,3 +134,56 @@ def test_the_example_custom_reward_plugin_installs_and_trains(tmp_path, tiny_mod
         assert all(-1.0 <= m["reward/target_length"] <= 1.0 for m in metrics)
     finally:
         pip("uninstall", "--yes", "ppo-core-length-reward")
+
+
+# ---- the example environment plugin ---------------------------------------------------------------------------
+ECHO_DIST, ECHO_PLUGIN = "ppo-core-echo-environment", "echo_environment"
+# The engine side of issue 14 (multi-turn rollouts) lands separately: until the PPO engine runs an `environment:`
+# section, the training half of the example's test is skipped. The feature check: the engine package
+# (ppo_core/ppo) mentions environments at all.
+ENGINE_RUNS_ENVIRONMENTS = any("environment" in path.read_text(encoding="utf-8")
+                               for path in (REPO / "ppo_core" / "ppo").glob("*.py"))
+PLAY_ONE_EPISODE = """
+from ppo_core import RunContext
+from ppo_core.plugin.loading import load_plugins
+echo = load_plugins().registry.build("environment", "echo", {"rounds": 2, "episodes": 1}, RunContext())
+(record,) = echo.records("train")
+first, second = record.fields["words"]
+reset = echo.reset([record])
+step = echo.step(reset.states, [first])
+last = echo.step(step.states, ["nope"])
+print(reset.prompts[0] == "echo " + first, step.observations[0] == "echo " + second, step.rewards, last.done,
+      last.success)
+"""
+
+
+def environments_of(listing: dict) -> dict[str, list[str]]:
+    return {plugin["name"]: plugin["environments"] for plugin in listing["plugins"]}
+
+
+def test_the_example_custom_environment_plugin_installs_lists_plays_and_uninstalls():
+    pip("install", "--no-deps", "--no-build-isolation", str(REPO / "examples" / "custom-environment-plugin"))
+    try:
+        listing = plugins_json()
+        echo = next(p for p in listing["plugins"] if p["name"] == ECHO_PLUGIN)
+        assert (echo["distribution"], echo["environments"], echo["rewards"]) == (ECHO_DIST, ["echo"], [])
+        played = subprocess.run([sys.executable, "-c", PLAY_ONE_EPISODE], capture_output=True, text=True,
+                                timeout=120)
+        assert played.stdout.split() == ["True", "True", "(1.0,)", "(True,)", "(False,)"], played.stderr
+    finally:
+        pip("uninstall", "--yes", ECHO_DIST)
+    assert ECHO_PLUGIN not in environments_of(plugins_json())
+
+
+@pytest.mark.skipif(not ENGINE_RUNS_ENVIRONMENTS, reason="the PPO engine does not run environments yet (issue 14's "
+                    "engine side: nothing in ppo_core/ppo mentions an environment)")
+def test_the_example_custom_environment_plugin_trains_two_updates(tmp_path, tiny_model):
+    pip("install", "--no-deps", "--no-build-isolation", str(REPO / "examples" / "custom-environment-plugin"))
+    try:
+        metrics = train_two_updates(tmp_path, tiny_model, [{"name": "repetition_penalty", "weight": 0.1}], data={},
+                                    environment={"name": "echo", "max_turns": 3, "max_turn_tokens": 8,
+                                                 "options": {"rounds": 3, "episodes": 16}})
+        assert [m["update"] for m in metrics] == [1, 2]
+        assert all(0.0 <= m["env/success_rate"] <= 1.0 and 1.0 <= m["env/turns_mean"] <= 3.0 for m in metrics)
+    finally:
+        pip("uninstall", "--yes", ECHO_DIST)

@@ -4,7 +4,8 @@ Every test gets a fresh plugin manager (``load_plugins`` builds one per call). I
 module objects holding ``@hookimpl`` functions; failing *installed* plugins are real throwaway distributions
 (``*.dist-info`` + ``entry_points.txt``) written to ``tmp_path`` and put on ``sys.path``, so entry-point
 discovery runs for real. The bundled distributions ``ppo-core-rewards`` (plugin ``rule_rewards``) and
-``ppo-core-datasets`` (plugin ``datasets``) must be installed: without them these tests fail, never skip.
+``ppo-core-datasets`` (plugin ``datasets``) must be installed: without them these tests fail, never skip; the
+listing also checks ``ppo-core-environments`` (plugin ``environments``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ppo_core.plugin.loading import ALLOW_ENV, BLOCK_ENV, PluginSet, load_plugin
 
 RULE_PLUGIN, RULE_DIST = "rule_rewards", "ppo-core-rewards"
 DATA_PLUGIN, DATA_DIST = "datasets", "ppo-core-datasets"
+ENV_PLUGIN, ENV_DIST = "environments", "ppo-core-environments"
 RULE_REWARDS = ["edit_distance", "exact_match", "repetition_penalty"]
 SYNTHETIC_DATASETS = {"copy", "json", "jsonl", "reverse", "sort"}
 BUNDLED = {RULE_PLUGIN, DATA_PLUGIN}
@@ -484,6 +486,10 @@ def test_cli_plugins_json_lists_the_installed_plugins(capsys):
     assert data["rewards"] == []
     assert SYNTHETIC_DATASETS <= set(data["datasets"])
     assert data["datasets"] == sorted(data["datasets"])
+    environments = by_name[ENV_PLUGIN]
+    assert (environments["distribution"], environments["rewards"]) == (ENV_DIST, [])
+    assert environments["environments"] == ["calculator", "guess_number", "retry_with_feedback"]
+    assert rule["environments"] == data["environments"] == []
     assert not {item["name"] for item in listing["failed"]} & BUNDLED
     assert listing["skipped"] == []  # no allow or block list: nothing left out
 

@@ -25,6 +25,8 @@ def test_every_config_field_is_in_the_reference():
         for name, field in model.model_fields.items():
             annotation = field.annotation
             inner = getattr(annotation, "__args__", (None,))[0] if str(annotation).startswith("list[") else None
+            if str(annotation).startswith("typing.Optional[ppo_core"):  # an optional section: its fields
+                annotation = annotation.__args__[0]
             target = inner or annotation
             if isinstance(target, type) and hasattr(target, "model_fields"):
                 yield from keys(target, f"{prefix}{name}{'[]' if inner else ''}.")

@@ -56,6 +56,9 @@ def config_reference_markdown() -> str:
         if typing.get_origin(annotation) is list:
             model = typing.get_args(annotation)[0]
             title, prefix = f"`{section}:` (a list; each item)", f"{section}[]."
+        elif typing.get_origin(annotation) is typing.Union:  # an optional section, e.g. environment
+            model = next(a for a in typing.get_args(annotation) if a is not type(None))
+            title, prefix = f"`{section}:` (optional: {field.description})", f"{section}."
         else:
             model = annotation
             title, prefix = f"`{section}:`", f"{section}."

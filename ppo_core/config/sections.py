@@ -5,13 +5,14 @@ from __future__ import annotations
 import typing
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # Bounds that keep a typo from hanging the run or asking for an absurd allocation (the error names the bound).
 MAX_BATCH = 65_536  # samples, prompts or records in one batch
 MAX_TOKENS = 1_048_576  # tokens of one prompt or response (the model's context is checked before a run too)
 MAX_WIDTH = 65_536  # units in a head's hidden layer
 MAX_THREADS = 1024
+MAX_TURNS = 1024  # turns of one environment episode
 MAX_SEED = 2**63 - 1  # torch.manual_seed and torch.Generator take 64-bit seeds
 
 
@@ -101,7 +102,8 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    dataset: str = Field(description="Name of a registered dataset (see `ppo-core plugins`).")
+    dataset: Optional[str] = Field(description="Name of a registered dataset (see `ppo-core plugins`). With an "
+                                   "`environment`, it may be left out: the environment's own episodes are used.")
     options: dict[str, Any] = Field(default_factory=dict, description="The dataset's own options.")
     shuffle: bool = Field(True, description="Shuffle the prompts each pass, seeded by `train.seed`.")
     max_prompt_tokens: int = Field(256, gt=0, le=MAX_TOKENS, description="Longest prompt in tokens. Prompt + "
@@ -130,6 +132,41 @@ class RewardConfig(Section):
         "process", description="`process`: the reward runs in its own worker process, fed copies of the samples: "
         "a hang, crash or exit there is a fault of this reward, never the run's. `none`: in the main process "
         "(no pickling; a crash or `os._exit` there ends the run).")
+
+
+class EnvironmentConfig(Section):
+    """Multi-turn episodes (docs/design.md, "Environments"): the policy answers, the environment observes."""
+
+    name: str = Field(description="Name of a registered environment (see `ppo-core plugins`).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The environment's own options.")
+    max_turns: int = Field(1, gt=0, le=MAX_TURNS, description="Turns (model answers) per episode at most; an "
+                           "episode still running then is truncated.")
+    max_turn_tokens: Optional[int] = Field(None, gt=0, le=MAX_TOKENS, description="Longest answer of one turn "
+                                           "in tokens; defaults to `generation.max_new_tokens`.")
+    max_episode_tokens: Optional[int] = Field(None, gt=0, le=MAX_TOKENS, description="Tokens after the first "
+                                              "prompt (answers + observations) per episode at most; an episode "
+                                              "reaching it is truncated. `data.max_prompt_tokens` + this must "
+                                              "fit the model's context; unset: `max_turns` x the turn limit, "
+                                              "shrunk to fit the context.")
+    stop_strings: list[str] = Field(default_factory=list, description="A turn also ends after any of these "
+                                    "strings (kept in the answer), e.g. the closing tag of a tool call.")
+    on_error: Union[Literal["raise", "skip"], float] = Field(
+        "raise", description="A failing `reset`/`step`: `raise` stops the run naming the plugin, environment and "
+        "episode; `skip` ends the batch's running episodes there (truncated, no turn reward); a number ends them "
+        "with that turn reward. Events are counted in metrics.")
+    timeout_s: Optional[float] = Field(60.0, gt=0, description="Per-call time limit of `reset`/`step`, in "
+                                       "seconds; a late call is a fault (its worker is killed and restarted). "
+                                       "`null`: no limit.")
+    isolation: Literal["process", "none"] = Field(
+        "process", description="`process`: the environment runs in its own worker process (as rewards do): a "
+        "hang, crash or exit there is a fault of the environment, never the run's. `none`: in the main process.")
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _stop_strings_not_empty(cls, stop_strings: list[str]) -> list[str]:
+        if any(not stop for stop in stop_strings):
+            raise ValueError("a stop string must not be empty")
+        return stop_strings
 
 
 class KLConfig(Section):
@@ -260,6 +297,8 @@ class SFTConfig(Section):
 class RunConfig(Section):
     model: ModelConfig
     data: DataConfig
+    environment: Optional[EnvironmentConfig] = Field(None, description="multi-turn episodes; unset: one prompt, "
+                                                     "one response.")
     # may be empty for `ppo-core sft`/`eval`; `ppo-core train` requires at least one (ppo_core.commands.train.train)
     rewards: list[RewardConfig] = Field(default_factory=list)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
@@ -268,6 +307,17 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _environment_may_bring_its_episodes(cls, data: Any) -> Any:
+        """With an environment, ``data`` and ``data.dataset`` may be left out (the environment's own records
+        are used; the train command checks it has some); without one both stay required."""
+        if isinstance(data, dict) and isinstance(data.get("environment"), dict):
+            section = data.get("data", {})
+            if isinstance(section, dict) and "dataset" not in section:
+                data = {**data, "data": {**section, "dataset": None}}
+        return data
 
     @field_validator("rewards")
     @classmethod

@@ -190,6 +190,8 @@ def _longest_response(config: RunConfig, command: str) -> tuple[str, int]:
     which defaults to generation.max_new_tokens)."""
     generated = ("generation.max_new_tokens", config.generation.max_new_tokens)
     if command != "sft":
+        if config.environment is not None:  # resolved by _resolve_episode_tokens
+            return "environment.max_episode_tokens", config.environment.max_episode_tokens
         return generated
     targets = ("sft.max_response_tokens", config.sft.max_response_tokens) if config.sft.max_response_tokens \
         else generated
@@ -200,10 +202,15 @@ def fit_to_context(config: RunConfig, model_path: str, source: str = "config",
                    command: Literal["train", "sft", "eval"] = "train") -> RunConfig:
     """The longest prompt plus the longest response ``command`` makes must fit the model's context.
 
+    With an environment the response is the episode after its first prompt (``environment.max_episode_tokens``,
+    which :func:`_resolve_episode_tokens` sets when unset, as it does ``environment.max_turn_tokens``).
+
     An unset ``data.max_prompt_tokens`` becomes ``context - response`` when its default (256) would not fit;
     a value the user set is kept, and refused when too long (ConfigError names both fields and the context).
     """
     found = model_context_length(model_path)
+    if config.environment is not None and command != "sft":
+        config = _resolve_episode_tokens(config, found[0] if found else None)
     if found is None:
         return config
     context, where = found
@@ -218,4 +225,27 @@ def fit_to_context(config: RunConfig, model_path: str, source: str = "config",
                           f"context of {context} ({where}); lower them")
     config = config.model_copy(deep=True)
     config.data.max_prompt_tokens = context - response
+    return config
+
+
+def _resolve_episode_tokens(config: RunConfig, context: Optional[int]) -> RunConfig:
+    """Fill in ``environment.max_turn_tokens`` (``generation.max_new_tokens``) and ``max_episode_tokens``
+    (``max_turns`` turns, shrunk to what the context leaves after the prompt -- a prompt limit left at its
+    default counts for at most half the context -- but never below one turn) when unset; values the user set are
+    kept (and checked by :func:`fit_to_context`)."""
+    environment = config.environment
+    turn = environment.max_turn_tokens or config.generation.max_new_tokens
+    episode = environment.max_episode_tokens
+    if episode is None:
+        episode = environment.max_turns * turn
+        if context is not None:
+            prompt = config.data.max_prompt_tokens
+            if "max_prompt_tokens" not in config.data.model_fields_set:
+                prompt = min(prompt, context // 2)
+            episode = max(turn, min(episode, context - prompt))
+    if (turn, episode) == (environment.max_turn_tokens, environment.max_episode_tokens):
+        return config
+    config = config.model_copy(deep=True)
+    config.environment.max_turn_tokens = turn
+    config.environment.max_episode_tokens = episode
     return config

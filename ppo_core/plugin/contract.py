@@ -1,4 +1,6 @@
-"""What a plugin author imports: records, samples, and the Reward, HiddenStateReward and Dataset base classes."""
+"""What a plugin author imports: records, samples, and the Reward, HiddenStateReward and Dataset base classes.
+
+The Environment base class and its batched results live in :mod:`ppo_core.plugin.environment`."""
 
 from __future__ import annotations
 

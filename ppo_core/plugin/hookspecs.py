@@ -41,3 +41,15 @@ def register_datasets(register: Callable[[type], None]) -> None:
         ``Options`` model, and ``records(split)`` yielding validated :class:`ppo_core.Record` objects
         for the ``"train"`` or ``"eval"`` split.
     """
+
+
+@hookspec
+def register_environments(register: Callable[[type], None]) -> None:
+    """Register environment classes (multi-turn episodes; docs/design.md, "Environments").
+
+    :param register: call ``register(EnvironmentClass)`` once for each environment the plugin provides.
+        An environment class subclasses :class:`ppo_core.Environment`: it has a unique ``name``, a pydantic
+        ``Options`` model validated from the config's ``environment.options``, and batched
+        ``reset(records) -> EnvReset`` and ``step(states, responses) -> EnvStep``; optionally its own
+        ``records(split)`` like a dataset's. States are plain (JSON-serialisable) data.
+    """

@@ -12,7 +12,7 @@ import pluggy
 
 from ..errors import DuplicateNameError
 from . import hookspecs
-from .registry import Registry
+from .registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 ALLOW_ENV = "PPO_CORE_PLUGINS"
@@ -137,7 +137,9 @@ def _describe_failure(error: BaseException) -> str:
 
 def _fill_registry(plugins: PluginSet) -> None:
     registry = plugins.registry
-    hooks = (("reward", plugins.manager.hook.register_rewards), ("dataset", plugins.manager.hook.register_datasets))
+    relay = plugins.manager.hook
+    hooks = (("reward", relay.register_rewards), ("dataset", relay.register_datasets),
+             ("environment", relay.register_environments))
     broken: dict[str, FailedPlugin] = {}
     for kind, hook in hooks:
         for impl in hook.get_hookimpls():  # registration order (pluggy lists them so; calls run LIFO)
@@ -158,6 +160,6 @@ def _fill_registry(plugins: PluginSet) -> None:
     for name, failure in broken.items():
         plugins.loaded.remove(failure.info)
         plugins.failed.append(failure)
-        for kind in ("reward", "dataset"):
+        for kind in KINDS:
             for entry_name in registry.by_plugin(name, kind):
                 del registry.entries[kind][entry_name]

@@ -1,4 +1,4 @@
-"""Names -> reward and dataset classes, each stamped with the plugin that registered it."""
+"""Names -> reward, dataset and environment classes, each stamped with the plugin that registered it."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from ..errors import (
     format_validation_error,
 )
 from .contract import Dataset, Reward, RunContext
+from .environment import Environment
 
-Kind = Literal["reward", "dataset"]
-_BASES: dict[str, type] = {"reward": Reward, "dataset": Dataset}
+Kind = Literal["reward", "dataset", "environment"]
+KINDS: tuple[Kind, ...] = ("reward", "dataset", "environment")
+_BASES: dict[str, type] = {"reward": Reward, "dataset": Dataset, "environment": Environment}
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,9 @@ class Entry:
 
 @dataclass
 class Registry:
-    """The rewards and datasets the loaded plugins registered."""
+    """The rewards, datasets and environments the loaded plugins registered."""
 
-    entries: dict[Kind, dict[str, Entry]] = field(default_factory=lambda: {"reward": {}, "dataset": {}})
+    entries: dict[Kind, dict[str, Entry]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
     failed_plugins: list[str] = field(default_factory=list)
     skipped_plugins: list[str] = field(default_factory=list)  # left out by the allow/block lists
 
@@ -66,7 +68,7 @@ class Registry:
 
     def build(self, kind: Kind, name: str, options: Mapping[str, Any] | None, context: RunContext,
               where: str = "", name_where: str = "") -> Any:
-        """Instantiate a reward or dataset with its validated options.
+        """Instantiate a reward, dataset or environment with its validated options.
 
         ``where`` is the config location of ``options`` (e.g. ``config.yaml: rewards.0.options``), ``name_where``
         that of the name (e.g. ``config.yaml: rewards.0.name``), which prefixes an unknown-name error.
