@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import torch
 
 from ..config import RunConfig
-from ..data.prompts import encode_records, left_pad, make_samples
+from ..data.prompts import left_pad, long_prompt_stats, make_samples
 from ..data.stream import PromptStream
 from ..errors import ConfigError, TrainingError
 from ..modeling.loading import fit_to_context, frozen_copy, load_tokenizer, resolve_device, save_model
@@ -96,8 +96,7 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
 
 
 def next_prompt_batch(run: Run) -> PromptBatch:
-    records = run.prompts.take(run.config.ppo.rollout_batch_size)
-    encoded = encode_records(records, run.tokenizer, run.config.data)
+    encoded = run.prompts.take_prompts(run.config.ppo.rollout_batch_size, run.tokenizer, run.config.data)
     input_ids, attention_mask = left_pad([p.ids for p in encoded], run.tokenizer.pad_token_id)
     return PromptBatch(input_ids.to(run.device), attention_mask.to(run.device), encoded)
 
@@ -118,7 +117,8 @@ class ComposerScorer:
         samples = make_samples(batch.records, responses.tokens, responses.mask, responses.stopped_by_eos,
                                self.tokenizer)
         composition = self.composer(samples, reference_hidden)
-        return torch.tensor(composition.totals, dtype=torch.float32), composition.stats
+        stats = {**composition.stats, **long_prompt_stats(batch.records)}
+        return torch.tensor(composition.totals, dtype=torch.float32), stats
 
 
 def make_scorer(composer: Composer, tokenizer) -> ComposerScorer:
