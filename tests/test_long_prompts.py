@@ -5,11 +5,8 @@ once (ppo_core.data.prompts, ppo_core.data.stream)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-import yaml
 
 from ppo_core.config import DataConfig
 from ppo_core.data.prompts import LongPrompts, encode_records, long_prompt_stats
@@ -17,7 +14,7 @@ from ppo_core.data.stream import PromptStream
 from ppo_core.errors import DataError
 from ppo_core.modeling.tiny import build_char_tokenizer
 from ppo_core.plugin.contract import Dataset, Record
-from ppo_core.runtime.metrics import read_metrics
+from ppo_core.testing import train_tiny_run
 
 # one line per turn, so the kept text is easy to read: <role>content\n ... <assistant>
 TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
@@ -148,18 +145,8 @@ def test_ppo_train_reads_trl_shaped_jsonl_counts_truncations_and_warns_once(tmp_
         rows.append({"prompt": turns, "solution": word[::-1]} if i < 2
                     else {"messages": [*turns, {"role": "assistant", "content": word[::-1]}]})
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    config = {
-        "model": {"path": str(tiny_model_dir)},
-        "data": {"dataset": "jsonl", "options": {"path": str(tmp_path / "data.jsonl")}, "max_prompt_tokens": 28},
-        "rewards": [{"name": "edit_distance"}],
-        "ppo": {"rollout_batch_size": 4, "minibatch_size": 4, "epochs": 1},
-        "generation": {"max_new_tokens": 4},
-        "train": {"updates": 2, "output_dir": str(tmp_path / "run"), "progress": "lines"},
-    }
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "ppo_core.cli", "train", str(tmp_path / "run.yaml")],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    data = {"dataset": "jsonl", "options": {"path": str(tmp_path / "data.jsonl")}, "max_prompt_tokens": 28}
+    metrics, stderr = train_tiny_run(tiny_model_dir, tmp_path, data, [{"name": "edit_distance"}])
     # "Be brief.\nreverse: hellohellohellohello =" has 1 + 41 tokens: the two long records of each pass are cut
-    assert [line["data/truncated_prompts"] for line in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [2, 2]
-    assert result.stderr.count("data.max_prompt_tokens: prompts longer than 28 tokens are truncated") == 1
+    assert [line["data/truncated_prompts"] for line in metrics] == [2, 2]
+    assert stderr.count("data.max_prompt_tokens: prompts longer than 28 tokens are truncated") == 1

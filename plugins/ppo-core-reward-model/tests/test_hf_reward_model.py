@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-import yaml
 from ppo_core_reward_model import HubRewardModel, HubRewardModelOptions
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from ppo_core import Message, RunContext, Sample
 from ppo_core.modeling.tiny import build_char_tokenizer
 from ppo_core.reward_model import RewardModelError
-from ppo_core.runtime.metrics import read_metrics
-from ppo_core.testing import one_torch_thread
+from ppo_core.testing import one_torch_thread, train_tiny_run
 
 TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -135,18 +131,8 @@ def test_a_missing_checkpoint_names_the_option(tmp_path):
 
 
 def test_it_serves_a_real_ppo_run_from_a_reward_worker_process(gpt2_templated, tiny_model_dir, tmp_path):
-    config = {
-        "model": {"path": str(tiny_model_dir)},
-        "data": {"dataset": "reverse", "options": {"size": 16}},
-        "rewards": [{"name": "hf_reward_model", "options": {"path": str(gpt2_templated), "batch_size": 3}}],
-        "ppo": {"rollout_batch_size": 4, "minibatch_size": 4, "epochs": 1},
-        "generation": {"max_new_tokens": 4},
-        "train": {"updates": 2, "output_dir": str(tmp_path / "run"), "progress": "lines"},
-    }
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "ppo_core.cli", "train", str(tmp_path / "run.yaml")],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    lines = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    rewards = [{"name": "hf_reward_model", "options": {"path": str(gpt2_templated), "batch_size": 3}}]
+    lines, _stderr = train_tiny_run(tiny_model_dir, tmp_path, {"dataset": "reverse", "options": {"size": 16}},
+                                    rewards)
     assert len(lines) == 2 and all(line["reward/hf_reward_model/errors"] == 0 for line in lines)
     assert all(abs(line["reward/hf_reward_model"]) > 0 for line in lines)
