@@ -95,16 +95,21 @@ class LongPrompts:
     warn: Callable[[str], None] = field(default=_warn_on_stderr, repr=False)
 
     def count(self, record: Record, tokens: int, config: DataConfig) -> None:
+        skip = config.long_prompts == "skip"
         if not (self.truncated or self.skipped):
-            done = "skipped" if config.long_prompts == "skip" else "truncated (the system turn kept, the conversation " \
-                "after it cut from its start)"
+            done = "skipped" if skip else "truncated (the system turn kept, the conversation after it cut from its start)"
             self.warn(f"warning: data.max_prompt_tokens: prompts longer than {config.max_prompt_tokens} tokens are "
                       f"{done}; the first has {tokens} tokens: {_shown(record.prompt_text)!r} "
-                      f"(counted in data/{'skipped' if config.long_prompts == 'skip' else 'truncated'}_prompts)")
-        if config.long_prompts == "skip":
+                      f"(counted in data/{'skipped' if skip else 'truncated'}_prompts)")
+        if skip:
             self.skipped += 1
         else:
             self.truncated += 1
+
+
+#: The count of the prompts encoded outside a :class:`~ppo_core.data.stream.PromptStream` (the eval split of
+#: ``eval`` and of SFT's ``eval_every``): they are announced once per process, not at every evaluation.
+UNSTREAMED = LongPrompts()
 
 
 def _shown(text: str) -> str:
@@ -122,7 +127,7 @@ def encode_record(record: Record, tokenizer, config: DataConfig, long_prompts: O
     if config.long_prompts == "error":
         raise DataError(f"data.max_prompt_tokens: prompt {_shown(prompt.text)!r} has {len(ids)} tokens, more than "
                         f"{config.max_prompt_tokens} (data.long_prompts: truncate cuts it, skip leaves it out)")
-    (long_prompts or LongPrompts()).count(record, len(ids), config)
+    (long_prompts or UNSTREAMED).count(record, len(ids), config)
     return None if config.long_prompts == "skip" else truncate_prompt(record, tokenizer, config)
 
 
@@ -130,35 +135,37 @@ def truncate_prompt(record: Record, tokenizer, config: DataConfig) -> EncodedPro
     """The record cut to ``max_prompt_tokens``: the leading system turns are kept whole and the conversation
     after them is cut from its start, whole tokens at a time, keeping every turn's template markup; a turn left
     with no room is dropped and the cut goes on into the next one."""
+    limit = config.max_prompt_tokens
     messages = list(record.messages)
     first = next((i for i, message in enumerate(messages) if message.role != "system"), len(messages))
     while first < len(messages):
-        content = messages[first].content
-
-        def encoded(cut: int) -> EncodedPrompt:
-            kept = [*messages[:first], Message(role=messages[first].role, content=content[cut:]),
-                    *messages[first + 1:]]
-            cut_record = record.model_copy(update={"messages": kept})
-            prompt = render_prompt(cut_record, tokenizer, config.chat_template)
-            return EncodedPrompt(cut_record, prompt.text, prompt_token_ids(prompt.text, tokenizer, prompt.templated),
-                                 prompt.templated, truncated=True)
-
-        cuts = _cut_points(content, tokenizer)
-        if len(encoded(cuts[-1]).ids) <= config.max_prompt_tokens:
-            low, high = 0, len(cuts) - 1  # the fewest tokens cut that fit: cuts[high] fits, cuts[low - 1] does not
+        cuts = _cut_points(messages[first].content, tokenizer)
+        if len(_cut_turn(record, messages, first, cuts[-1], tokenizer, config).ids) <= limit:
+            low, high = 0, len(cuts) - 1  # bisect for the fewest tokens cut: cuts[high] fits, cuts[low - 1] does not
             while low < high:
                 middle = (low + high) // 2
-                if len(encoded(cuts[middle]).ids) <= config.max_prompt_tokens:
+                if len(_cut_turn(record, messages, first, cuts[middle], tokenizer, config).ids) <= limit:
                     high = middle
                 else:
                     low = middle + 1
-            return encoded(cuts[high])
+            return _cut_turn(record, messages, first, cuts[high], tokenizer, config)
         if first == len(messages) - 1:
             break
-        del messages[first]
+        del messages[first]  # even emptied, this turn leaves no room: drop it and cut into the next one
     raise DataError(f"data.max_prompt_tokens: the system turn(s) and chat template of prompt "
-                    f"{_shown(record.prompt_text)!r} alone take more than {config.max_prompt_tokens} tokens; raise "
+                    f"{_shown(record.prompt_text)!r} alone take more than {limit} tokens; raise "
                     f"data.max_prompt_tokens or set data.long_prompts: skip")
+
+
+def _cut_turn(record: Record, messages: list[Message], index: int, cut: int, tokenizer, config: DataConfig
+              ) -> EncodedPrompt:
+    """``record`` with ``messages``, turn ``index`` losing its first ``cut`` characters, rendered and encoded."""
+    turn = messages[index]
+    kept = [*messages[:index], Message(role=turn.role, content=turn.content[cut:]), *messages[index + 1:]]
+    cut_record = record.model_copy(update={"messages": kept})
+    prompt = render_prompt(cut_record, tokenizer, config.chat_template)
+    return EncodedPrompt(cut_record, prompt.text, prompt_token_ids(prompt.text, tokenizer, prompt.templated),
+                         prompt.templated, truncated=True)
 
 
 def _cut_points(content: str, tokenizer) -> list[int]:
@@ -176,7 +183,7 @@ def encode_records(records: Sequence[Record], tokenizer, config: DataConfig,
                    long_prompts: Optional[LongPrompts] = None) -> list[EncodedPrompt]:
     """Records -> encoded prompts (:func:`encode_record`), the skipped ones left out. The one way a dataset's
     prompts become token ids; ``long_prompts`` counts (and announces once) the prompts that were too long."""
-    long_prompts = long_prompts or LongPrompts()
+    long_prompts = long_prompts or UNSTREAMED
     encoded = (encode_record(record, tokenizer, config, long_prompts) for record in records)
     return [prompt for prompt in encoded if prompt is not None]
 
