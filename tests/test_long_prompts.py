@@ -150,3 +150,20 @@ def test_ppo_train_reads_trl_shaped_jsonl_counts_truncations_and_warns_once(tmp_
     # "Be brief.\nreverse: hellohellohellohello =" has 1 + 41 tokens: the two long records of each pass are cut
     assert [line["data/truncated_prompts"] for line in metrics] == [2, 2]
     assert stderr.count("data.max_prompt_tokens: prompts longer than 28 tokens are truncated") == 1
+
+
+def test_the_fewest_tokens_cut_are_found_whatever_the_first_guess():
+    from ppo_core.data.prompts import _fewest
+
+    for count in range(1, 12):
+        for answer in range(count):
+            for guess in range(count + 2):
+                calls: list[int] = []
+
+                def fits(k: int) -> bool:
+                    calls.append(k)
+                    return k >= answer
+
+                assert _fewest(fits, count, guess) == answer
+                if guess == answer and 0 < answer < count - 1:
+                    assert calls == [answer, answer - 1]  # a right guess costs two checks

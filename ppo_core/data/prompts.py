@@ -140,21 +140,38 @@ def truncate_prompt(record: Record, tokenizer, config: DataConfig) -> EncodedPro
     first = next((i for i, message in enumerate(messages) if message.role != "system"), len(messages))
     while first < len(messages):
         cuts = _cut_points(messages[first].content, tokenizer)
-        if len(_cut_turn(record, messages, first, cuts[-1], tokenizer, config).ids) <= limit:
-            low, high = 0, len(cuts) - 1  # bisect for the fewest tokens cut: cuts[high] fits, cuts[low - 1] does not
-            while low < high:
-                middle = (low + high) // 2
-                if len(_cut_turn(record, messages, first, cuts[middle], tokenizer, config).ids) <= limit:
-                    high = middle
-                else:
-                    low = middle + 1
-            return _cut_turn(record, messages, first, cuts[high], tokenizer, config)
+        emptied = len(_cut_turn(record, messages, first, cuts[-1], tokenizer, config).ids)
+        if emptied <= limit:
+            # cuts[k] drops the turn's first k tokens; were token counts additive, keeping `limit - emptied` fits
+            guess = max(len(cuts) - 1 - (limit - emptied), 0)
+            best = _fewest(lambda k: len(_cut_turn(record, messages, first, cuts[k], tokenizer, config).ids) <= limit,
+                           len(cuts), guess)
+            return _cut_turn(record, messages, first, cuts[best], tokenizer, config)
         if first == len(messages) - 1:
             break
         del messages[first]  # even emptied, this turn leaves no room: drop it and cut into the next one
     raise DataError(f"data.max_prompt_tokens: the system turn(s) and chat template of prompt "
                     f"{_shown(record.prompt_text)!r} alone take more than {limit} tokens; raise "
                     f"data.max_prompt_tokens or set data.long_prompts: skip")
+
+
+def _fewest(fits: Callable[[int], bool], count: int, guess: int) -> int:
+    """The smallest k in [0, count) with ``fits(k)``, given that ``fits(count - 1)`` and that fitting is monotone:
+    ``guess`` and ``guess - 1`` are tried first (two calls when the guess is right), then bisection."""
+    low, high = 0, count - 1
+    for probe in (guess, guess - 1):
+        if low <= probe < high:
+            if fits(probe):
+                high = probe
+            else:
+                low = probe + 1
+    while low < high:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return high
 
 
 def _cut_turn(record: Record, messages: list[Message], index: int, cut: int, tokenizer, config: DataConfig
