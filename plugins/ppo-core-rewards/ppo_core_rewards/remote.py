@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ppo_core import Reward, RunContext, Sample
+from ppo_core import Reward, Sample
 from ppo_core.errors import RewardError
 
 __all__ = ["HttpReward", "HttpRewardOptions"]
@@ -56,9 +56,6 @@ class HttpReward(Reward):
 
     name = "http_reward"
     Options = HttpRewardOptions
-
-    def __init__(self, options: HttpRewardOptions, context: RunContext = RunContext()):
-        super().__init__(options, context)
 
     def __call__(self, samples: Sequence[Sample]) -> list[Optional[float]]:
         size = self.options.batch_size
