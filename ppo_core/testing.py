@@ -13,7 +13,8 @@ directory, and a third-party plugin can use them too. pytest is needed only to l
 - ``make_sample`` builds a :class:`ppo_core.Sample`;
 - ``tiny_model_dir`` is a tiny random checkpoint written once per session by :func:`ppo_core.modeling.tiny.init_model`,
   ``tiny_tokenizer`` its tokenizer;
-- ``trained_reward_model`` is a reward model trained once per session on that checkpoint (see its docstring).
+- ``trained_reward_model`` is a reward model trained once per session on that checkpoint (see its docstring);
+- ``train_tiny_run`` runs a real ``ppo-core train`` of a few updates and returns its metrics and stderr.
 """
 
 from __future__ import annotations
@@ -155,6 +156,29 @@ def random_samples(tokenizer, n: int = 12, seed: int = 3) -> list[Sample]:
         samples.append(Sample(prompt=prompt, response=response, response_ids=ids, solution=None,
                               stop_reason="eos" if i % 3 else "length"))
     return samples
+
+
+def train_tiny_run(model: Path, directory: Path, data: dict, rewards: list[dict], updates: int = 2
+                   ) -> tuple[list[dict], str]:
+    """A real ``ppo-core train`` (a subprocess, rollout batches of 4, 4 new tokens) of ``updates`` updates on
+    ``model``, writing ``directory``/run; returns its metrics lines and its stderr (shown when it fails)."""
+    import subprocess
+
+    import yaml
+
+    from .runtime.metrics import read_metrics
+
+    config = {
+        "model": {"path": str(model)}, "data": data, "rewards": rewards,
+        "ppo": {"rollout_batch_size": 4, "minibatch_size": 4, "epochs": 1},
+        "generation": {"max_new_tokens": 4},
+        "train": {"updates": updates, "output_dir": str(directory / "run"), "progress": "lines"},
+    }
+    (directory / "run.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "ppo_core.cli", "train", str(directory / "run.yaml")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return read_metrics(directory / "run" / "metrics.jsonl"), result.stderr
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,7 @@ def test_bundled_rewards_are_discovered_through_their_entry_point():
     listing = plugins_json()
     plugin = next(p for p in listing["plugins"] if p["name"] == "rule_rewards")
     assert plugin["distribution"] == "ppo-core-rewards"
-    assert plugin["rewards"] == ["edit_distance", "exact_match", "repetition_penalty"]
+    assert plugin["rewards"] == ["edit_distance", "exact_match", "http_reward", "repetition_penalty"]
 
 
 def test_a_throwaway_plugin_distribution_installs_lists_trains_and_uninstalls(tmp_path, tiny_model):

@@ -28,7 +28,7 @@ from ppo_core.plugin.loading import ALLOW_ENV, BLOCK_ENV, PluginSet, load_plugin
 RULE_PLUGIN, RULE_DIST = "rule_rewards", "ppo-core-rewards"
 DATA_PLUGIN, DATA_DIST = "datasets", "ppo-core-datasets"
 ENV_PLUGIN, ENV_DIST = "environments", "ppo-core-environments"
-RULE_REWARDS = ["edit_distance", "exact_match", "repetition_penalty"]
+RULE_REWARDS = ["edit_distance", "exact_match", "http_reward", "repetition_penalty"]
 SYNTHETIC_DATASETS = {"copy", "json", "jsonl", "reverse", "sort"}
 BUNDLED = {RULE_PLUGIN, DATA_PLUGIN}
 TEST_PLUGIN = "test_plugin"
@@ -499,7 +499,7 @@ def test_cli_plugins_text_listing_and_the_allow_variable(capsys, monkeypatch):
     assert main(["plugins"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = lines.index(f"{RULE_PLUGIN} ({RULE_DIST} 0.1.0)")
-    assert lines[header + 1].split() == ["rewards:", "edit_distance,", "exact_match,", "repetition_penalty"]
+    assert lines[header + 1].split() == ["rewards:", "edit_distance,", "exact_match,", "http_reward,", "repetition_penalty"]
     assert lines[header + 2].split() == ["datasets:", "-"]
     assert f"skipped {DATA_PLUGIN} (allow/block list)" in lines
     assert not any(line.startswith(DATA_PLUGIN + " (") for line in lines)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
-from ..data.prompts import encode_records, left_pad
+from ..data.prompts import EncodedPrompt, encode_records, left_pad, long_prompt_stats
 from ..data.stream import PromptStream, take_records
 from ..errors import DataError
 from ..modeling.loading import disable_dropout, fit_to_context, load_causal_lm, save_model
@@ -92,8 +92,13 @@ def response_ids(solution: str, tokenizer, max_tokens: Optional[int] = None) -> 
 
 def build_batch(records: Sequence[Record], tokenizer, config: RunConfig, where: str = "dataset") -> SFTBatch:
     """Tokenize records into an :class:`SFTBatch` whose prompt part is exactly the PPO rollout's prompt batch."""
+    return batch_of_prompts(encode_records(records, tokenizer, config.data), tokenizer, config, where)
+
+
+def batch_of_prompts(encoded: Sequence[EncodedPrompt], tokenizer, config: RunConfig, where: str = "dataset"
+                     ) -> SFTBatch:
+    """Encoded prompts, each followed by its record's solution + eos: an :class:`SFTBatch`."""
     max_response = config.sft.max_response_tokens or config.generation.max_new_tokens
-    encoded = encode_records(records, tokenizer, config.data)
     prompt_ids, prompt_mask = left_pad([p.ids for p in encoded], tokenizer.pad_token_id)
     responses = [response_ids(target_solution(p.record, where), tokenizer, max_response) for p in encoded]
     width = max(len(r) for r in responses)
@@ -195,8 +200,8 @@ def sft_step(run: SFTRun) -> dict[str, float]:
     """One optimizer step on the next ``sft.batch_size`` records (micro-batches weighted by their tokens)."""
     config = run.config
     run.model.train()
-    records = run.records.take(config.sft.batch_size)
-    batch = build_batch(records, run.tokenizer, config, where=f"dataset '{config.data.dataset}'").to(run.device)
+    records = run.records.take_prompts(config.sft.batch_size, run.tokenizer, config.data)
+    batch = batch_of_prompts(records, run.tokenizer, config, where=f"dataset '{config.data.dataset}'").to(run.device)
     tokens = max(batch.response_tokens, 1)
     micro = config.sft.micro_batch_size or config.sft.batch_size
     run.optimizer.zero_grad(set_to_none=True)
@@ -208,7 +213,7 @@ def sft_step(run: SFTRun) -> dict[str, float]:
     grad_norm = clip_gradients(run.model.parameters(), config.optim.max_grad_norm)
     loss = total / tokens
     stats = {"loss": loss, "grad_norm": grad_norm, "response_tokens": float(batch.response_tokens),
-             "lr": run.scheduler.get_last_lr()[0]}
+             "lr": run.scheduler.get_last_lr()[0], **long_prompt_stats(records)}
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         run.optimizer.zero_grad(set_to_none=True)
         stats[NONFINITE] = 1.0

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import torch
 
 from ..config import RunConfig
-from ..data.prompts import encode_records, left_pad, make_samples
+from ..data.prompts import left_pad, long_prompt_stats, make_samples
 from ..data.stream import PromptStream
 from ..errors import ConfigError, TrainingError
 from ..modeling.loading import fit_to_context, load_tokenizer, resolve_device, save_model
@@ -97,8 +97,7 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
 
 
 def next_prompt_batch(run: Run) -> PromptBatch:
-    records = run.prompts.take(run.config.ppo.rollout_batch_size)
-    encoded = encode_records(records, run.tokenizer, run.config.data)
+    encoded = run.prompts.take_prompts(run.config.ppo.rollout_batch_size, run.tokenizer, run.config.data)
     input_ids, attention_mask = left_pad([p.ids for p in encoded], run.tokenizer.pad_token_id)
     return PromptBatch(input_ids.to(run.device), attention_mask.to(run.device), encoded)
 
@@ -118,11 +117,12 @@ class ComposerScorer:
     def start(self, responses: Responses, records):
         """Decode one chunk into samples and start its background rewards (the composer's workers)."""
         samples = make_samples(records, responses.tokens, responses.mask, responses.stopped_by_eos, self.tokenizer)
-        return self.composer.start(samples)
+        return records, self.composer.start(samples)
 
-    def finish(self, scorings, reference_hidden=None):
-        composition = self.composer.finish(scorings, reference_hidden)
-        return torch.tensor(composition.totals, dtype=torch.float32), composition.stats
+    def finish(self, handles, reference_hidden=None):
+        composition = self.composer.finish([scoring for _, scoring in handles], reference_hidden)
+        stats = {**composition.stats, **long_prompt_stats([record for records, _ in handles for record in records])}
+        return torch.tensor(composition.totals, dtype=torch.float32), stats
 
 
 def make_scorer(composer: Composer, tokenizer) -> ComposerScorer:

@@ -109,9 +109,16 @@ class DataConfig(Section):
     max_prompt_tokens: int = Field(256, gt=0, le=MAX_TOKENS, description="Longest prompt in tokens. Prompt + "
                                    "response must fit the model's context (read from its config.json): unset, it "
                                    "shrinks to the context minus `generation.max_new_tokens` when 256 would not fit.")
-    long_prompts: Literal["truncate", "reject"] = Field(
-        "truncate", description="A longer prompt keeps its last tokens (`truncate`) or stops the run (`reject`).")
+    long_prompts: Literal["truncate", "error", "skip"] = Field(
+        "truncate", description="A longer prompt is cut (`truncate`: the system turn kept, the conversation after it "
+        "cut from its start), stops the run (`error`; `reject` is read as `error`) or is left out (`skip`); truncated "
+        "and skipped prompts are counted (`data/truncated_prompts`, `data/skipped_prompts`) and announced once.")
     chat_template: bool = Field(True, description="Apply the tokenizer's chat template when it has one.")
+
+    @field_validator("long_prompts", mode="before")
+    @classmethod
+    def _reject_is_error(cls, value: Any) -> Any:
+        return "error" if value == "reject" else value
 
 
 class RewardConfig(Section):

@@ -6,8 +6,10 @@ import itertools
 import random
 from typing import Iterator, Optional
 
+from ..config import DataConfig
 from ..errors import DataError
 from ..plugin.contract import Dataset, Record, Split
+from .prompts import EncodedPrompt, LongPrompts, encode_record
 
 SHUFFLE_BUFFER = 10_000
 
@@ -15,7 +17,8 @@ SHUFFLE_BUFFER = 10_000
 class PromptStream:
     """An endless, reproducible stream of records: pass after pass over a split, each pass shuffled through a
     buffer (so a large file is never held whole). ``position`` (pass, records taken in it) is all a checkpoint
-    needs to resume the stream exactly."""
+    needs to resume the stream exactly. ``long_prompts`` counts the prompts :meth:`take_prompts` truncated or
+    skipped, over the whole run."""
 
     def __init__(self, dataset: Dataset, split: Split, seed: int, shuffle: bool, name: str = "dataset"):
         self.dataset = dataset
@@ -26,6 +29,8 @@ class PromptStream:
         self.epoch = 0
         self.taken = 0
         self._iterator: Optional[Iterator[Record]] = None
+        self.long_prompts = LongPrompts()
+        self._pass_length: Optional[int] = None  # records in a whole pass, once one has ended
 
     @property
     def position(self) -> dict[str, int]:
@@ -40,6 +45,23 @@ class PromptStream:
     def take(self, count: int) -> list[Record]:
         return [self._next() for _ in range(count)]
 
+    def take_prompts(self, count: int, tokenizer, config: DataConfig) -> list[EncodedPrompt]:
+        """The next ``count`` records encoded (:func:`~ppo_core.data.prompts.encode_record`); with
+        ``long_prompts: skip`` a skipped record is replaced by the next one."""
+        prompts: list[EncodedPrompt] = []
+        skipped_in_a_row = 0
+        while len(prompts) < count:
+            prompt = encode_record(self._next(), tokenizer, config, self.long_prompts)
+            if prompt is not None:
+                prompt.skipped_before, skipped_in_a_row = skipped_in_a_row, 0
+                prompts.append(prompt)
+                continue
+            skipped_in_a_row += 1
+            if self._pass_length is not None and skipped_in_a_row > self._pass_length:
+                raise DataError(f"{self.name}: every prompt of the {self.split} split is longer than "
+                                f"data.max_prompt_tokens ({config.max_prompt_tokens}) and data.long_prompts is skip")
+        return prompts
+
     def _next(self) -> Record:
         if self._iterator is None:
             self._iterator = self._pass(self.epoch)
@@ -47,6 +69,7 @@ class PromptStream:
         if record is None:
             if self.taken == 0:
                 raise DataError(f"{self.name}: the {self.split} split has no records")
+            self._pass_length = self.taken
             self.epoch, self.taken = self.epoch + 1, 0
             self._iterator = self._pass(self.epoch)
             record = self._next_in_pass()

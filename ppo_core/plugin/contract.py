@@ -29,8 +29,10 @@ class Record(BaseModel):
     Three input forms are accepted by :meth:`from_dict`:
 
     - seed form: ``{"role": "user", "content": "...", "solution": "..." or [...]}``
-    - chat form: ``{"messages": [{"role": ..., "content": ...}, ...], "solution": ...}``
-    - plain form: ``{"prompt": "...", "solution": ...}``
+    - chat form: ``{"messages": [{"role": ..., "content": ...}, ...], "solution": ...}``; without a ``solution``,
+      a final assistant turn after at least one other turn is the solution (TRL's ``messages`` column)
+    - plain form: ``{"prompt": "...", "solution": ...}``, or ``{"prompt": [messages...]}`` (TRL's conversational
+      ``prompt`` column, read as the chat form)
 
     Keys other than these go to :attr:`fields` and reach the rewards unchanged.
     """
@@ -69,8 +71,12 @@ def _normalise_record(obj: Any) -> Any:
     data = dict(obj)
     if "messages" in data:
         messages = data.pop("messages")
+        if "solution" not in data and _ends_with_an_answer(messages):
+            *messages, answer = messages
+            data["solution"] = answer["content"]
     elif "prompt" in data:
-        messages = [{"role": "user", "content": data.pop("prompt")}]
+        prompt = data.pop("prompt")
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     elif "content" in data or "role" in data:
         messages = [{"role": data.pop("role", "user"), "content": data.pop("content", _MISSING)}]
         if messages[0]["content"] is _MISSING:
@@ -87,6 +93,14 @@ def _normalise_record(obj: Any) -> Any:
 
 
 _MISSING = object()
+
+
+def _ends_with_an_answer(messages: Any) -> bool:
+    """A conversation whose last turn is the assistant's text answer to at least one turn before it."""
+    if not isinstance(messages, list) or len(messages) < 2:
+        return False
+    last = messages[-1]
+    return isinstance(last, Mapping) and last.get("role") == "assistant" and isinstance(last.get("content"), str)
 
 
 def _as_list(solution: Optional[Solution]) -> list[str]:
@@ -110,6 +124,9 @@ class Sample:
     #: The prompt's token ids exactly as the engine ran them (chat template, special tokens, truncation
     #: applied); ``None`` when the sample was not made by the engine.
     prompt_ids: Optional[tuple[int, ...]] = None
+    #: The conversation the prompt was rendered from (after any truncation), for a reward that renders it with
+    #: its own chat template; ``None`` when the sample was not made from a record.
+    messages: Optional[tuple[Message, ...]] = None
 
     @property
     def solutions(self) -> list[str]:

@@ -2,7 +2,8 @@
 
 Error messages read ``<where>: <field>: <problem>``, where ``<where>`` is e.g. ``data.jsonl, line 7`` or
 ``data.json, index 3``, and the field is named as the user wrote it: ``content`` for the seed form,
-``prompt`` for the plain form, ``messages.0.content`` for the chat form.
+``prompt`` for the plain form, ``messages.0.content`` for the chat form, ``prompt.0.content`` for a
+conversational ``prompt`` (a list of turns).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ def json_type(value: Any) -> str:
 
 
 def record_form(obj: Mapping[str, Any]) -> Optional[str]:
-    """``"chat"``, ``"plain"`` or ``"seed"``, decided exactly as :meth:`Record.from_dict` decides; else None."""
+    """``"chat"``, ``"conversational"`` (TRL's ``prompt`` column holding a list of turns), ``"plain"`` or
+    ``"seed"``, decided exactly as :meth:`Record.from_dict` decides; else None."""
     if "messages" in obj:
         return "chat"
     if "prompt" in obj:
-        return "plain"
+        return "conversational" if isinstance(obj["prompt"], list) else "plain"
     if "content" in obj or "role" in obj:
         return "seed"
     return None
@@ -97,7 +99,9 @@ def _rewrite(error: ValidationError, form: str, obj: Mapping[str, Any]) -> Valid
     solution_union_done = False
     for item in error.errors():
         loc = tuple(item["loc"])
-        if loc[:2] == ("messages", 0) and len(loc) > 2 and form != "chat":
+        if loc[:1] == ("messages",) and form == "conversational":
+            loc = ("prompt",) + loc[1:]
+        elif loc[:2] == ("messages", 0) and len(loc) > 2 and form != "chat":
             loc = (("prompt",) + loc[3:]) if form == "plain" and loc[2] == "content" else loc[2:]
         if loc[:1] == ("solution",) and len(loc) > 1 and loc[1] in ("str", "list[str]"):
             solution = obj.get("solution")

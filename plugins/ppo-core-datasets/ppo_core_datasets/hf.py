@@ -44,7 +44,8 @@ class HFOptions(BaseModel):
     eval_path: Optional[str] = Field(None, description="parquet/json/csv only: the eval split's file(s)")
     train_split: str = Field("train", description="disk only: the train split of a saved DatasetDict")
     eval_split: Optional[str] = Field(None, description="disk only: the eval split of a saved DatasetDict")
-    prompt_column: Optional[str] = Field(None, description="column holding the prompt text (plain form)")
+    prompt_column: Optional[str] = Field(None, description="column holding the prompt: text, or a list of "
+                                         "{role, content} turns (TRL's conversational prompt)")
     messages_column: Optional[str] = Field(None, description="column holding a list of {role, content} turns")
     solution_column: Optional[str] = Field(None, description="column holding the solution (str or list of str)")
     cache_dir: Optional[str] = Field(None, description="parquet/json/csv only: where datasets keeps its Arrow "

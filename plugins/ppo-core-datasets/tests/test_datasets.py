@@ -98,6 +98,19 @@ def test_jsonl_reads_every_record_form(tmp_path, make):
     assert records[4].solution is None and records[5].solution is None
 
 
+def test_jsonl_reads_trl_conversational_prompts_and_messages_ending_with_the_answer(tmp_path, make):
+    system, user = {"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"}
+    path = write_lines(tmp_path / "trl.jsonl", [
+        dumps({"prompt": [system, user], "solution": "4", "level": 1}),  # TRL's conversational prompt column
+        dumps({"messages": [system, user, {"role": "assistant", "content": "4"}]}),  # TRL's messages column
+    ])
+    prompt_form, messages_form = make("jsonl", path=str(path)).records("train")
+    for record in (prompt_form, messages_form):
+        assert [(m.role, m.content) for m in record.messages] == [("system", "be brief"), ("user", "2+2?")]
+        assert record.solution == "4"
+    assert prompt_form.fields == {"level": 1} and messages_form.fields == {}
+
+
 def test_jsonl_blank_lines_are_skipped_silently_and_keep_line_numbers(tmp_path, make, caplog):
     path = tmp_path / "blank.jsonl"
     path.write_text("\n" + dumps({"prompt": "a"}) + "\n   \t\n\n" + dumps({"prompt": "b"}) + "\n\n"
@@ -130,7 +143,10 @@ MALFORMED = [
     ("seed-missing-content", dumps({"role": "user", "solution": "x"}), "content: Field required"),
     ("seed-content-wrong-type", dumps({"role": "user", "content": 5}), "content: Input should be a valid string"),
     ("seed-role-wrong-type", dumps({"role": 3, "content": "c"}), "role: Input should be a valid string"),
-    ("plain-prompt-wrong-type", dumps({"prompt": ["a"]}), "prompt: Input should be a valid string"),
+    ("plain-prompt-wrong-type", dumps({"prompt": 5}), "prompt: Input should be a valid string"),
+    # a list is TRL's conversational prompt: its turns are checked as the chat form's, named under `prompt`
+    ("conversational-prompt-not-turns", dumps({"prompt": ["a"]}), "prompt.0: Input should be a valid dictionary"),
+    ("conversational-prompt-content-missing", dumps({"prompt": [{"role": "user"}]}), "prompt.0.content: Field required"),
     ("plain-prompt-null", dumps({"prompt": None}), "prompt: Input should be a valid string"),
     ("chat-content-missing", dumps({"messages": [{"role": "user"}]}), "messages.0.content: Field required"),
     ("chat-messages-wrong-type", dumps({"messages": "hi"}), "messages: Input should be a valid list"),

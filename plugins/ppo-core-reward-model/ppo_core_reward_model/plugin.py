@@ -6,9 +6,11 @@ from typing import Callable
 
 from ppo_core import hookimpl
 
+from .hub import HubRewardModel
 from .reward import RewardModelReward
 
 
 @hookimpl
 def register_rewards(register: Callable[[type], None]) -> None:
     register(RewardModelReward)
+    register(HubRewardModel)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ppo_core_reward_model import RewardModelOptions, RewardModelReward
+from ppo_core_reward_model import HubRewardModel, RewardModelOptions, RewardModelReward
 
 from ppo_core import HiddenStateReward, Record, RunContext, Sample
 from ppo_core.config import DataConfig, GenerationConfig, ModelConfig, OptimConfig, PPOConfig, RewardConfig
@@ -175,8 +175,9 @@ def test_plugin_is_discovered_through_its_entry_point():
     assert PLUGIN in infos, f"{DISTRIBUTION} is not installed or failed: {[f.describe() for f in plugins.failed]}"
     assert infos[PLUGIN].distribution == DISTRIBUTION
     assert infos[PLUGIN].entry_point == "ppo_core_reward_model.plugin"
-    assert plugins.registry.by_plugin(PLUGIN, "reward") == ["reward_model"]
+    assert plugins.registry.by_plugin(PLUGIN, "reward") == ["hf_reward_model", "reward_model"]
     assert plugins.registry.get("reward", "reward_model").cls is RewardModelReward
+    assert plugins.registry.get("reward", "hf_reward_model").cls is HubRewardModel
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from typing import Callable
 
 from ppo_core import hookimpl
 
+from .remote import HttpReward
 from .rewards import EditDistance, ExactMatch, RepetitionPenalty
 
 
@@ -14,3 +15,4 @@ def register_rewards(register: Callable[[type], None]) -> None:
     register(EditDistance)
     register(ExactMatch)
     register(RepetitionPenalty)
+    register(HttpReward)

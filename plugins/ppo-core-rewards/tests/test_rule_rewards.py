@@ -19,7 +19,7 @@ from ppo_core.plugin.loading import ALLOW_ENV, BLOCK_ENV, load_plugins
 
 PLUGIN = "rule_rewards"
 DISTRIBUTION = "ppo-core-rewards"
-REWARDS = ["edit_distance", "exact_match", "repetition_penalty"]
+REWARDS = ["edit_distance", "exact_match", "http_reward", "repetition_penalty"]
 
 
 def sample(response: str, solution=None, prompt: str = "") -> Sample:
