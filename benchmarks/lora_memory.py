@@ -36,8 +36,9 @@ from ppo_core.config import load_config
 args = argparse.Namespace(critic="shared", max_new_tokens=32, updates=settings["updates"], seed=0, threads=2)
 config = bench.make_config(bench.model_dir(settings["size"], 128), args)
 if settings["lora"]:
-    config = load_config(None, [f"model.lora.r={settings['rank']}", f"model.lora.alpha={2 * settings['rank']}",
-                                "model.lora.target_modules=all-linear"], base=config.model_dump(mode="json"))
+    rank = settings["rank"]
+    config = load_config(None, [f"model.lora={{r: {rank}, alpha: {2 * rank}, target_modules: all-linear}}"],
+                         base=config.model_dump(mode="json"))
 run = build_run(config)
 scorer = make_scorer(run.composer, run.tokenizer)
 seconds = []

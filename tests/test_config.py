@@ -232,6 +232,12 @@ def test_set_replaces_a_whole_list_item():
     assert data["rewards"] == [{"name": "edit_distance", "weight": -1}]
 
 
+def test_set_fills_an_optional_section_left_null():
+    data = {**minimal(), "model": {**minimal()["model"], "lora": None}}  # as a dumped config holds it
+    apply_override(data, "model.lora.r=4")
+    assert data["model"]["lora"] == {"r": 4}
+
+
 def test_set_without_a_file_starts_from_a_base():
     config = load_config(None, ["ppo.kl.coef=0.3"], base=minimal())
     assert config.ppo.kl.coef == 0.3 and config.model.path == "some/model"

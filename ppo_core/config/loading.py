@@ -100,7 +100,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
                 raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} has no item {part}")
             node = node[int(part)]
             continue
-        child = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:  # absent, or an optional section left null (`lora: null`): it starts empty
+            child = node[part] = {}
         if not isinstance(child, (dict, list)):
             raise ConfigError(f"--set {key}: {'.'.join(parts[:depth + 1])} is not a section")
         node = child
