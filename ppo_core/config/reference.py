@@ -36,6 +36,15 @@ def _default(field) -> str:
     return "unset" if field.default is None else f"`{field.default!r}`"
 
 
+def _optional_section(annotation: Any) -> Any:
+    """The section class of ``Optional[Section]``, else None."""
+    if typing.get_origin(annotation) is not typing.Union:
+        return None
+    parts = [a for a in typing.get_args(annotation) if a is not type(None)]
+    single = parts[0] if len(parts) == 1 else None
+    return single if isinstance(single, type) and issubclass(single, BaseModel) else None
+
+
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
@@ -44,7 +53,12 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows += _rows(annotation, f"{key}.")
             continue
+        section = _optional_section(annotation)
         description = (field.description or "").replace("|", "\\|").replace("\n", " ")
+        if section is not None:  # an optional section (model.lora): one row for it, then its fields
+            rows.append(f"| `{key}` | section or unset | {_default(field)} | {description} |")
+            rows += _rows(section, f"{key}.")
+            continue
         rows.append(f"| `{key}` | {_type_name(annotation)} | {_default(field)} | {description} |")
     return rows
 
