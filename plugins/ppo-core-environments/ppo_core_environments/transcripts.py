@@ -73,7 +73,9 @@ class _Transcripts(Dataset):
         check_split(split)
         for index, record in enumerate(self.episodes(split)):
             messages, success = play(self._environment, record, self.respond(record, index, split))
-            yield Record.from_dict({"messages": messages, "success": success})
+            # built directly: from_dict would read the last assistant turn as the solution (TRL's single-turn
+            # shape); a transcript is the whole conversation, every assistant turn a target of multi-turn SFT
+            yield Record(messages=[Message(**message) for message in messages], fields={"success": success})
 
 
 class CalculatorTranscripts(_Transcripts):
