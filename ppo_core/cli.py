@@ -253,9 +253,15 @@ def cmd_train_reward(args) -> int:
 
 def cmd_demo(args) -> int:
     from .commands.demo import run_demo
+    from .runtime.loop import Interrupted
 
     check_seed("demo", args.seed)
-    run_demo(args.out, quick=args.quick, overwrite=args.overwrite, seed=args.seed)
+    try:
+        run_demo(args.out, quick=args.quick, overwrite=args.overwrite, seed=args.seed)
+    except Interrupted as stop:  # SIGINT/SIGTERM in its SFT or PPO stage: stopped at a safe point, as train does
+        print(f"ppo-core: demo stopped by {stop.signal_name}; checkpoint {stop.checkpoint}; run it again with "
+              f"--overwrite to start over", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -480,10 +480,32 @@ def catalogue_ids() -> list[str]:
     """Every case of the catalogue, by id: the two files' tables and the kill cases."""
     tables = (FAULTS, ISOLATION_FAULTS, COMMAND_FAULTS, START_FAULTS, FALLBACK_FAULTS)
     return ([fault.id for table in tables for fault in table] + [kill[0] for kill in OVERWRITE_KILLS]
-            + [kill[0] for kill in LOCK_WAITER_KILLS])
+            + [kill[0] for kill in LOCK_WAITER_KILLS] + ["sigterm-in-the-demos-ppo-stage"])
 
 
 def test_the_catalogue_counts_at_least_150_cases():
     ids = catalogue_ids()
     assert len(ids) == len(set(ids)), "two cases share an id"
     assert len(ids) >= 150, len(ids)
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_demos_ppo_stage_stops_it_cleanly(tmp_path):
+    go = tmp_path / "go"  # the demo pauses as its first PPO update starts, until this exists
+    demo = subprocess.Popen(at_nth_call(tmp_path, "ppo_core.ppo.engine:PPOEngine.step", 1, str(go), "demo",
+                                        "--quick", "--out", str(tmp_path / "demo")),
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 4 * CASE_SECONDS
+        while not Path(f"{go}.paused").exists() and demo.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert demo.poll() is None, demo.communicate()[1]
+        demo.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the handler runs in the paused main thread
+        go.touch()
+        _out, err = demo.communicate(timeout=CASE_SECONDS)
+    finally:
+        demo.kill()
+    assert demo.returncode == 130 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("ppo-core: demo stopped by SIGTERM; checkpoint ") and "update-000001" in lines[-1]
