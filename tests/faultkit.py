@@ -520,22 +520,56 @@ def run_cli(argv: list[str], tmp_path: Path, site: Path, marker: str) -> subproc
 
 
 
-HOLD_LOCK = ("import sys, time\nfrom ppo_core.runtime.rundir import DirectoryLock\n"
-             "held = DirectoryLock(__import__('pathlib').Path(sys.argv[1]), 'lock')\nprint('held', flush=True)\n"
-             "time.sleep(600)\n")
+# Holds run locks for the cases, one process for the module (its import of ppo_core costs more than a case):
+# "hold DIR" takes DIR's run lock as a running `train` would, "release DIR" drops it; each answers "ok".
+HOLD_LOCKS = """
+import sys
+from pathlib import Path
+from ppo_core.runtime.rundir import DirectoryLock
+
+held = {}
+for line in sys.stdin:
+    command, _, directory = line.rstrip("\\n").partition(" ")
+    if command == "hold":
+        held[directory] = DirectoryLock(Path(directory), "lock")
+    else:
+        held.pop(directory).release()
+    print("ok", flush=True)
+"""
 
 
-@contextmanager
-def lock_held_by_another_process(directory: Path):
-    """A live process holding ``directory``'s run lock (as a running `train` would); yields its PID."""
-    directory.mkdir(parents=True, exist_ok=True)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(directory)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        yield holder.pid
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
+class LockHolder:
+    """Another live process that holds run locks on request (:data:`HOLD_LOCKS`)."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-c", HOLD_LOCKS], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+
+    def _ask(self, command: str, directory: Path) -> None:
+        self.process.stdin.write(f"{command} {directory}\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline().strip() == "ok", f"the lock holder failed to {command} {directory}"
+
+    @contextmanager
+    def holding(self, directory: Path):
+        """``directory``'s lock held by the other process while the block runs; yields that process's PID."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self._ask("hold", directory)
+        try:
+            yield self.process.pid
+        finally:
+            self._ask("release", directory)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def lock_holder():
+    holder = LockHolder()
+    yield holder
+    holder.stop()
 
 
 def check_fault_in_process(fault: Fault, tmp: Path, model: Path, request, make_distribution, monkeypatch,
@@ -547,7 +581,7 @@ def check_fault_in_process(fault: Fault, tmp: Path, model: Path, request, make_d
     names = {"tmp": tmp, "model": model, "config": tmp / fault.name}
     with contextlib.ExitStack() as stack:
         if fault.locked:
-            names["holder"] = stack.enter_context(lock_held_by_another_process(tmp / "run"))
+            names["holder"] = stack.enter_context(request.getfixturevalue("lock_holder").holding(tmp / "run"))
         before = snapshot(tmp, model)
         capsys.readouterr()
         with as_a_cli_process(), time_limit(CASE_SECONDS):

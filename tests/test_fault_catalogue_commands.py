@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from faultkit import (  # noqa: F401 -- tiny_model and previous_run are fixtures
+from faultkit import (  # noqa: F401 -- tiny_model, previous_run and lock_holder are fixtures
     BASE,
     CASE_SECONDS,
     DELETE,
@@ -32,6 +32,7 @@ from faultkit import (  # noqa: F401 -- tiny_model and previous_run are fixtures
     check_fault_in_process,
     isolated,
     jsonl,
+    lock_holder,
     merge,
     on_jsonl,
     previous_run,
