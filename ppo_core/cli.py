@@ -168,9 +168,18 @@ def cmd_config(args) -> int:
     return 0
 
 
+def check_seed(command: str, seed: Optional[int]) -> None:
+    """A ``--seed`` torch can take (64 bits), named before any work starts."""
+    from .config.sections import MAX_SEED
+
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{command}: --seed must be in [0, {MAX_SEED}], got {seed}")
+
+
 def cmd_init_model(args) -> int:
     from .modeling.tiny import init_model
 
+    check_seed("init-model", args.seed)
     try:
         path = init_model(args.directory, size=args.size, seed=args.seed, n_positions=args.n_positions,
                           overwrite=args.overwrite)
@@ -195,6 +204,7 @@ def cmd_eval(args) -> int:
     config = load_config(args.config, args.overrides)
     if args.samples is not None and args.samples <= 0:
         raise UserError(f"eval: --samples must be positive, got {args.samples}")
+    check_seed("eval", args.seed)
     from .commands.evaluate import (
         NUMBERS_FILE,
         SAMPLES_FILE,
@@ -246,8 +256,15 @@ def cmd_train_reward(args) -> int:
 
 def cmd_demo(args) -> int:
     from .commands.demo import run_demo
+    from .runtime.loop import Interrupted
 
-    run_demo(args.out, quick=args.quick, overwrite=args.overwrite, seed=args.seed)
+    check_seed("demo", args.seed)
+    try:
+        run_demo(args.out, quick=args.quick, overwrite=args.overwrite, seed=args.seed)
+    except Interrupted as stop:  # SIGINT/SIGTERM in its SFT or PPO stage: stopped at a safe point, as train does
+        print(f"ppo-core: demo stopped by {stop.signal_name}; checkpoint {stop.checkpoint}; run it again with "
+              f"--overwrite to start over", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

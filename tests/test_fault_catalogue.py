@@ -4,153 +4,39 @@ where the problem is (the file, the line, the field or the plugin), never a trac
 an earlier run wrote.
 
 One table-driven test runs each case through ``ppo_core.cli.main([...])`` in-process; a few cases run again
-as real subprocesses (``python -m ppo_core.cli``) to prove the same at process level. The file is
-self-contained: it writes its own tiny model (once per module), configs, data files and a throwaway plugin
-distribution (``*.dist-info`` on ``sys.path``, discovered through its entry point like an installed one).
+as real subprocesses (``python -m ppo_core.cli``) to prove the same at process level. The machinery (the
+:class:`Fault` record, the throwaway plugins, the checks) is in tests/faultkit.py; the catalogue goes on in
+tests/test_fault_catalogue_commands.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
 
 import pytest
-import yaml
-
-from ppo_core.cli import main
-from ppo_core.plugin.loading import ALLOW_ENV, BLOCK_ENV
-
-DELETE = object()  # in a Fault's `change`: remove this key from the base config
-
-# The base run: every case is this config with its fault applied, so a case that gets past its fault is cheap.
-BASE: dict[str, Any] = {
-    "model": {"path": "{model}"},
-    "data": {"dataset": "reverse", "options": {"size": 8, "eval_size": 4}},
-    "rewards": [{"name": "exact_match"}],
-    "ppo": {"rollout_batch_size": 4, "minibatch_size": 2, "epochs": 1},
-    "generation": {"max_new_tokens": 4},
-    "train": {"updates": 1, "threads": 1, "output_dir": "{tmp}/run", "progress": "none"},
-    "sft": {"steps": 1, "batch_size": 2},
-}
-
-# A throwaway reward plugin: one reward per way a reward can misbehave while scoring a batch.
-FAULTY_REWARDS = '''
-    import time
-
-    from ppo_core import hookimpl
-    from ppo_core import Reward
-
-
-    class Raises(Reward):
-        name = "raises"
-
-        def __call__(self, samples):
-            raise ValueError("kaboom")
-
-
-    class NotANumber(Reward):
-        name = "not_a_number"
-
-        def __call__(self, samples):
-            return [float("nan")] * len(samples)
-
-
-    class WrongLength(Reward):
-        name = "wrong_length"
-
-        def __call__(self, samples):
-            return [1.0] * (len(samples) + 1)
-
-
-    class WrongType(Reward):
-        name = "wrong_type"
-
-        def __call__(self, samples):
-            return ["high"] * len(samples)
-
-
-    class AbstainsAll(Reward):
-        name = "abstains_all"
-
-        def __call__(self, samples):
-            return [None] * len(samples)
-
-
-    class Sleeps(Reward):
-        name = "sleeps"
-
-        def __call__(self, samples):
-            time.sleep(1.5)
-            return [0.0] * len(samples)
-
-
-    class FailsToStart(Reward):
-        name = "fails_to_start"
-
-        def __init__(self, options, context):
-            raise RuntimeError("no licence for this reward")
-
-
-    @hookimpl
-    def register_rewards(register):
-        for reward in (Raises, NotANumber, WrongLength, WrongType, AbstainsAll, Sleeps, FailsToStart):
-            register(reward)
-'''
-
-BROKEN_AT_IMPORT = '''
-    raise ImportError("cannot import name 'frobnicate' from 'somewhere'")
-'''
-
-PLUGINS = {"faulty": FAULTY_REWARDS, "broken": BROKEN_AT_IMPORT}
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One mistake and what the error line must say about it.
-
-    Strings may hold ``{tmp}`` (the case's own directory), ``{model}`` (the tiny model) and ``{config}``
-    (the config file the case writes); ``expect`` fragments are matched after the same substitution.
-    """
-
-    id: str
-    expect: tuple[str, ...]
-    change: dict = field(default_factory=dict)  # deep-merged into BASE; DELETE removes a key
-    command: str = "train"  # may be two words: "config check"
-    args: tuple[str, ...] = ()  # after the config path
-    text: Optional[str] = None  # the config file's raw text instead of BASE + change
-    name: str = "bad.yaml"  # the config file's name (its suffix picks YAML or JSON)
-    files: dict = field(default_factory=dict)  # more files in {tmp}: name -> text, bytes, "@path" (a copy of
-    #                                            path), or a name ending in "/" (an empty directory)
-    plugin: Optional[str] = None  # a key of PLUGINS: installed as a throwaway distribution for this case
-    env: dict = field(default_factory=dict)
-    run_dir: Optional[str] = None  # "previous": {tmp}/run holds a finished run with checkpoints at updates 1, 2
-    argv: Optional[tuple[str, ...]] = None  # the whole command line instead of COMMAND CONFIG ARGS
-    absent: tuple[str, ...] = ()  # files the failed command must not have created (code it must not have run)
-
-
-def rewards(*entries: dict) -> dict:
-    return {"rewards": list(entries)}
-
-
-def jsonl(*lines: Any) -> str:
-    return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
-
-
-def on_jsonl(path: str = "{tmp}/data.jsonl", **data: Any) -> dict:
-    return {"data": {"dataset": "jsonl", "options": {"path": path, "size": DELETE, "eval_size": DELETE}, **data}}
-
-
-GOOD_LINE = {"prompt": "reverse: abc =", "solution": "cba"}
+from faultkit import (  # noqa: F401 -- tiny_model and previous_run are fixtures
+    CASE_SECONDS,
+    DELETE,
+    GOOD_LINE,
+    Fault,
+    check_error_line,
+    check_fault_in_process,
+    isolated,
+    jsonl,
+    on_jsonl,
+    prepare,
+    previous_run,
+    processes_marked,
+    rewards,
+    run_cli,
+    substitute,
+    tiny_model,
+)
 
 
 def remote_code_reward_model() -> dict:
@@ -390,153 +276,9 @@ FAULTS = [
     Fault("init-model-size-huge", ("init-model", "'huge'", "tiny"), argv=("init-model", "{tmp}/new", "--size", "huge")),
 ]
 
-# a case that takes longer hangs: a config or data mistake must be found before any long work starts
-CASE_SECONDS = 120
-
 # the same faults as real processes: exit status and no traceback at process level
 SUBPROCESS_FAULTS = ("unknown-key-ppo", "missing-config-file", "jsonl-bad-json-on-line-3", "binary-config",
                      "reward-model-asks-for-remote-code")
-
-
-# ---- fixtures ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from ppo_core.modeling.tiny import init_model
-
-    return init_model(tmp_path_factory.mktemp("fault-model") / "model", "tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def previous_run(tmp_path_factory, tiny_model) -> Path:
-    """A finished two-update run with checkpoints: what the run-directory cases must leave intact."""
-    root = tmp_path_factory.mktemp("fault-previous")
-    config = substitute(merge(BASE, {"train": {"updates": 2, "save_every": 1}}), tmp=root, model=tiny_model)
-    (root / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    with pytest.MonkeyPatch.context() as patch, as_a_cli_process():
-        for variable in (ALLOW_ENV, BLOCK_ENV):  # module scope: conftest's per-test clean-up has not run yet
-            patch.delenv(variable, raising=False)
-        assert main(["train", str(root / "run.yaml")]) == 0
-    assert (root / "run" / "metrics.jsonl").stat().st_size > 0
-    assert (root / "run" / "checkpoints" / "update-000002").is_dir()
-    return root / "run"
-
-
-@contextmanager
-def time_limit(seconds: int):
-    """Fail a case that runs longer than ``seconds`` (SIGALRM: the CLI only handles SIGINT and SIGTERM)."""
-
-    def expire(_signum, _frame):
-        raise TimeoutError(f"the case ran longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-@contextmanager
-def as_a_cli_process():
-    """What the CLI process has that an in-process ``main`` may not: transformers quiet (no progress bars,
-    errors only) even when it was imported before ``main`` set its environment. Also puts back torch's thread
-    count, which ``train.threads: 1`` changes for the whole process."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    bars, level, threads = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity(), torch.get_num_threads()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-        hf_logging.set_verbosity(level)
-        torch.set_num_threads(threads)
-
-
-# ---- helpers -------------------------------------------------------------------------------------------------
-def merge(base: Any, change: Any) -> Any:
-    if isinstance(base, dict) and isinstance(change, dict):
-        out = dict(base)
-        for key, value in change.items():
-            if value is DELETE:
-                out.pop(key, None)
-            else:
-                out[key] = merge(base.get(key), value)
-        return out
-    return change
-
-
-def substitute(value: Any, **names: Any) -> Any:
-    if isinstance(value, str):
-        for name, replacement in names.items():
-            value = value.replace("{" + name + "}", str(replacement))
-        return value
-    if isinstance(value, dict):
-        return {key: substitute(item, **names) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(substitute(item, **names) for item in value)
-    return value
-
-
-def snapshot(*roots: Path) -> dict[str, str]:
-    """Every file under ``roots``, by content hash: what was written before the case ran."""
-    found = {}
-    for root in roots:
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
-def prepare(fault: Fault, tmp: Path, model: Path, previous: Optional[Path], make_distribution,
-            monkeypatch) -> list[str]:
-    """Write the case's files, install its plugin, set its environment; returns the argv."""
-    names = {"tmp": tmp, "model": model, "config": tmp / fault.name}
-    for name, text in fault.files.items():
-        path = tmp / name
-        if name.endswith("/"):
-            path.mkdir(parents=True, exist_ok=True)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(text, bytes):
-            path.write_bytes(text)
-        elif text.startswith("@"):  # a copy of an existing file
-            shutil.copyfile(substitute(text[1:], **names), path)
-        else:
-            path.write_text(substitute(text, **names), encoding="utf-8")
-    if fault.run_dir == "previous":
-        shutil.copytree(previous, tmp / "run")
-    if fault.plugin:
-        make_distribution(f"ppo-core-{fault.plugin}", entry_points={fault.plugin: f"ppo_core_fault_{fault.plugin}"},
-                          modules={f"ppo_core_fault_{fault.plugin}": PLUGINS[fault.plugin]})
-    for variable, value in fault.env.items():
-        monkeypatch.setenv(variable, value)
-    if fault.argv is not None:
-        return [str(part) for part in substitute(list(fault.argv), **names)]
-    config = tmp / fault.name
-    if fault.text is not None:
-        config.write_text(substitute(fault.text, **names), encoding="utf-8")
-    else:
-        data = substitute(merge(BASE, fault.change), **names)
-        text = json.dumps(data) if config.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
-        config.write_text(text, encoding="utf-8")
-    return [*fault.command.split(), str(config), *substitute(list(fault.args), **names)]
-
-
-def check_error_line(code: int, stdout: str, stderr: str, expected: list[str]) -> str:
-    assert "Traceback" not in stdout + stderr, stderr
-    assert code == 2, f"exit status {code}, stderr: {stderr!r}"
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
-    line = lines[0]
-    assert line.startswith("ppo-core: error: "), line
-    missing = [fragment for fragment in expected if fragment not in line]
-    assert not missing, f"{missing} not in: {line}"
-    return line
 
 
 # ---- the catalogue -------------------------------------------------------------------------------------------
@@ -549,23 +291,7 @@ def test_catalogue_is_large_and_ids_unique():
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.id for fault in FAULTS])
 def test_fault_is_one_line_naming_where(fault, tmp_path, tiny_model, request, make_distribution, monkeypatch,
                                         capsys):
-    previous = request.getfixturevalue("previous_run") if fault.run_dir else None
-    monkeypatch.chdir(tmp_path)
-    argv = prepare(fault, tmp_path, tiny_model, previous, make_distribution, monkeypatch)
-    before = snapshot(tmp_path, tiny_model)
-    capsys.readouterr()
-    with as_a_cli_process(), time_limit(CASE_SECONDS):
-        code = main(argv)
-    out, err = capsys.readouterr()
-    names = {"tmp": tmp_path, "model": tiny_model, "config": tmp_path / fault.name}
-    check_error_line(code, out, err, substitute(list(fault.expect), **names))
-    after = snapshot(tmp_path, tiny_model)
-    damaged = [path for path, digest in before.items() if after.get(path) != digest]
-    assert not damaged, f"changed or removed by a failed command: {damaged}"
-    created = [path for path in substitute(list(fault.absent), **names) if Path(path).exists()]
-    assert not created, f"created by a failed command: {created}"
-    if fault.run_dir:
-        assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == (previous / "metrics.jsonl").read_bytes()
+    check_fault_in_process(fault, tmp_path, tiny_model, request, make_distribution, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("fault", [f for f in FAULTS if f.id in SUBPROCESS_FAULTS], ids=lambda f: f.id)
@@ -585,124 +311,6 @@ def test_fault_in_a_real_process(fault, tmp_path, tiny_model, make_distribution,
 # directory -- and a plugin that calls sys.exit at import -- as real `ppo-core` processes: exit 2, one line
 # naming the plugin and the reward, no traceback, in bounded time, and no process of the run left behind
 # (every process the run starts inherits a marker in its environment; none may carry it after the exit).
-
-ISOLATION_REWARDS = '''
-    import ctypes
-    import os
-    import signal
-    import sys
-    import tempfile
-    import time
-
-    from ppo_core import Reward, hookimpl
-
-
-    class Hangs(Reward):
-        name = "hangs"
-
-        def __call__(self, samples):
-            time.sleep(600)
-
-
-    class ExitsZero(Reward):
-        name = "exits_zero"
-
-        def __call__(self, samples):
-            sys.exit(0)
-
-
-    class ExitsThree(Reward):
-        name = "exits_three"
-
-        def __call__(self, samples):
-            sys.exit(3)
-
-
-    class HardExit(Reward):
-        name = "hard_exit"
-
-        def __call__(self, samples):
-            os._exit(5)
-
-
-    class Interrupts(Reward):
-        name = "interrupts"
-
-        def __call__(self, samples):
-            raise KeyboardInterrupt
-
-
-    class Segfaults(Reward):
-        name = "segfaults"
-
-        def __call__(self, samples):
-            return [float(ctypes.string_at(0)[0])] * len(samples)
-
-
-    class KillsItself(Reward):
-        name = "kills_itself"
-
-        def __call__(self, samples):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-    class AnswersDict(Reward):
-        name = "answers_dict"
-
-        def __call__(self, samples):
-            return {float(i): 1.0 for i in range(len(samples))}
-
-
-    class Mutates(Reward):
-        name = "mutates"
-
-        def __call__(self, samples):
-            count = len(samples)
-            samples.clear()
-            return [0.0] * count
-
-
-    class Sees(Reward):
-        name = "sees"
-
-        def __call__(self, samples):
-            raise ValueError(f"saw {len(samples)} samples")
-
-
-    class MovesAway(Reward):
-        """Moves to a directory of its own on the first batch; fails on the second."""
-
-        name = "moves_away"
-        calls = 0
-
-        def __call__(self, samples):
-            self.calls += 1
-            if self.calls == 1:
-                os.chdir(tempfile.mkdtemp())
-                return [0.0] * len(samples)
-            raise ValueError(f"second batch, working in {os.getcwd()}")
-
-
-    @hookimpl
-    def register_rewards(register):
-        for reward in (Hangs, ExitsZero, ExitsThree, HardExit, Interrupts, Segfaults, KillsItself, AnswersDict,
-                       Mutates, Sees, MovesAway):
-            register(reward)
-'''
-
-EXITS_AT_IMPORT = '''
-    import sys
-
-    sys.exit(0)
-'''
-
-PLUGINS.update({"isolation": ISOLATION_REWARDS, "exits_at_import": EXITS_AT_IMPORT})
-RUN_MARKER = "PPO_CORE_FAULT_RUN"
-
-
-def isolated(*entries: dict, **more: Any) -> dict:
-    return {"rewards": list(entries), **more}
-
 
 ISOLATION_FAULTS = [
     Fault("reward-hangs-past-timeout", ("reward 'hangs'", "plugin 'isolation'", "timeout_s=1", "sample 0"),
@@ -732,28 +340,6 @@ ISOLATION_FAULTS = [
           isolated({"name": "quits"}), plugin="exits_at_import"),
 ]
 
-
-def processes_marked(marker: str) -> list[int]:
-    """Live processes whose environment carries ``RUN_MARKER=marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "status").read_text()
-        except OSError:
-            continue
-        if f"{RUN_MARKER}={marker}".encode() in environ.split(b"\0") and "State:\tZ" not in state:
-            found.append(int(entry.name))
-    return found
-
-
-def run_cli(argv: list[str], tmp_path: Path, site: Path, marker: str) -> subprocess.CompletedProcess:
-    path = [str(Path(__file__).parents[1]), str(site), os.environ.get("PYTHONPATH")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path)), RUN_MARKER: marker}
-    return subprocess.run([sys.executable, "-m", "ppo_core.cli", *argv], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=240)
 
 
 @pytest.mark.parametrize("fault", ISOLATION_FAULTS, ids=[fault.id for fault in ISOLATION_FAULTS])

@@ -33,6 +33,7 @@ from ..plugin.contract import Record, RunContext, Sample
 from ..plugin.loading import load_plugins
 from ..ppo.rollout import sample_prompts
 from ..rewards.composer import Composer, build_composer
+from ..runtime.checkpoints import check_output_location, write_file_atomically
 
 DECODINGS = ("greedy", "sampled")
 EXACT_MATCH = "exact_match"
@@ -139,6 +140,9 @@ def evaluate_model(config: RunConfig, model_dir: Union[str, Path], split: str = 
     """
     if split not in ("train", "eval"):
         raise UserError(f"eval: split must be 'train' or 'eval', got {split!r}")
+    for path, what in ((out, "eval: the samples file"), (numbers_out, "eval: the numbers file")):
+        if path is not None:
+            check_output_location(Path(path), what)  # before any compute, which would be lost
     config = fit_to_context(config, str(model_dir), source, "eval")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -170,16 +174,19 @@ def evaluate_model(config: RunConfig, model_dir: Union[str, Path], split: str = 
     if out is not None:
         write_samples(Path(out), result["samples"])
     if numbers_out is not None:
-        Path(numbers_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(numbers_out).write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(numbers, indent=2) + "\n"
+        write_file_atomically(Path(numbers_out), lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return numbers
 
 
 def write_samples(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    """One JSON line per row, atomically: a reader never sees half a file, a failed write leaves the old one."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    write_file_atomically(path, write)
 
 
 def format_table(numbers: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from ..reward_model.normalization import (
 from ..reward_model.pairs import make_preference_pairs
 from ..reward_model.storage import SAVED_ENTRIES, save_reward_model
 from ..reward_model.training import TrainResult, train_reward_model
+from ..runtime.checkpoints import check_output_location
 from ..runtime.rundir import check_replaceable
 
 
@@ -70,6 +71,7 @@ def run_train_reward(config: TrainRewardConfig, overwrite: bool = False, source:
         if not output.is_dir():
             raise UserError(f"output_dir: {output} is a file, not a directory")
         check_replaceable(output, SAVED_ENTRIES, "output_dir")
+    check_output_location(output, "output_dir", directory=True)  # before the training, which would be lost
     device = resolve_device(config.model.device)
     tokenizer_path = config.model.tokenizer or config.model.path
     tokenizer = load_tokenizer(tokenizer_path, config.model.trust_remote_code,

@@ -7,7 +7,7 @@ import random
 from typing import Iterator, Optional
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..errors import DataError, PluginError, UserError
 from ..plugin.contract import Dataset, Record, Split
 from .prompts import EncodedPrompt, LongPrompts, encode_record
 
@@ -82,7 +82,7 @@ class PromptStream:
         return record
 
     def _pass(self, epoch: int) -> Iterator[Record]:
-        records = iter(self.dataset.records(self.split))
+        records = plugin_records(self.dataset, self.split)
         if not self.shuffle:
             return records
         return _buffer_shuffle(records, random.Random(self.seed * 1_000_003 + epoch))
@@ -101,8 +101,23 @@ def _buffer_shuffle(records: Iterator[Record], rng: random.Random) -> Iterator[R
 def take_records(dataset: Dataset, split: str, limit: Optional[int] = None) -> list[Record]:
     """The first ``limit`` records of a split, in the dataset's order (no shuffling: always the same ones)."""
     records: list[Record] = []
-    for record in dataset.records(split):
+    for record in plugin_records(dataset, split):
         if limit is not None and len(records) >= limit:
             break
         records.append(record)
     return records
+
+
+def plugin_records(dataset: Dataset, split: str) -> Iterator[Record]:
+    """``dataset.records(split)``, where the plugin's own failure -- an exception that is not a UserError, or
+    an item that is not a Record -- is a PluginError naming the dataset and its class, not a traceback."""
+    where = f"dataset '{getattr(dataset, 'name', '?')}' ({type(dataset).__module__}.{type(dataset).__qualname__})"
+    try:
+        for record in dataset.records(split):
+            if not isinstance(record, Record):
+                raise PluginError(f"{where}: its {split} split yielded a {type(record).__name__}, not a Record")
+            yield record
+    except UserError:
+        raise
+    except Exception as error:
+        raise PluginError(f"{where} failed reading its {split} split: {type(error).__name__}: {error}") from None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ..config import RunConfig
@@ -92,7 +93,7 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, tokenizer=None,
                                                              field=f"{field} (the adapters' base model)"))
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:  # a truncated weights file too
         raise UserError(f"{field}: cannot load a causal LM from {path!r}: {_first_line(error)}") from None
     if tokenizer is not None:
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -109,7 +110,7 @@ def load_backbone(path: str, trust_remote_code: bool = False, tokenizer=None) ->
 
     try:
         model = AutoModel.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         raise UserError(f"cannot load a transformer backbone from {path!r}: {_first_line(error)}") from None
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))

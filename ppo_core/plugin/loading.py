@@ -10,7 +10,7 @@ from typing import Any, Iterable, Optional
 
 import pluggy
 
-from ..errors import DuplicateNameError
+from ..errors import DuplicateNameError, PluginError
 from . import hookspecs
 from .registry import KINDS, Registry
 
@@ -102,6 +102,9 @@ def load_plugins(
             )
             candidates.append((info, entry_point))
     candidates += [(PluginInfo(name=name), plugin) for name, plugin in extra]
+    refuse_unknown_names([info for info, _source in candidates], {
+        "plugins.allow": allow, ALLOW_ENV: names_from_env(ALLOW_ENV), "plugins.block": block,
+        BLOCK_ENV: names_from_env(BLOCK_ENV)})
 
     for info, source in candidates:
         if not is_allowed(info, allowed, blocked):
@@ -127,6 +130,17 @@ def load_plugins(
     plugins.registry.failed_plugins = [failed.info.name for failed in plugins.failed]
     plugins.registry.skipped_plugins = [info.name for info in plugins.skipped]
     return plugins
+
+
+def refuse_unknown_names(candidates: list[PluginInfo], lists: dict[str, Optional[Iterable[str]]]) -> None:
+    """A name in an allow or block list that matches no plugin is a typo that would silently load, or block,
+    nothing: a PluginError naming the list (``plugins.block`` or its environment variable) and the choices."""
+    known = {name for info in candidates for name in (info.name, info.distribution) if name}
+    for where, names in lists.items():
+        unknown = [name for name in names or () if name not in known]
+        if unknown:
+            raise PluginError(f"{where}: {', '.join(map(repr, unknown))} is not an installed plugin (plugins and "
+                              f"distributions: {', '.join(sorted(known)) or 'none'})")
 
 
 def _describe_failure(error: BaseException) -> str:

@@ -84,7 +84,7 @@ class Registry:
             return entry.cls(parsed, context)
         except UserError:
             raise
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # sys.exit in a constructor must not end the run silently
             raise PluginError(
                 f"{kind} '{name}' (plugin '{entry.plugin}') failed to start: {type(error).__name__}: {error}"
             ) from error

@@ -134,22 +134,25 @@ def read_reward_data(path: Union[str, Path], kind: Union[DataKind, Literal["auto
     """
     path = Path(path)
     try:
-        handle = open(path, encoding="utf-8-sig")
+        handle = open(path, "rb")  # binary: a bad byte is reported with its own line number
     except OSError as error:
         raise DataError(f"{path}: cannot read reward data: {error.strerror or error}") from None
     items: list = []
     detected_at: Optional[int] = None
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             where = f"{path}, line {number}"
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+            except UnicodeDecodeError as error:
+                raise DataError(f"{where}: not valid UTF-8 (byte {error.start + 1} of the line)") from None
             except json.JSONDecodeError as error:
                 raise DataError(f"{where}: not valid JSON: {error.msg} (column {error.colno})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            _refuse_lone_surrogates(row, where)
             if kind == "auto":
                 kind, detected_at = _detect_kind(row, where), number
             elif detected_at is not None:
@@ -158,6 +161,17 @@ def read_reward_data(path: Union[str, Path], kind: Union[DataKind, Literal["auto
     if not items:
         raise DataError(f"{path}: no records")
     return RewardData(kind, items, str(path))  # type: ignore[arg-type]
+
+
+def _refuse_lone_surrogates(row: Mapping[str, Any], where: str) -> None:
+    """JSON's ``"\\ud800"`` decodes to a lone surrogate, which no tokenizer can encode: name the field."""
+    for key, value in row.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")  # fails exactly on surrogates
+            except UnicodeEncodeError as error:
+                raise DataError(f"{where}: {key}: a lone surrogate (\\u{ord(value[error.start]):04x} at character "
+                                f"{error.start + 1}) is not valid Unicode text") from None
 
 
 def write_jsonl(path: Union[str, Path], rows: Iterable[Union[Mapping[str, Any], BaseModel]]) -> Path:

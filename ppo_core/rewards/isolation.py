@@ -35,6 +35,7 @@ from ..plugin.contract import HiddenStateReward, RunContext, Sample, reads_refer
 SPAWN = multiprocessing.get_context("spawn")
 GRACE_S = 2.0  # how long a worker asked to stop may take before it is killed
 PARENT_CHECK_S = 0.5  # how often a worker checks that the process that started it is still there
+START_TIMEOUT_S = 120.0  # how long a worker may take to build its reward (or timeout_s if longer; null: no limit)
 
 
 class WorkerFault(Exception):
@@ -212,8 +213,12 @@ class IsolatedReward(HiddenStateReward):
             return
         worker = self._worker
         message = None
+        limit = None if self.timeout_s is None else max(self.timeout_s, START_TIMEOUT_S)
         try:
-            status, payload = pickle.loads(worker.connection.recv_bytes())
+            if worker.connection.poll(limit):
+                status, payload = pickle.loads(worker.connection.recv_bytes())
+            else:
+                status, payload = "late", f"not ready within {limit:g} s (its worker process was killed)"
         except (EOFError, OSError):
             status, payload = "died", worker.death() + _main_script_hint(worker.process.exitcode)
         if status == "ready":
@@ -327,6 +332,8 @@ def run_with_timeout(function: Callable[..., Any], args: tuple, timeout_s: Optio
     error = outcome.get("error")
     if isinstance(error, SystemExit):
         raise WorkerFault(f"called sys.exit({error.code!r})")
+    if isinstance(error, KeyboardInterrupt):  # raised by the reward itself: signals reach the main thread only
+        raise WorkerFault(f"raised KeyboardInterrupt: {error}")
     if error is not None:
         raise error
     return outcome["answer"]

@@ -89,6 +89,24 @@ def write_file_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
+def check_output_location(target: Path, what: str, directory: bool = False) -> None:
+    """Refuse, before any work, an output that could not be written: a directory where a file goes (or a file
+    where a directory goes), a file where a parent folder should be, a folder this process may not write to.
+    Creates nothing; ``what`` starts the message (``eval: --out``)."""
+    target = Path(target).absolute()
+    with _output_errors(target):
+        if target.exists() and target.is_dir() != directory:
+            raise OutputError(f"{what}: {target} is a {'file' if directory else 'directory'}, not a "
+                              f"{'directory' if directory else 'file'}")
+        ancestor = target.parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise OutputError(f"{what}: cannot write {target}: {ancestor} is a file, not a folder")
+        if not os.access(ancestor, os.W_OK):
+            raise OutputError(f"{what}: cannot write {target}: {ancestor} is not writable")
+
+
 @contextmanager
 def _output_errors(target: Path):
     try:

@@ -161,6 +161,7 @@ class RunDirectory:
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> Path:
     """Refuse a directory the command may not use (nothing is written); returns it as an absolute path."""
     run_dir = Path(run_dir).expanduser().absolute()
+    _check_usable_path(run_dir, field_name)
     if resume and overwrite:
         raise RunDirError(f"{field_name}: --resume continues {run_dir} and --overwrite replaces it; pass one of them")
     if run_dir.exists() and not run_dir.is_dir():
@@ -195,9 +196,20 @@ def check_replaceable(directory: Path, allowed_entries: Optional[set[str]], fiel
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str = "train.output_dir") -> RunDirectory:
     """:func:`check_run_dir`, then lock the directory and, for ``--overwrite``, open a staging folder."""
     existing = Path(run_dir).expanduser().absolute()
+    _check_usable_path(existing, field_name)
     if (existing / LOCK_FILE).is_file():
         DirectoryLock(existing, field_name).release()  # a live run is named first, with its PID
     return RunDirectory(check_run_dir(run_dir, resume, overwrite, field_name), resume, overwrite, field_name)
+
+
+def _check_usable_path(path: Path, field_name: str) -> None:
+    """A path the file system refuses outright (a name too long, a loop of links) is named at once."""
+    try:
+        path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new directory (a file in the way is named when it is created)
+    except OSError as error:
+        raise RunDirError(f"{field_name}: cannot use {path}: {error.strerror or error}") from None
 
 
 def _check_writable(directory: Path, field_name: str) -> None:

@@ -10,6 +10,8 @@ import abc
 import gzip
 import hashlib
 import json
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, ClassVar, Iterator, Optional
 
@@ -119,7 +121,7 @@ class JsonlDataset(_FileDataset):
     unit = "line"
 
     def _items(self, path: Path) -> Iterator[tuple[int, Callable[[], Record]]]:
-        with _open(path) as stream:
+        with _open(path) as stream, _read_errors(path):
             for number, raw in enumerate(stream, start=1):
                 if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]
@@ -140,7 +142,7 @@ class JsonDataset(_FileDataset):
     unit = "index"
 
     def _items(self, path: Path) -> Iterator[tuple[int, Callable[[], Record]]]:
-        with _open(path) as stream:
+        with _open(path) as stream, _read_errors(path):
             text = stream.read()
         try:
             decoded = text.decode("utf-8-sig")
@@ -177,6 +179,15 @@ def _open(path: Path) -> IO[bytes]:
     if path.suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
+
+
+@contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """A damaged ``.gz`` file (or a failing disk) is a DataError naming the file, not a traceback."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: cannot be read: {error}") from None
 
 
 def _check_file(path: Path, option: str, dataset: str) -> None:
