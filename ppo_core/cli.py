@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init-model", help="write a tiny character-level tokenizer and causal LM")
     init.add_argument("directory")
-    init.add_argument("--size", default="small", help="tiny, small (4x256) or medium (6x512)")
+    init.add_argument("--size", default="small", help="tiny (2 layers x 64), small (4x256; the default) or "
+                      "medium (6x512)")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--n-positions", type=int, default=None, help="context length (default 128)")
     init.add_argument("--overwrite", action="store_true")
