@@ -149,7 +149,9 @@ def _with_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 def write_report(directory: Path, metrics: list[dict], before: dict, after: dict, reward_accuracy: Optional[float],
                  config, seed: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    plot = plot_rewards(metrics, [r.name for r in config.rewards], directory / "rewards.png")
+    names = [r.name for r in config.rewards]
+    plot = plot_rewards(metrics, names, directory / "rewards.png")
+    diagnostics = plot_diagnostics(metrics, directory / "diagnostics.png")
     lines = [
         "# ppo-core demo report",
         "",
@@ -164,6 +166,15 @@ def write_report(directory: Path, metrics: list[dict], before: dict, after: dict
         "## Rewards and KL over the PPO updates",
         "",
         f"![rewards]({plot.name})",
+        "",
+        "## Reward-hacking diagnostics",
+        "",
+        "Length drift (mean response length over the first update's), eos rate, and the learned reward's "
+        "correlation with each rule reward on the same samples; a learned reward being gamed parts from the rules.",
+        "",
+        *diagnostics_table(metrics, names),
+        "",
+        f"![diagnostics]({diagnostics.name})",
         "",
         "## Sample responses (greedy), before and after PPO",
         "",
@@ -204,7 +215,44 @@ def sample_table(before_path: Path, after_path: Path, count: int = 8) -> list[st
     return rows
 
 
+def diagnostics_table(metrics: list[dict], reward_names: Sequence[str], span: int = 10) -> list[str]:
+    """The diagnostics over the first and the last ``span`` updates, and the divergence warnings the run printed."""
+    from ..rewards.hacking import HackingWatch
+
+    warnings: list[str] = []
+    watch = HackingWatch.for_rewards(reward_names, warn=warnings.append)
+    for line in metrics:
+        watch(dict(line))
+    keys = [("response/length_drift", "length drift"), ("response/eos_rate", "eos rate")]
+    keys += [(f"reward/corr/{learned}/{rule}", f"corr({learned}, {rule})")
+             for learned in watch.learned for rule in watch.rules]
+    rows = ["| updates | " + " | ".join(title for _key, title in keys) + " |", "|" + " --- |" * (len(keys) + 1)]
+    for label, lines in ((f"first {span}", metrics[:span]), (f"last {span}", metrics[-span:])):
+        rows.append(f"| {label} | " + " | ".join(_fmt(_mean(lines, key)) for key, _title in keys) + " |")
+    rows += ["", f"Divergence warnings (learned reward up, a rule reward down over {watch.window} updates): "
+                 f"{len(warnings)}" + "".join(f"\n- {line.removeprefix('warning: ')}" for line in warnings)]
+    return rows
+
+
+def _mean(lines: list[dict], key: str) -> Optional[float]:
+    values = [line[key] for line in lines if isinstance(line.get(key), (int, float))]
+    return sum(values) / len(values) if values else None
+
+
+def plot_diagnostics(metrics: list[dict], path: Path) -> Path:
+    keys = sorted({key for line in metrics for key in line if key.startswith("reward/corr/")})
+    panels = [("response/length_drift", "length drift (x first update)"), ("response/eos_rate", "eos rate")]
+    return plot_panels(metrics, panels + [(key, key.removeprefix("reward/")) for key in keys], path)
+
+
 def plot_rewards(metrics: list[dict], reward_names: Sequence[str], path: Path) -> Path:
+    panels = [(f"reward/{name}", name) for name in reward_names] + [("reward/mean", "total (weighted)"),
+                                                                    ("kl", "KL to the reference")]
+    return plot_panels(metrics, panels, path)
+
+
+def plot_panels(metrics: list[dict], panels: Sequence[tuple[str, str]], path: Path) -> Path:
+    """One small plot per (metric key, title) over the PPO updates, three to a row."""
     try:
         import matplotlib
 
@@ -213,8 +261,6 @@ def plot_rewards(metrics: list[dict], reward_names: Sequence[str], path: Path) -
     except ImportError:
         raise UserError("demo: the report's plot needs matplotlib; pip install 'ppo-core[report]'") from None
     updates = [m["update"] for m in metrics]
-    panels = [(f"reward/{name}", name) for name in reward_names] + [("reward/mean", "total (weighted)"),
-                                                                    ("kl", "KL to the reference")]
     columns = 3
     rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)
