@@ -231,6 +231,9 @@ def cmd_train_reward(args) -> int:
     for split, name in (("held_out", "held-out"), ("train", "train")):
         accuracy = metrics[f"{split}_accuracy"]
         line = f"{name} pair accuracy: " + (f"{accuracy:.4f}" if accuracy is not None else "n/a")
+        kinds = [(k.split("/", 1)[1], v) for k, v in metrics.items() if k.startswith(f"{split}_accuracy/")]
+        if kinds:  # pairs, by what the rejected response differs by
+            line += " (" + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in kinds) + ")"
         if metrics["kind"] == "labels" and metrics[f"{split}_mse"] is not None:
             line += f", {name} MSE: {metrics[f'{split}_mse']:.4f}"
         print(line)
