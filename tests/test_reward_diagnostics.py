@@ -45,28 +45,30 @@ def lines(learned, rule, lengths):
 
 def test_watch_adds_length_drift_and_warns_once_per_episode_of_divergence():
     warnings = []
-    watch = HackingWatch.for_rewards(["reward_model", "exact_match"], window=2, warn=warnings.append)
+    watch = HackingWatch.for_rewards(["reward_model", "exact_match"], window=2, patience=2, warn=warnings.append)
     assert watch.learned == ["reward_model"] and watch.rules == ["exact_match"]
-    learned = [0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 3, 4]  # rises at 3-6 and again from 11
-    rule = [1, 1, 0, 0, -1, -1, -1, -1, -1, -1, -2, -3]  # falls alongside
-    out = [watch(line) for line in lines(learned, rule, [4, 4, 5, 5, 6, 6, 6, 6, 6, 6, 8, 8])]
+    learned = [0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 3, 4, 4, 4, 4, 4, 5]
+    rule = [1, 1, 0, 0, -1, -1, -1, -1, -1, -1, -2, -3, -3, -3, -3, -3, -4]
+    lengths = [4, 4, 5, 5, 6, 6, 6, 6, 6, 6, 8, 8, 8, 8, 8, 8, 8]
+    out = [watch(line) for line in lines(learned, rule, lengths)]
     assert [line["response/length_drift"] for line in out][:5] == [1.0, 1.0, 1.25, 1.25, 1.5]
-    # diverging from update 4 ((1+1)/2 - 0 > 0 and (0+0)/2 - 1 < 0) to 6; flat 7-10; again from 11 ((2+3)/2 - 2)
-    assert len(warnings) == 2
-    assert warnings[0].startswith("warning: update 4: reward hacking? the learned reward reward_model rose")
-    assert "update 11:" in warnings[1] and "rule reward exact_match fell" in warnings[1]
+    # apart at updates 4-7 (at 4: (1+1)/2 - 0 > 0 and (0+0)/2 - 1 < 0), warned at the 2nd: 5; flat 8-10; apart
+    # 11-14, warned at 12; flat 15-16; apart at 17 alone: one update is no episode
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("warning: update 5: reward hacking? for 2 updates the learned reward reward_model")
+    assert "update 12:" in warnings[1] and "the rule reward exact_match's fell" in warnings[1]
 
 
 def test_watch_stays_quiet_when_both_rise_and_when_replaying_a_resumed_run():
     warnings = []
-    watch = HackingWatch.for_rewards(["reward_model", "exact_match"], window=2, warn=warnings.append)
+    watch = HackingWatch.for_rewards(["reward_model", "exact_match"], window=2, patience=1, warn=warnings.append)
     for line in lines([0, 0, 1, 1], [0, 0, 1, 1], [4, 4, 4, 4]):
         watch(line)
     assert warnings == []
-    resumed = HackingWatch.for_rewards(["reward_model", "exact_match"], window=2, warn=warnings.append)
+    resumed = HackingWatch.for_rewards(["reward_model", "exact_match"], window=2, patience=1, warn=warnings.append)
     for line in lines([0, 0, 1, 1], [1, 1, 0, 0], [4, 4, 2, 2]):
         resumed(line, quiet=True)  # the earlier updates of a resumed run: state only
-    assert warnings == [] and resumed.diverging == {("reward_model", "exact_match")}
+    assert warnings == [] and resumed.diverging == {("reward_model", "exact_match"): 1}
     assert resumed({"update": 5, "reward/reward_model": 2, "reward/exact_match": -1,
                     "response/length_mean": 3})["response/length_drift"] == pytest.approx(0.75)
     assert warnings == []  # the episode began before the resume: no second warning

@@ -5,7 +5,8 @@ grow or shrink against the start (``response/length_drift`` = this update's mean
 update's), they stop ending at eos (``response/eos_rate``, from the engine), the learned reward stops agreeing
 with the rule rewards on the same samples (``reward/corr/<a>/<b>``, from the composer), and the learned reward
 rises while a rule reward falls. :class:`HackingWatch` adds the first number to each line and prints one warning
-line on stderr when the last happens (once per episode: again only after it stopped).
+line on stderr when the last happens for several updates in a row (once per episode: again only after it
+stopped).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Callable, Iterable, Optional, Sequence
 LEARNED_REWARDS = ("reward_model",)
 #: updates whose mean is compared with the mean of the same number of updates before them
 WINDOW = 5
+#: updates in a row the trends must point apart before the warning (one noisy update does not make an episode)
+PATIENCE = 3
 
 
 def trend(values: Sequence[float], window: int = WINDOW) -> Optional[float]:
@@ -33,16 +36,18 @@ def trend(values: Sequence[float], window: int = WINDOW) -> Optional[float]:
 
 class HackingWatch:
     """Fed every PPO metrics line in order (:meth:`__call__`); adds ``response/length_drift`` and warns when a
-    learned reward's :func:`trend` is up while a rule reward's is down.
+    learned reward's :func:`trend` has been up while a rule reward's was down for ``patience`` updates in a row.
 
     ``learned`` and ``rules`` name the rewards (``reward/<name>`` in the lines); ``warn`` prints a line."""
 
-    def __init__(self, learned: Sequence[str], rules: Sequence[str], window: int = WINDOW,
+    def __init__(self, learned: Sequence[str], rules: Sequence[str], window: int = WINDOW, patience: int = PATIENCE,
                  warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)):
-        self.learned, self.rules, self.window, self.warn = list(learned), list(rules), window, warn
+        self.learned, self.rules, self.window, self.patience = list(learned), list(rules), window, patience
+        self.warn = warn
         self.first_length: Optional[float] = None
         self.history: dict[str, list[float]] = {name: [] for name in self.learned + self.rules}
-        self.diverging: set[tuple[str, str]] = set()
+        #: (learned, rule) -> updates in a row their trends pointed apart (a pair is absent when they did not)
+        self.diverging: dict[tuple[str, str], int] = {}
 
     @classmethod
     def for_rewards(cls, names: Iterable[str], **kwargs) -> "HackingWatch":
@@ -61,11 +66,10 @@ class HackingWatch:
         for name, values in self.history.items():
             value = line.get(f"reward/{name}")
             values.append(math.nan if value is None else float(value))
-        current = self.divergences()
-        for pair in current:
-            if pair not in self.diverging and not quiet:
+        self.diverging = {pair: self.diverging.get(pair, 0) + 1 for pair in self.divergences()}
+        for pair, updates in self.diverging.items():
+            if updates == self.patience and not quiet:  # once per episode
                 self.warn(self._message(pair, line.get("update")))
-        self.diverging = set(current)
         return line
 
     def divergences(self) -> list[tuple[str, str]]:
@@ -84,6 +88,6 @@ class HackingWatch:
     def _message(self, pair: tuple[str, str], update: Optional[int]) -> str:
         learned, rule = pair
         at = f"update {update}: " if update is not None else ""
-        return (f"warning: {at}reward hacking? the learned reward {learned} rose over the last {self.window} "
-                f"updates while the rule reward {rule} fell (compare reward/{learned} with reward/{rule} and "
+        return (f"warning: {at}reward hacking? for {self.patience} updates the learned reward {learned}'s mean over "
+                f"the last {self.window} rose while the rule reward {rule}'s fell (compare reward/{learned} with reward/{rule} and "
                 f"reward/corr/* in metrics.jsonl)")
