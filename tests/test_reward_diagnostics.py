@@ -45,8 +45,11 @@ def lines(learned, rule, lengths):
 
 def test_watch_adds_length_drift_and_warns_once_per_episode_of_divergence():
     warnings = []
-    watch = HackingWatch.for_rewards(["reward_model", "exact_match"], window=2, patience=2, warn=warnings.append)
+    watch = HackingWatch.for_rewards({"reward_model": 1.0, "exact_match": 1.0}, window=2, patience=2,
+                                     warn=warnings.append)
     assert watch.learned == ["reward_model"] and watch.rules == ["exact_match"]
+    riding = HackingWatch.for_rewards({"reward_model": 0.01, "exact_match": 1.0, "edit_distance": 1.0})
+    assert riding.learned == [] and riding.rules == ["exact_match", "edit_distance"]  # 0.5% of the weight
     learned = [0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 3, 4, 4, 4, 4, 4, 5]
     rule = [1, 1, 0, 0, -1, -1, -1, -1, -1, -1, -2, -3, -3, -3, -3, -3, -4]
     lengths = [4, 4, 5, 5, 6, 6, 6, 6, 6, 6, 8, 8, 8, 8, 8, 8, 8]
@@ -61,11 +64,13 @@ def test_watch_adds_length_drift_and_warns_once_per_episode_of_divergence():
 
 def test_watch_stays_quiet_when_both_rise_and_when_replaying_a_resumed_run():
     warnings = []
-    watch = HackingWatch.for_rewards(["reward_model", "exact_match"], window=2, patience=1, warn=warnings.append)
+    watch = HackingWatch.for_rewards({"reward_model": 1.0, "exact_match": 1.0}, window=2, patience=1,
+                                     warn=warnings.append)
     for line in lines([0, 0, 1, 1], [0, 0, 1, 1], [4, 4, 4, 4]):
         watch(line)
     assert warnings == []
-    resumed = HackingWatch.for_rewards(["reward_model", "exact_match"], window=2, patience=1, warn=warnings.append)
+    resumed = HackingWatch.for_rewards({"reward_model": 1.0, "exact_match": 1.0}, window=2, patience=1,
+                                     warn=warnings.append)
     for line in lines([0, 0, 1, 1], [1, 1, 0, 0], [4, 4, 2, 2]):
         resumed(line, quiet=True)  # the earlier updates of a resumed run: state only
     assert warnings == [] and resumed.diverging == {("reward_model", "exact_match"): 1}

@@ -213,7 +213,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
             progress = Progress(config.train.updates, config.train.progress,
                                 **({"stream": progress_stream} if progress_stream else {}))
             scorer = make_scorer(run.composer, run.tokenizer)
-            watch = HackingWatch.for_rewards(reward.name for reward in config.rewards)
+            watch = HackingWatch.for_rewards({reward.name: reward.weight for reward in config.rewards})
             for line in read_metrics(log.path):  # a resumed run's earlier updates
                 watch(line, quiet=True)
 

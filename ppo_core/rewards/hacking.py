@@ -4,7 +4,8 @@ A policy that games a learned reward shows it in a few numbers before its held-o
 grow or shrink against the start (``response/length_drift`` = this update's mean response length over the first
 update's), they stop ending at eos (``response/eos_rate``, from the engine), the learned reward stops agreeing
 with the rule rewards on the same samples (``reward/corr/<a>/<b>``, from the composer), and the learned reward
-rises while a rule reward falls. :class:`HackingWatch` adds the first number to each line and prints one warning
+rises while a rule reward falls (watched when the learned reward carries at least a tenth of the weight).
+:class:`HackingWatch` adds the first number to each line and prints one warning
 line on stderr when the last happens for several updates in a row (once per episode: again only after it
 stopped).
 """
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 #: the rewards that are learned (the bundled ``ppo-core-reward-model``'s); every other reward is a rule
 LEARNED_REWARDS = ("reward_model",)
+#: the least share of the total |weight| a learned reward needs to be watched
+STEERING = 0.1
 #: updates whose mean is compared with the mean of the same number of updates before them
 WINDOW = 5
 #: updates in a row the trends must point apart before the warning (one noisy update does not make an episode)
@@ -50,10 +53,14 @@ class HackingWatch:
         self.diverging: dict[tuple[str, str], int] = {}
 
     @classmethod
-    def for_rewards(cls, names: Iterable[str], **kwargs) -> "HackingWatch":
-        names = list(names)
-        return cls([n for n in names if n in LEARNED_REWARDS], [n for n in names if n not in LEARNED_REWARDS],
-                   **kwargs)
+    def for_rewards(cls, weights: Mapping[str, float], **kwargs) -> "HackingWatch":
+        """The learned rewards (:data:`LEARNED_REWARDS`) that steer, ``|weight|`` at least :data:`STEERING` of the
+        total, against every rule reward: a learned reward that rides along cannot be gamed, and its ups and
+        downs beside the rules are noise."""
+        total = sum(abs(weight) for weight in weights.values())
+        learned = [name for name, weight in weights.items()
+                   if name in LEARNED_REWARDS and total and abs(weight) >= STEERING * total]
+        return cls(learned, [name for name in weights if name not in LEARNED_REWARDS], **kwargs)
 
     def __call__(self, line: dict, quiet: bool = False) -> dict:
         """``line`` with ``response/length_drift`` added; ``quiet`` only updates the state (a resumed run's
@@ -89,5 +96,5 @@ class HackingWatch:
         learned, rule = pair
         at = f"update {update}: " if update is not None else ""
         return (f"warning: {at}reward hacking? for {self.patience} updates the learned reward {learned}'s mean over "
-                f"the last {self.window} rose while the rule reward {rule}'s fell (compare reward/{learned} with reward/{rule} and "
-                f"reward/corr/* in metrics.jsonl)")
+                f"the last {self.window} rose while the rule reward {rule}'s fell (compare reward/{learned} with "
+                f"reward/{rule} and reward/corr/* in metrics.jsonl)")
