@@ -38,7 +38,7 @@ from ppo_core.reward_model import (
 )
 from ppo_core.reward_model.model import right_pad
 from ppo_core.reward_model.pairs import pair_kind
-from ppo_core.reward_model.training import _loss, accuracy_by_kind, add_layers
+from ppo_core.reward_model.training import _loss, accuracy_by_kind, add_layers, with_margin
 from ppo_core.reward_model.storage import (
     BACKBONE_DIR,
     REWARD_HEAD_FILE,
@@ -155,7 +155,7 @@ def test_accuracy_by_kind_and_the_margin_by_hand():
     pairs = torch.tensor([[1.0, 0.0]])
     assert float(_loss(pairs, torch.zeros(1), "pairs")) == pytest.approx(-math.log(1 / (1 + math.exp(-1))))
     # margin 1: the pair 1 apart counts as no margin at all, log 2
-    assert float(_loss(pairs, torch.zeros(1), "pairs", margin=1.0)) == pytest.approx(math.log(2))
+    assert float(_loss(with_margin(pairs, 1.0), torch.zeros(1), "pairs")) == pytest.approx(math.log(2))
 
 
 def test_top_layers_train_and_the_rest_stays(tiny_model_dir):

@@ -229,9 +229,15 @@ def accuracy_by_kind(rewards: torch.Tensor, kinds: Sequence[str]) -> dict[str, O
     return accuracy
 
 
-def _loss(rewards: torch.Tensor, targets: torch.Tensor, kind: DataKind, margin: float = 0.0) -> torch.Tensor:
+def with_margin(rewards: torch.Tensor, margin: float) -> torch.Tensor:
+    """Pairs' rewards [N, 2] with the chosen one lowered by ``margin``: Bradley–Terry on them is
+    -log σ(r_chosen − r_rejected − margin), which keeps pushing a pair apart until it is ``margin`` apart."""
+    return rewards - rewards.new_tensor([margin, 0.0]) if margin else rewards
+
+
+def _loss(rewards: torch.Tensor, targets: torch.Tensor, kind: DataKind) -> torch.Tensor:
     if kind == "pairs":
-        return -F.logsigmoid(rewards[:, 0] - rewards[:, 1] - margin).mean()  # Bradley–Terry (with a margin)
+        return -F.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()  # Bradley–Terry
     return F.mse_loss(rewards, targets)
 
 
@@ -276,7 +282,8 @@ class _Trainer(abc.ABC):
                     step += 1
                     batch = [train[i] for i in permutation[start:start + options.batch_size]]
                     rewards = self.rewards(batch, grad=True)
-                    loss = _loss(rewards, targets[batch], kind, options.margin)
+                    loss = _loss(with_margin(rewards, options.margin) if kind == "pairs" else rewards,
+                                 targets[batch], kind)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     grad_norm = clip_gradients(params, options.max_grad_norm)
