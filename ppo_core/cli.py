@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init-model", help="write a tiny character-level tokenizer and causal LM")
     init.add_argument("directory")
-    init.add_argument("--size", default="small", help="tiny, small (4x256) or medium (6x512)")
+    init.add_argument("--size", default="small", help="tiny (2 layers x 64), small (4x256; the default) or "
+                      "medium (6x512)")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--n-positions", type=int, default=None, help="context length (default 128)")
     init.add_argument("--overwrite", action="store_true")
@@ -243,6 +244,9 @@ def cmd_train_reward(args) -> int:
     for split, name in (("held_out", "held-out"), ("train", "train")):
         accuracy = metrics[f"{split}_accuracy"]
         line = f"{name} pair accuracy: " + (f"{accuracy:.4f}" if accuracy is not None else "n/a")
+        kinds = [(k.split("/", 1)[1], v) for k, v in metrics.items() if k.startswith(f"{split}_accuracy/")]
+        if kinds:  # pairs, by what the rejected response differs by
+            line += " (" + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in kinds) + ")"
         if metrics["kind"] == "labels" and metrics[f"{split}_mse"] is not None:
             line += f", {name} MSE: {metrics[f'{split}_mse']:.4f}"
         print(line)

@@ -28,7 +28,10 @@ def test_the_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys)
     text = report.read_text()
     assert "| SFT start | greedy |" in text and "| PPO result | sampled |" in text
     assert "![rewards](rewards.png)" in text
-    assert (out / "report" / "rewards.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for plot in ("rewards.png", "diagnostics.png"):
+        assert (out / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Reward-hacking diagnostics" in text and "![diagnostics](diagnostics.png)" in text
+    assert "| updates | length drift | eos rate | corr(reward_model, exact_match) |" in text
     assert text.count("| `reverse: ") == 8
     for numbers in ("eval_sft.json", "eval_ppo.json"):
         loaded = json.loads((out / "report" / numbers).read_text())
@@ -36,6 +39,9 @@ def test_the_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys)
     metrics = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [m["update"] for m in metrics] == [1, 2]
     assert {"reward/reward_model", "reward/edit_distance", "reward/exact_match", "reward/repetition_penalty"} <= set(metrics[0])
+    # the reward-hacking diagnostics, every update
+    assert metrics[0]["response/length_drift"] == 1.0 and "response/length_drift" in metrics[1]
+    assert {"reward/corr/reward_model/exact_match", "reward/corr/exact_match/edit_distance"} <= set(metrics[1])
     # the learned reward is a head on the frozen SFT backbone (no backbone of its own to run): PPO scores it from the
     # reference forward's hidden states (plugins/ppo-core-reward-model/tests check that path)
     saved = json.loads((out / "reward-model" / "reward_model.json").read_text())

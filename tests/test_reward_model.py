@@ -8,7 +8,9 @@ the reward plugin (plugins/ppo-core-reward-model/tests).
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,8 @@ from ppo_core.reward_model import (
     write_jsonl,
 )
 from ppo_core.reward_model.model import right_pad
+from ppo_core.reward_model.pairs import pair_kind
+from ppo_core.reward_model.training import _loss, accuracy_by_kind, add_layers, with_margin
 from ppo_core.reward_model.storage import (
     BACKBONE_DIR,
     REWARD_HEAD_FILE,
@@ -141,6 +145,49 @@ def test_training_the_backbone_too(tiny_model_dir, tmp_path):
     rows = [[1, 40, 40, 2], [1, 41, 41, 41, 2], [1, 69]]
     model.eval()
     assert torch.equal(model.score_ids(rows), reloaded.score_ids(rows))
+
+
+def test_accuracy_by_kind_and_the_margin_by_hand():
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [3.0, 1.0], [0.0, 5.0]])
+    kinds = ["substitution", "substitution", "order", "length", "other"]
+    assert accuracy_by_kind(rewards, kinds) == {"substitution": 0.5, "order": 0.5, "length": 1.0, "other": 0.0}
+    assert accuracy_by_kind(rewards[:1], kinds[:1]) == {"substitution": 1.0, "order": None, "length": None}
+    pairs = torch.tensor([[1.0, 0.0]])
+    assert float(_loss(pairs, torch.zeros(1), "pairs")) == pytest.approx(-math.log(1 / (1 + math.exp(-1))))
+    # margin 1: the pair 1 apart counts as no margin at all, log 2
+    assert float(_loss(with_margin(pairs, 1.0), torch.zeros(1), "pairs")) == pytest.approx(math.log(2))
+
+
+def test_top_layers_train_and_the_rest_stays(tiny_model_dir):
+    from ppo_core.modeling.loading import load_backbone
+
+    start = load_backbone(str(tiny_model_dir)).state_dict()
+    result = train_reward_model(str(tiny_model_dir), toy_preference_pairs(32, seed=1),
+                                RewardTrainOptions(train_backbone=True, backbone_layers=1, epochs=1, lr=1e-2,
+                                                   batch_size=16, seed=1))
+    trained = result.model.backbone.state_dict()
+    top = f"h.{len(result.model.backbone.h) - 1}."
+    for name, value in trained.items():
+        if not name.startswith((top, "ln_f.")):
+            assert torch.equal(value, start[name]), name  # the embeddings and the lower blocks stay
+    assert any(not torch.equal(v, start[n]) for n, v in trained.items() if n.startswith(top))
+
+
+def test_added_layers_start_as_the_identity_and_save_with_the_backbone(tiny_model_dir, tmp_path):
+    from ppo_core.reward_model import build_reward_model
+
+    model = build_reward_model(str(tiny_model_dir), frozen=False).eval()
+    rows = [[1, 40, 41, 42, 2], [1, 43, 2]]
+    before = model.score_ids(rows)
+    layers = len(model.backbone.h)
+    add_layers(model.backbone, 2)
+    assert len(model.backbone.h) == model.backbone.config.n_layer == layers + 2
+    torch.testing.assert_close(model.score_ids(rows), before, rtol=0, atol=1e-6)
+    result = train_reward_model(str(tiny_model_dir), toy_preference_pairs(32, seed=1),
+                                RewardTrainOptions(train_backbone=True, added_layers=2, epochs=1, batch_size=16))
+    reloaded = load_reward_model(save_reward_model(result.model, tmp_path / "rm"))
+    assert len(reloaded.backbone.h) == layers + 2
+    assert torch.equal(reloaded.score_ids(rows), result.model.score_ids(rows))
 
 
 def test_scalar_labels_train_with_mse(tiny_model_dir):
@@ -281,6 +328,15 @@ def test_make_preference_pairs_is_deterministic_and_corrupts(tmp_path):
         assert sorted(shuffled) == list("abcdef") and shuffled != "abcdef"
         substituted = corrupt("abcdef", rng, ["substitute"])
         assert len(substituted) == 6 and sum(a != b for a, b in zip(substituted, "abcdef")) == 1
+        inserted = corrupt("abcdef", rng, ["insert"])
+        assert len(inserted) == 7 and any(inserted[:i] + inserted[i + 1:] == "abcdef" for i in range(7))
+        swapped = corrupt("abcdef", rng, ["swap"])
+        i = next(i for i in range(6) if swapped[i] != "abcdef"[i])
+        assert swapped == "abcdef"[:i] + "abcdef"[i + 1] + "abcdef"[i] + "abcdef"[i + 2:]
+        assert pair_kind("abcdef", substituted) == "substitution" and pair_kind("abcdef", inserted) == "length"
+        assert pair_kind("abcdef", deleted) == "length" and pair_kind("abcdef", swapped) == "order"
+        assert pair_kind("abcdef", shuffled) == "order"
+    assert pair_kind("abc", "xyz") == "other" and pair_kind("ab", "ba") == "order"
     assert corrupt("a", rng, ["shuffle", "delete"]) is None
     assert corrupt("zz", rng, ["shuffle", "substitute"]) not in (None, "zz")  # shuffle impossible, substitute works
     # a list of accepted solutions: the first is chosen, none of them is ever rejected
@@ -323,6 +379,7 @@ output_dir: {tmp_path / "out"}
     assert "epoch 2/2: loss" in out
     assert "data: 48 preference pairs for training, 16 held out (dataset reverse (train split))" in out
     assert "held-out pair accuracy: " in out and "normalisation: gain " in out
+    assert re.search(r"held-out pair accuracy: [0-9.]+ \(substitution [0-9.]+, order [0-9.]+, length [0-9.]+\)", out)
     assert f"saved reward model: {tmp_path / 'out'}" in out
     info = json.loads((tmp_path / "out" / REWARD_MODEL_FILE).read_text())
     assert info["normalization"]["count"] == 8 and info["backbone"]["frozen"]
@@ -362,7 +419,7 @@ def test_train_reward_cli_from_labels_normalised_on_the_data(tiny_model_dir, tmp
      "train.held_out_fraction: Input should be less than 1"),
     ("data: {path: d.jsonl}\n", "model: Field required"),
     ("model: {path: P}\ndata: {path: d.jsonl, options: {size: 3}}\n", "options only apply with `dataset`"),
-    ("model: {path: P}\ndata: {dataset: reverse, corruptions: [swap]}\n", "data.corruptions.0: Input should be"),
+    ("model: {path: P}\ndata: {dataset: reverse, corruptions: [rot13]}\n", "data.corruptions.0: Input should be"),
     ("model: {path: P}\ndata: {path: missing.jsonl}\noutput_dir: OUT\n", "missing.jsonl: cannot read reward data"),
     ("model: {path: P}\ndata: {dataset: nope}\noutput_dir: OUT\n", "unknown dataset 'nope'"),
 ])

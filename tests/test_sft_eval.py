@@ -8,6 +8,7 @@ it; a resumed run matches an uninterrupted one; eval is deterministic and writes
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,7 +190,7 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(tiny_model, tmp_
     reference_weights = load_file(final / "model.safetensors")
     reference_metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
     checkpoints = sorted((tmp_path / "run" / "checkpoints").iterdir())
-    assert [c.name for c in checkpoints] == ["update-000010", "update-000020"]
+    assert [c.name for c in checkpoints] == ["step-000010", "step-000020"]
     assert (checkpoints[0] / "model" / "model.safetensors").is_file()
     shutil.rmtree(checkpoints[1])  # as if the run died after step 10
     shutil.rmtree(final)
@@ -279,3 +280,30 @@ def test_sft_and_eval_need_no_rewards_but_ppo_does(tiny_model, tmp_path):
     assert config.rewards == []
     with pytest.raises(ConfigError, match="at least one reward"):
         train(config)
+
+
+def test_stop_at_ends_sft_at_the_first_evaluation_that_meets_it(trained, tiny_model, tmp_path, capsys):
+    """The same run as the fixture's (same seed, same steps) stops at step 100 when the condition is the eval
+    loss that step 100 reached, and its final model is that step's."""
+    logged = read_metrics(trained["root"] / "run" / "metrics.jsonl")
+    loss_at_100 = next(m["eval/loss"] for m in logged if m["step"] == 100)
+    assert next(m["eval/loss"] for m in logged if m["step"] == 50) > loss_at_100
+    config = load_config(None, base=config_data(tiny_model, tmp_path / "run", stop_at=f"eval/loss <= {loss_at_100!r}",
+                                                save_every=50))
+    final = train_sft(config)
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(10, 101, 10))
+    assert metrics[-1]["eval/loss"] == pytest.approx(loss_at_100)
+    assert "sft: stopping at step 100: eval/loss <= " in capsys.readouterr().out
+    assert final.is_dir() and sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000050"]
+
+
+@pytest.mark.parametrize("sft, message", [
+    ({"stop_at": "eval/exact_match >= 0.9", "eval_every": 0}, "sft.stop_at: Value error, needs eval_every > 0"),
+    ({"stop_at": "exact_match >= 0.9"}, "is not `<metric> >= <number>`"),
+    ({"stop_at": "eval/exact_match > 0.9"}, "is not `<metric> >= <number>`"),
+    ({"stop_at": "eval/exact_match >= high"}, "is not `<metric> >= <number>`"),
+])
+def test_bad_stop_at_names_the_field(tiny_model, tmp_path, sft, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, base=config_data(tiny_model, tmp_path / "run", **sft))

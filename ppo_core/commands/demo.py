@@ -53,10 +53,10 @@ def demo_configs(out: str = "runs/demo", seed: int = SEED) -> dict[str, dict[str
     }
     reward = {
         "model": {"path": start},
-        # no deletions: they make the rejected answer shorter, and a head that learns "longer is better" gets
-        # exploited by PPO (the responses grow and exact match falls)
+        # every corruption (substitute, swap, shuffle, insert, delete): with insertions beside the deletions the
+        # head cannot learn "longer is better" (benchmarks/README.md, "reward_model_accuracy.py")
         "data": {"dataset": TASK["dataset"], "options": {**TASK["options"], "eval_size": 0},
-                 "corruptions": ["substitute", "shuffle"], "pairs_per_record": 2, "seed": seed},
+                 "pairs_per_record": 2, "seed": seed},
         "train": {"train_backbone": False, "epochs": 20, "lr": 3.0e-3, "batch_size": 64, "seed": seed},
         "normalization": {"source": "policy", "prompts": 128, "seed": seed, **generation},
         "output_dir": reward_dir,
@@ -103,6 +103,8 @@ def run_demo(out: str = "runs/demo", quick: bool = False, overwrite: bool = Fals
     reward_config = TrainRewardConfig.model_validate(reward_data)
     outcome = run_train_reward(reward_config, source="demo reward config", progress=epoch_progress(reward_config))
     accuracy = outcome.result.metrics["held_out_accuracy"]
+    kinds = {key.split("/", 1)[1]: value for key, value in outcome.result.metrics.items()
+             if key.startswith("held_out_accuracy/")}
 
     stage("4/5 train: PPO against the weighted mix of rewards")
     ppo_config = load_config(None, QUICK["ppo"] if quick else [], base=configs["ppo"])
@@ -116,7 +118,7 @@ def run_demo(out: str = "runs/demo", quick: bool = False, overwrite: bool = Fals
     after = evaluate_model(ppo_config, final, samples=limit, out=report_dir / "samples_ppo.jsonl",
                            numbers_out=report_dir / "eval_ppo.json")
     metrics = [json.loads(line) for line in (Path(ppo_config.train.output_dir) / "metrics.jsonl").open()]
-    report = write_report(report_dir, metrics, before, after, accuracy, ppo_config, seed)
+    report = write_report(report_dir, metrics, before, after, accuracy, ppo_config, seed, kinds)
     print(f"\nreport: {report}")
     return report
 
@@ -147,15 +149,17 @@ def _with_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 # ---- the report ---------------------------------------------------------------------------------------
 def write_report(directory: Path, metrics: list[dict], before: dict, after: dict, reward_accuracy: Optional[float],
-                 config, seed: int) -> Path:
+                 config, seed: int, reward_accuracy_by_kind: Optional[dict] = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    plot = plot_rewards(metrics, [r.name for r in config.rewards], directory / "rewards.png")
+    names = [r.name for r in config.rewards]
+    plot = plot_rewards(metrics, names, directory / "rewards.png")
+    diagnostics = plot_diagnostics(metrics, directory / "diagnostics.png")
     lines = [
         "# ppo-core demo report",
         "",
         f"Task `{config.data.dataset}` {config.data.options}, seed {seed}, {len(metrics)} PPO updates of "
         f"{config.ppo.rollout_batch_size} rollouts. Reward model held-out pair accuracy: "
-        f"{_fmt(reward_accuracy)}.",
+        f"{_with_kinds(reward_accuracy, reward_accuracy_by_kind)}.",
         "",
         "## Held-out metrics",
         "",
@@ -164,6 +168,15 @@ def write_report(directory: Path, metrics: list[dict], before: dict, after: dict
         "## Rewards and KL over the PPO updates",
         "",
         f"![rewards]({plot.name})",
+        "",
+        "## Reward-hacking diagnostics",
+        "",
+        "Length drift (mean response length over the first update's), eos rate, and the learned reward's "
+        "correlation with each rule reward on the same samples; a learned reward being gamed parts from the rules.",
+        "",
+        *diagnostics_table(metrics, {r.name: r.weight for r in config.rewards}),
+        "",
+        f"![diagnostics]({diagnostics.name})",
         "",
         "## Sample responses (greedy), before and after PPO",
         "",
@@ -177,6 +190,12 @@ def write_report(directory: Path, metrics: list[dict], before: dict, after: dict
 
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _with_kinds(accuracy: Optional[float], by_kind: Optional[dict]) -> str:
+    """``0.730 (substitution 0.580, order 0.620, length 0.975)``: pair accuracy overall and per kind of pair."""
+    kinds = ", ".join(f"{kind} {_fmt(value)}" for kind, value in (by_kind or {}).items())
+    return _fmt(accuracy) + (f" ({kinds})" if kinds else "")
 
 
 def metrics_table(before: dict, after: dict) -> list[str]:
@@ -204,7 +223,49 @@ def sample_table(before_path: Path, after_path: Path, count: int = 8) -> list[st
     return rows
 
 
+def diagnostics_table(metrics: list[dict], reward_weights: dict[str, float], span: int = 10) -> list[str]:
+    """The diagnostics over the first and the last ``span`` updates, and the divergence warnings the run printed."""
+    from ..rewards.hacking import LEARNED_REWARDS, STEERING, HackingWatch
+
+    warnings: list[str] = []
+    watch = HackingWatch.for_rewards(reward_weights, warn=warnings.append)
+    for line in metrics:
+        watch(dict(line))
+    keys = [("response/length_drift", "length drift"), ("response/eos_rate", "eos rate")]
+    keys += [(f"reward/corr/{learned}/{rule}", f"corr({learned}, {rule})")
+             for learned in reward_weights if learned in LEARNED_REWARDS
+             for rule in reward_weights if rule not in LEARNED_REWARDS]
+    rows = ["| updates | " + " | ".join(title for _key, title in keys) + " |", "|" + " --- |" * (len(keys) + 1)]
+    for label, lines in ((f"first {span}", metrics[:span]), (f"last {span}", metrics[-span:])):
+        rows.append(f"| {label} | " + " | ".join(_fmt(_mean(lines, key)) for key, _title in keys) + " |")
+    if watch.learned:
+        rows += ["", f"Divergence warnings (learned reward up, a rule reward down over {watch.window} updates): "
+                     f"{len(warnings)}" + "".join(f"\n- {line.removeprefix('warning: ')}" for line in warnings)]
+    else:
+        rows += ["", f"No divergence watch: no learned reward carries {STEERING:.0%} of the weight (it rides along "
+                     f"and cannot be gamed)."]
+    return rows
+
+
+def _mean(lines: list[dict], key: str) -> Optional[float]:
+    values = [line[key] for line in lines if isinstance(line.get(key), (int, float))]
+    return sum(values) / len(values) if values else None
+
+
+def plot_diagnostics(metrics: list[dict], path: Path) -> Path:
+    keys = sorted({key for line in metrics for key in line if key.startswith("reward/corr/")})
+    panels = [("response/length_drift", "length drift (x first update)"), ("response/eos_rate", "eos rate")]
+    return plot_panels(metrics, panels + [(key, key.removeprefix("reward/")) for key in keys], path)
+
+
 def plot_rewards(metrics: list[dict], reward_names: Sequence[str], path: Path) -> Path:
+    panels = [(f"reward/{name}", name) for name in reward_names] + [("reward/mean", "total (weighted)"),
+                                                                    ("kl", "KL to the reference")]
+    return plot_panels(metrics, panels, path)
+
+
+def plot_panels(metrics: list[dict], panels: Sequence[tuple[str, str]], path: Path) -> Path:
+    """One small plot per (metric key, title) over the PPO updates, three to a row."""
     try:
         import matplotlib
 
@@ -213,8 +274,6 @@ def plot_rewards(metrics: list[dict], reward_names: Sequence[str], path: Path) -
     except ImportError:
         raise UserError("demo: the report's plot needs matplotlib; pip install 'ppo-core[report]'") from None
     updates = [m["update"] for m in metrics]
-    panels = [(f"reward/{name}", name) for name in reward_names] + [("reward/mean", "total (weighted)"),
-                                                                    ("kl", "KL to the reference")]
     columns = 3
     rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)

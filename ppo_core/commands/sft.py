@@ -12,7 +12,7 @@ Prompt and padding positions carry the label -100 (``IGNORE_INDEX``) and never c
 ``tokenizer(solution, add_special_tokens=False) + [eos]`` (the first solution when a record lists several).
 
 The run directory gets ``config.yaml``, ``metrics.jsonl`` (one object per logged step), atomic checkpoints
-under ``checkpoints/update-<step>`` (same layout rules as PPO: ``ppo_core.runtime.checkpoints``), and ``final/``:
+under ``checkpoints/step-<step>`` (same layout rules as PPO: ``ppo_core.runtime.checkpoints``), and ``final/``:
 the model with ``save_pretrained`` plus its tokenizer, which ``AutoModelForCausalLM`` loads and which
 ``ppo-core train`` can start from (``model.path: <output_dir>/final``).
 """
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
+from ..config.sections import stop_condition_met
 from ..data.prompts import EncodedPrompt, encode_records, left_pad, long_prompt_stats
 from ..data.stream import PromptStream, take_records
 from ..errors import DataError
@@ -239,6 +240,14 @@ def evaluate_during_sft(run: SFTRun) -> dict[str, float]:
     return stats
 
 
+def stop_early(stop_at: Optional[str], line: dict) -> bool:
+    """``sft.stop_at`` met by an evaluation's metrics line: say so (one line) and stop."""
+    if stop_at is None or not stop_condition_met(stop_at, line):
+        return False
+    print(f"sft: stopping at step {line['step']}: {stop_at} is met", flush=True)
+    return True
+
+
 # ---- saving ------------------------------------------------------------------------------------------
 def save_checkpoint(run: SFTRun, run_dir: Path, metrics_lines: int) -> Path:
     def write(tmp: Path) -> None:
@@ -253,7 +262,7 @@ def save_checkpoint(run: SFTRun, run_dir: Path, metrics_lines: int) -> Path:
             "config": run.config.model_dump(mode="json"),
         })
 
-    return ckpt.save_checkpoint(run_dir, run.step, run.config.train.keep_checkpoints, write)
+    return ckpt.save_checkpoint(run_dir, run.step, run.config.train.keep_checkpoints, write, unit="step")
 
 
 def load_checkpoint(run: SFTRun, path: Path) -> int:
@@ -335,6 +344,7 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
                                      advice="lower sft.lr or optim.lr"),
                 save_checkpoint=checkpoint, save_every=sft.save_every, log_every=sft.log_every,
                 eval_every=sft.eval_every, evaluate=lambda: evaluate_during_sft(run),
+                stop_when=lambda line: stop_early(sft.stop_at, line),
                 directory=run_dir, write_final=lambda tmp: save_model(run.model, run.tokenizer, tmp),
             )
             return loop.run(start=run.step)

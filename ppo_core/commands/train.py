@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -20,10 +20,11 @@ from ..ppo.actor_critic import ActorCritic, build_actor_critic
 from ..ppo.engine import PPOEngine, PromptBatch
 from ..ppo.rollout import Responses
 from ..rewards.composer import Composer, build_composer
+from ..rewards.hacking import HackingWatch
 from ..runtime import checkpoints as ckpt
 from ..runtime.loop import RunLoop, open_run_dir
 from ..runtime.rundir import claim_run_dir
-from ..runtime.metrics import Progress, TensorBoardLog
+from ..runtime.metrics import Progress, TensorBoardLog, read_metrics
 
 # fields that may change between a run and its resume without changing what is computed
 RESUMABLE_CHANGES = ("train.updates", "train.save_every", "train.keep_checkpoints", "train.progress",
@@ -194,14 +195,19 @@ def load_checkpoint(run: Run, path: Path) -> int:
 
 # ---- the loop ------------------------------------------------------------------------------------------
 class UpdateLine:
-    """PPO logs every update: the engine's statistics, the update's wall time and its throughput."""
+    """PPO logs every update: the engine's statistics, the update's wall time and its throughput, and what the
+    reward-hacking watch adds (:mod:`ppo_core.rewards.hacking`)."""
+
+    def __init__(self, watch: Optional[HackingWatch] = None):
+        self.watch = watch
 
     def add(self, stats: dict[str, float], elapsed: float) -> None:
         self.stats, self.elapsed = stats, elapsed
 
     def line(self, done: int) -> dict:
-        return {"update": done, **self.stats, "time/update_s": self.elapsed,
+        line = {"update": done, **self.stats, "time/update_s": self.elapsed,
                 "tokens_per_s": self.stats["response_tokens"] / self.elapsed}
+        return self.watch(line) if self.watch else line
 
 
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
@@ -219,6 +225,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
             progress = Progress(config.train.updates, config.train.progress,
                                 **({"stream": progress_stream} if progress_stream else {}))
             scorer = make_scorer(run.composer, run.tokenizer)
+            watch = HackingWatch.for_rewards({reward.name: reward.weight for reward in config.rewards})
+            for line in read_metrics(log.path):  # a resumed run's earlier updates
+                watch(line, quiet=True)
 
             def checkpoint(directory: Path, update: int, metrics_lines: int) -> Path:
                 run.update = update
@@ -227,7 +236,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
             loop = RunLoop(
                 total=config.train.updates,
                 step=lambda: run.engine.step(next_prompt_batch(run), scorer),
-                window=UpdateLine(), log=log, progress=progress,  # the engine guards its optimizer steps itself
+                window=UpdateLine(watch), log=log, progress=progress,  # the engine guards its optimizer steps itself
                 save_checkpoint=checkpoint, save_every=config.train.save_every,
                 directory=run_dir, write_final=lambda tmp: save_final(run, tmp),
                 sinks=[board] if board else [],

@@ -11,8 +11,11 @@ from ..errors import ConfigError, format_validation_error
 from .loading import apply_override, read_config_file
 from .sections import MAX_BATCH, MAX_SEED, MAX_THREADS, MAX_TOKENS, MAX_WIDTH, PluginsConfig, Section
 
-CORRUPTIONS = ("substitute", "delete", "shuffle")
-Corruption = Literal["substitute", "delete", "shuffle"]
+CORRUPTIONS = ("substitute", "delete", "shuffle", "insert", "swap")
+Corruption = Literal["substitute", "delete", "shuffle", "insert", "swap"]
+#: what a preference pair's rejected response differs by (ppo_core.reward_model.pairs.pair_kind); held-out
+#: accuracy is reported for each
+PAIR_KINDS = ("substitution", "order", "length", "other")
 
 
 class RewardTrainOptions(Section):
@@ -21,6 +24,13 @@ class RewardTrainOptions(Section):
     train_backbone: bool = Field(False, description="Train the backbone too; false trains the head on the frozen "
                                  "backbone (whose features are then computed once), which lets the PPO engine "
                                  "score with zero extra forward when the policy starts from the same checkpoint.")
+    backbone_layers: Optional[int] = Field(None, gt=0, description="With train_backbone: train only the top N "
+                                           "transformer blocks (and the final norm after them); the embeddings "
+                                           "and lower blocks stay frozen. Unset: the whole backbone.")
+    added_layers: int = Field(0, ge=0, le=64, description="With train_backbone: first stack N more transformer "
+                              "blocks on the backbone, each a copy of its top block with the output projections "
+                              "zeroed, so that the model starts computing exactly what the checkpoint does "
+                              "(block expansion) and has the depth to compare a response with its prompt.")
     epochs: int = Field(20, gt=0, description="Passes over the training data.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the head.")
     backbone_lr: Optional[float] = Field(None, gt=0, description="Learning rate of the backbone (train_backbone); "
@@ -35,6 +45,8 @@ class RewardTrainOptions(Section):
                                        "defaults to the backbone's hidden size.")
     append_eos: bool = Field(True, description="End each training response with eos, as the policy's responses "
                                 "that stop at eos end (the score is read there).")
+    margin: float = Field(0.0, ge=0, description="Bradley–Terry with a margin: -log σ(r_chosen − r_rejected − "
+                          "margin) keeps pushing pairs apart until they differ by at least `margin`.")
 
 
 
@@ -56,7 +68,9 @@ class RewardDataSection(Section):
     options: dict[str, Any] = Field(default_factory=dict, description="The dataset's own options.")
     split: Literal["train", "eval"] = Field("train", description="Which split of `dataset` the pairs come from.")
     corruptions: list[Corruption] = Field(default_factory=lambda: list(CORRUPTIONS), min_length=1,
-                                          description="How a rejected response is made from the solution.")
+                                          description="How a rejected response is made from the solution: one "
+                                          "character substituted, deleted or inserted, two neighbours swapped, "
+                                          "or all shuffled.")
     pairs_per_record: int = Field(1, gt=0)
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the corruptions.")
     chat_template: bool = Field(True, description="Render `dataset` prompts with the tokenizer's chat template "

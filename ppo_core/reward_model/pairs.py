@@ -17,7 +17,8 @@ from .data import PreferencePair
 
 def corrupt(text: str, rng: random.Random, kinds: Sequence[str] = CORRUPTIONS,
             alphabet: str = string.ascii_lowercase, avoid: Iterable[str] = ()) -> Optional[str]:
-    """A near miss of ``text``: one character substituted, one deleted, or the characters shuffled.
+    """A near miss of ``text``: one character substituted, deleted or inserted, two neighbours swapped, or the
+    characters shuffled.
 
     The kind is drawn from ``kinds``; a kind that cannot change this text (a one-letter word cannot be
     shuffled, an empty one cannot lose a letter) is dropped and another drawn. The result is never ``text``,
@@ -52,13 +53,34 @@ def _corrupt_once(text: str, kind: str, rng: random.Random, alphabet: str) -> Op
             return None
         index = rng.randrange(len(text))
         return text[:index] + text[index + 1:]
+    if kind == "insert":
+        index = rng.randrange(len(text) + 1)
+        return text[:index] + rng.choice(alphabet) + text[index:]
     if kind == "shuffle":
         if len(set(text)) < 2:
             return None
         letters = list(text)
         rng.shuffle(letters)
         return "".join(letters)
+    if kind == "swap":
+        if len(text) < 2:
+            return None
+        index = rng.randrange(len(text) - 1)
+        return text[:index] + text[index + 1] + text[index] + text[index + 2:]
     raise ValueError(f"unknown corruption {kind!r}")
+
+
+def pair_kind(chosen: str, rejected: str) -> str:
+    """What ``rejected`` differs from ``chosen`` by (one of :data:`~ppo_core.config.train_reward.PAIR_KINDS`):
+    ``length`` (characters inserted or deleted), ``order`` (the same characters in another order: a swap or a
+    shuffle), ``substitution`` (the same length, one character different), ``other`` (anything else)."""
+    if len(chosen) != len(rejected):
+        return "length"
+    if sorted(chosen) == sorted(rejected):
+        return "order"
+    if sum(a != b for a, b in zip(chosen, rejected)) == 1:
+        return "substitution"
+    return "other"
 
 
 def make_preference_pairs(records: Iterable[Union[Record, Mapping[str, Any]]], rng: Union[random.Random, int],

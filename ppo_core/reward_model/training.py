@@ -12,12 +12,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..config.train_reward import RewardTrainOptions
+from ..config.train_reward import PAIR_KINDS, RewardTrainOptions
 from ..modeling.heads import MLPHead
 from ..runtime.loop import NonFiniteGuard, stop_requests
 from ..runtime.optim import clip_gradients, make_optimizer, make_scheduler
 from .data import DataKind, RewardData
-from .model import RewardModel, _fit, _pad_id, right_pad, text_token_ids
+from .model import RewardModel, RewardModelError, _fit, _pad_id, right_pad, text_token_ids
+from .pairs import pair_kind
 
 # optimizer steps in a row with a non-finite loss or gradient before training stops (as train.max_nonfinite_steps)
 MAX_NONFINITE_STEPS = 3
@@ -78,6 +79,10 @@ def train_reward_model(backbone_path: str, data: Union[RewardData, Sequence[Any]
     model = build_reward_model(backbone_path, tokenizer_path, head_hidden=options.head_hidden, seed=options.seed,
                                trust_remote_code=trust_remote_code, device=device,
                                frozen=not options.train_backbone)
+    if options.train_backbone and options.added_layers:
+        add_layers(model.backbone, options.added_layers)
+    if options.train_backbone and options.backbone_layers:
+        train_top_layers(model.backbone, options.backbone_layers)
     tokenizer = model.tokenizer
     limit = model.max_length
     if data.kind == "pairs":
@@ -85,10 +90,12 @@ def train_reward_model(backbone_path: str, data: Union[RewardData, Sequence[Any]
                  _fit(text_token_ids(tokenizer, p.prompt, p.rejected, options.append_eos, p.templated), limit))
                 for p in data.items]
         targets = torch.zeros(len(rows))
+        kinds = [pair_kind(p.chosen, p.rejected) for p in data.items]
     else:
         rows = [(_fit(text_token_ids(tokenizer, s.prompt, s.response, options.append_eos, s.templated), limit),)
                 for s in data.items]
         targets = torch.tensor([s.score for s in data.items], dtype=torch.float32)
+        kinds = []
 
     generator = torch.Generator().manual_seed(options.seed)
     held_out, train = _split([item.prompt for item in data.items], options.held_out_fraction, generator)
@@ -98,10 +105,68 @@ def train_reward_model(backbone_path: str, data: Union[RewardData, Sequence[Any]
     model.eval()
     metrics: dict[str, Any] = {"kind": data.kind, "train_size": len(train), "held_out_size": len(held_out)}
     for split, indices in (("train", train), ("held_out", held_out)):
-        metrics.update({f"{split}_{k}": v for k, v in _evaluate(trainer.rewards(indices), targets[indices],
-                                                                 data.kind).items()})
+        rewards = trainer.rewards(indices)
+        metrics.update({f"{split}_{k}": v for k, v in _evaluate(rewards, targets[indices], data.kind).items()})
+        if kinds:
+            metrics.update({f"{split}_accuracy/{k}": v
+                            for k, v in accuracy_by_kind(rewards, [kinds[i] for i in indices]).items()})
     model.training_info = {"options": options.model_dump(mode="json"), "data": data.source, "metrics": metrics}
     return TrainResult(model, metrics, trainer.history)
+
+
+#: the last layer of each residual branch of a transformer block (GPT-2, Llama-style); zeroed, a block adds nothing
+OUTPUT_PROJECTIONS = ("attn.c_proj", "mlp.c_proj", "self_attn.o_proj", "mlp.down_proj")
+#: the config fields that count a backbone's blocks (GPT-2, most others)
+LAYER_COUNTS = ("n_layer", "num_hidden_layers")
+
+
+def _blocks_at(backbone: torch.nn.Module, field: str) -> int:
+    """The position among the backbone's children of its transformer blocks: its first ``ModuleList`` (GPT-2
+    ``h``, Llama ``layers``)."""
+    children = [child for _name, child in backbone.named_children()]
+    at = next((i for i, child in enumerate(children) if isinstance(child, torch.nn.ModuleList)), None)
+    if at is None:
+        raise RewardModelError(f"train.{field}: this backbone has no list of transformer blocks; unset it")
+    return at
+
+
+def add_layers(backbone: torch.nn.Module, count: int) -> None:
+    """Block expansion: stack ``count`` copies of the top block whose residual branches' output projections are
+    zero, so that each starts as the identity; the config counts them (save_pretrained and loading agree)."""
+    import copy
+
+    blocks = list(backbone.children())[_blocks_at(backbone, "added_layers")]
+    top = blocks[-1]
+    for _ in range(count):
+        block = copy.deepcopy(top)
+        zeroed = [module for name, module in block.named_modules() if name in OUTPUT_PROJECTIONS]
+        if not zeroed:
+            raise RewardModelError(f"train.added_layers: the backbone's blocks ({type(top).__name__}) have none of "
+                                   f"the output projections {', '.join(OUTPUT_PROJECTIONS)} to start them at zero")
+        for module in zeroed:
+            torch.nn.init.zeros_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                torch.nn.init.zeros_(module.bias)
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = len(blocks)
+        blocks.append(block)
+    for field in LAYER_COUNTS:
+        if hasattr(backbone.config, field):
+            setattr(backbone.config, field, len(blocks))
+
+
+def train_top_layers(backbone: torch.nn.Module, layers: int) -> None:
+    """Freeze the backbone except its top ``layers`` transformer blocks and the modules after the blocks (the
+    final norm)."""
+    children = list(backbone.children())
+    blocks_at = _blocks_at(backbone, "backbone_layers")
+    blocks = children[blocks_at]
+    if layers > len(blocks):
+        raise RewardModelError(f"train.backbone_layers: {layers} is more than the backbone's {len(blocks)} blocks")
+    backbone.requires_grad_(False)
+    for module in [*blocks[len(blocks) - layers:], *children[blocks_at + 1:]]:
+        module.requires_grad_(True)
 
 
 def _held_out_count(n: int, fraction: float) -> int:
@@ -152,6 +217,24 @@ def _ranked_right(margin: torch.Tensor) -> float:
     return float(((margin > 0).double() + 0.5 * (margin == 0).double()).mean())
 
 
+def accuracy_by_kind(rewards: torch.Tensor, kinds: Sequence[str]) -> dict[str, Optional[float]]:
+    """Pair accuracy (rewards [N, 2]: chosen, rejected) over the pairs of each kind in ``PAIR_KINDS`` (what the
+    rejected response differs by, :func:`~ppo_core.reward_model.pairs.pair_kind`); None for a kind without pairs,
+    ``other`` only when there are some."""
+    accuracy: dict[str, Optional[float]] = {}
+    for name in PAIR_KINDS:
+        rows = [i for i, kind in enumerate(kinds) if kind == name]
+        if rows or name != "other":
+            accuracy[name] = _ranked_right(rewards[rows, 0] - rewards[rows, 1]) if rows else None
+    return accuracy
+
+
+def with_margin(rewards: torch.Tensor, margin: float) -> torch.Tensor:
+    """Pairs' rewards [N, 2] with the chosen one lowered by ``margin``: Bradley–Terry on them is
+    -log σ(r_chosen − r_rejected − margin), which keeps pushing a pair apart until it is ``margin`` apart."""
+    return rewards - rewards.new_tensor([margin, 0.0]) if margin else rewards
+
+
 def _loss(rewards: torch.Tensor, targets: torch.Tensor, kind: DataKind) -> torch.Tensor:
     if kind == "pairs":
         return -F.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()  # Bradley–Terry
@@ -199,7 +282,8 @@ class _Trainer(abc.ABC):
                     step += 1
                     batch = [train[i] for i in permutation[start:start + options.batch_size]]
                     rewards = self.rewards(batch, grad=True)
-                    loss = _loss(rewards, targets[batch], kind)
+                    loss = _loss(with_margin(rewards, options.margin) if kind == "pairs" else rewards,
+                                 targets[batch], kind)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     grad_norm = clip_gradients(params, options.max_grad_norm)
@@ -252,7 +336,8 @@ class _FullTrainer(_Trainer):
     """Backbone and head: every step runs the backbone on the batch (chosen and rejected in one forward)."""
 
     def parameters(self):
-        return super().parameters() + [{"params": list(self.model.backbone.parameters()),
+        trained = [p for p in self.model.backbone.parameters() if p.requires_grad]  # train.backbone_layers
+        return super().parameters() + [{"params": trained,
                                         "lr": self.options.backbone_lr or self.options.lr}]
 
     def rewards(self, indices, grad=False):

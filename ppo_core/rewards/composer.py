@@ -69,6 +69,30 @@ class RunningMoments:
         return (value - self.mean) / max(self.std, 1e-8)
 
 
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Pearson's correlation of two equally long lists; NaN when either has fewer than 2 values or no spread."""
+    n = len(xs)
+    if n < 2:
+        return math.nan
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
+    cov = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
+    var_x = sum((x - mean_x) ** 2 for x in xs)
+    var_y = sum((y - mean_y) ** 2 for y in ys)
+    return cov / math.sqrt(var_x * var_y) if var_x > 0 and var_y > 0 else math.nan
+
+
+def reward_correlations(values: Mapping[str, Sequence[Optional[float]]]) -> dict[str, float]:
+    """``reward/corr/<a>/<b>``: Pearson's correlation of the raw values of every pair of rewards (a listed before
+    b) over the samples both scored: a learned reward that stops agreeing with a rule reward is being gamed."""
+    names = list(values)
+    stats = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = [(x, y) for x, y in zip(values[a], values[b]) if x is not None and y is not None]
+            stats[f"reward/corr/{a}/{b}"] = pearson([x for x, _ in both], [y for _, y in both])
+    return stats
+
+
 @dataclass
 class RewardTerm:
     config: RewardConfig
@@ -204,6 +228,7 @@ class Composer:
         stats["reward/mean"] = mean
         stats["reward/std"] = math.sqrt(sum((t - mean) ** 2 for t in totals) / n) if n else 0.0
         stats["reward/all_abstained"] = float(scored_by_any.count(False))
+        stats.update(reward_correlations(values))
         return Composition(totals=totals, values=values, stats=stats)
 
     def _score(self, term: RewardTerm, samples: Sequence[Sample], reference_hidden=None

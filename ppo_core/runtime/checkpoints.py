@@ -37,7 +37,8 @@ class OutputError(UserError):
     """An output cannot be written (a full disk, a read-only or missing folder)."""
 
 
-_NAME = re.compile(r"^update-(\d{6,})$")
+# checkpoints are named by what the run counts: PPO's updates (update-000010), SFT's steps (step-000010)
+_NAME = re.compile(r"^(?:update|step)-(\d{6,})$")
 
 
 def fsync_tree(directory: Path) -> None:
@@ -152,20 +153,21 @@ def _why(error: Exception) -> str:
     return getattr(error, "strerror", None) or " ".join(str(error).split())
 
 
-def save_checkpoint(run_dir: Path, step: int, keep: int, write: Callable[[Path], None]) -> Path:
-    """Write checkpoint ``step`` of a run atomically, with its manifest last, then drop all but the newest ``keep``."""
+def save_checkpoint(run_dir: Path, step: int, keep: int, write: Callable[[Path], None], unit: str = "update") -> Path:
+    """Write checkpoint ``step`` of a run (named ``<unit>-<step>``) atomically, with its manifest last, then drop
+    all but the newest ``keep``."""
 
     def write_with_manifest(tmp: Path) -> None:
         write(tmp)
         write_json(tmp / MANIFEST_FILE, manifest_of(tmp))
 
-    path = write_atomically(checkpoint_dir(run_dir, step), write_with_manifest)
+    path = write_atomically(checkpoint_dir(run_dir, step, unit), write_with_manifest)
     prune_checkpoints(run_dir, keep)
     return path
 
 
-def checkpoint_dir(run_dir: Path, update: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS_DIR / f"update-{update:06d}"
+def checkpoint_dir(run_dir: Path, update: int, unit: str = "update") -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR / f"{unit}-{update:06d}"
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

@@ -152,6 +152,7 @@ class RunLoop:
     log_every: int = 1
     eval_every: int = 0
     evaluate: Callable[[], dict[str, float]] = dict  # statistics added to the line of an evaluation step
+    stop_when: Callable[[dict], bool] = lambda line: False  # on an evaluation's line: true ends the run there
     sinks: Sequence[Sink] = ()  # more places every metrics line goes (TensorBoard)
 
     def run(self, start: int) -> Path:
@@ -180,6 +181,8 @@ class RunLoop:
                         if evaluate:
                             record.update(self.evaluate())
                         self._write(record, done)
+                        if evaluate and self.stop_when(record):
+                            break  # this step's model is the final one
                     if save:
                         path = self.directory.publish(self.save_checkpoint(self.directory.work, done, self.log.lines))
                         if stop:

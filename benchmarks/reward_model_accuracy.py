@@ -1,0 +1,162 @@
+"""How well each way of training the demo's reward model ranks held-out pairs, and what it costs.
+
+    python benchmarks/reward_model_accuracy.py --sft DIR [--methods NAME,...] [--out FILE]
+
+``--sft DIR`` is the demo's SFT start (``ppo-core init-model M --size tiny`` then ``ppo-core sft`` with the demo's
+sft config, ``examples/demo/sft.yaml``, writes ``<output_dir>/final``). Every method trains on pairs made from the
+demo task's train split (2000 words of 2-4 letters, ``ppo_core.commands.demo.TASK``) and is scored on the same
+fixed test pairs: each word of the task's eval split (200 words never in the train split) against every corruption
+of its reversal that exists (one letter substituted; two neighbours swapped or all letters shuffled: order; one
+letter inserted or deleted: length). Prints one JSON line per method (and appends it to ``--out``): test pair
+accuracy overall and per kind, train-reward's own held-out accuracy, and the training time in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from typing import Any
+
+# as the ppo-core command does (ppo_core/runtime/cpu.py): idle OpenMP threads sleep on a shared machine
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from ppo_core.commands.demo import TASK, demo_configs
+from ppo_core.commands.train_reward import load_config_data
+from ppo_core.config.train_reward import CORRUPTIONS, TrainRewardConfig
+from ppo_core.modeling.loading import load_tokenizer
+from ppo_core.reward_model import corrupt, text_token_ids, train_reward_model
+from ppo_core.reward_model.pairs import pair_kind
+from ppo_core.reward_model.training import _ranked_right, accuracy_by_kind
+
+ALL = list(CORRUPTIONS)
+#: method -> overrides of the demo's reward config (``data``, ``train``; the demo's before this benchmark: a head
+#: on the frozen SFT backbone, substitute and shuffle corruptions, 2 pairs per word, 20 epochs at lr 3e-3) and
+#: how many heads (seeds 0, 1, ...) an ensemble averages
+METHODS: dict[str, dict[str, Any]] = {
+    "frozen-demo": {},
+    "frozen-varied": {"data": {"corruptions": ALL}},
+    "frozen-varied-x8": {"data": {"corruptions": ALL, "pairs_per_record": 8}},
+    "frozen-margin": {"data": {"corruptions": ALL}, "train": {"margin": 1.0}},
+    "frozen-ensemble5": {"data": {"corruptions": ALL}, "heads": 5},
+    "top1": {
+        "data": {"corruptions": ALL},
+        "train": {"train_backbone": True, "backbone_layers": 1, "epochs": 5, "lr": 1e-3}},
+    "full": {
+        "data": {"corruptions": ALL}, "train": {"train_backbone": True, "epochs": 5, "lr": 1e-3}},
+    "full-20ep": {
+        "data": {"corruptions": ALL}, "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3}},
+    "full-20ep-lr3e-3": {
+        "data": {"corruptions": ALL}, "train": {"train_backbone": True, "epochs": 20, "lr": 3e-3}},
+    "deeper2-x4": {
+        "data": {"corruptions": ALL, "pairs_per_record": 4},
+        "train": {"train_backbone": True, "added_layers": 2, "epochs": 5, "lr": 1e-3}},
+    "full-x8": {
+        "data": {"corruptions": ALL, "pairs_per_record": 8},
+        "train": {"train_backbone": True, "epochs": 5, "lr": 1e-3}},
+    "deeper2-x8": {
+        "data": {"corruptions": ALL, "pairs_per_record": 8},
+        "train": {"train_backbone": True, "added_layers": 2, "epochs": 5, "lr": 1e-3}},
+    "full-x4-head512": {
+        "data": {"corruptions": ALL, "pairs_per_record": 4},
+        "train": {"train_backbone": True, "epochs": 5, "lr": 1e-3, "head_hidden": 512}},
+    "full-x4-hard": {
+        "data": {"corruptions": ["substitute", "swap", "insert"], "pairs_per_record": 4},
+        "train": {"train_backbone": True, "epochs": 5, "lr": 1e-3}},
+    "full-x4-15ep": {
+        "data": {"corruptions": ALL, "pairs_per_record": 4},
+        "train": {"train_backbone": True, "epochs": 15, "lr": 1e-3}},
+    "full-x4-30ep": {
+        "data": {"corruptions": ALL, "pairs_per_record": 4},
+        "train": {"train_backbone": True, "epochs": 30, "lr": 1e-3}},
+    "deeper2-x4-lr3e-3": {
+        "data": {"corruptions": ALL, "pairs_per_record": 4},
+        "train": {"train_backbone": True, "added_layers": 2, "epochs": 5, "lr": 3e-3}},
+    "full-x4": {
+        "data": {"corruptions": ALL, "pairs_per_record": 4},
+        "train": {"train_backbone": True, "epochs": 5, "lr": 1e-3}},
+}
+
+
+def method_config(sft: str, overrides: dict[str, Any]) -> TrainRewardConfig:
+    config = json.loads(json.dumps(demo_configs()["reward"]))
+    config["model"]["path"] = sft
+    for section in ("data", "train"):
+        config[section].update(overrides.get(section, {}))
+    return TrainRewardConfig.model_validate(config)
+
+
+def test_pairs(seed: int = 0) -> list[tuple[str, str, str]]:
+    """(prompt, chosen, rejected) for every eval word and every corruption of its reversal that exists."""
+    from ppo_core.plugin.loading import load_plugins
+    from ppo_core.plugin.contract import RunContext
+
+    plugins = load_plugins(None, [])
+    dataset = plugins.registry.build("dataset", TASK["dataset"], TASK["options"], RunContext(seed=seed))
+    rng = random.Random(seed)
+    pairs = []
+    for record in dataset.records("eval"):
+        for kind in CORRUPTIONS:
+            rejected = corrupt(record.solution, rng, [kind], avoid=record.solutions)
+            if rejected is not None:
+                pairs.append((record.prompt_text, record.solution, rejected))
+    return pairs
+
+
+def test_accuracy(models: list, pairs: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """Accuracy of the mean raw score of ``models`` on ``pairs``, overall and per kind."""
+    tokenizer = models[0].tokenizer
+    chosen = [text_token_ids(tokenizer, p, c) for p, c, _r in pairs]
+    rejected = [text_token_ids(tokenizer, p, r) for p, _c, r in pairs]
+    rewards = torch.stack([torch.stack([m.score_ids(chosen, 256, normalize=False),
+                                        m.score_ids(rejected, 256, normalize=False)], dim=1) for m in models]).mean(0)
+    by_kind = accuracy_by_kind(rewards, [pair_kind(c, r) for _p, c, r in pairs])
+    return {"accuracy": _ranked_right(rewards[:, 0] - rewards[:, 1]), **by_kind}
+
+
+def run_method(sft: str, name: str, pairs: list) -> dict[str, Any]:
+    spec = METHODS[name]
+    models, seconds, cpu_seconds, held_out = [], 0.0, 0.0, []
+    for head in range(spec.get("heads", 1)):
+        config = method_config(sft, {**spec, "train": {**spec.get("train", {}), "seed": head}})
+        started, cpu_started = time.perf_counter(), time.process_time()
+        data = load_config_data(config, load_tokenizer(sft))
+        result = train_reward_model(sft, data, config.train)
+        seconds += time.perf_counter() - started
+        cpu_seconds += time.process_time() - cpu_started
+        models.append(result.model)
+        held_out.append(result.metrics["held_out_accuracy"])
+    return {"method": name, "test": test_accuracy(models, pairs), "train_reward_held_out": statistics.mean(held_out),
+            "train_pairs": len(data), "train_s": round(seconds, 1), "train_cpu_s": round(cpu_seconds, 1),
+            "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sft", required=True, help="the demo's SFT start (a checkpoint directory)")
+    parser.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
+    parser.add_argument("--out", default=None, help="also append each JSON line to this file")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = args.methods.split(",") if args.methods else list(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        sys.exit(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    pairs = test_pairs()
+    for name in names:
+        line = json.dumps(run_method(args.sft, name, pairs))
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a", encoding="utf-8") as stream:
+                stream.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
