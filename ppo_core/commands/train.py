@@ -96,8 +96,10 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
 
 
 def next_prompt_batch(run: Run) -> PromptBatch:
+    """``ppo.rollout_batch_size`` prompts, each repeated ``ppo.samples_per_prompt`` times in a row (a group)."""
     records = run.prompts.take(run.config.ppo.rollout_batch_size)
-    encoded = encode_records(records, run.tokenizer, run.config.data)
+    encoded = [prompt for prompt in encode_records(records, run.tokenizer, run.config.data)
+               for _ in range(run.config.ppo.samples_per_prompt)]
     input_ids, attention_mask = left_pad([p.ids for p in encoded], run.tokenizer.pad_token_id)
     return PromptBatch(input_ids.to(run.device), attention_mask.to(run.device), encoded)
 
