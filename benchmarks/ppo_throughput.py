@@ -11,8 +11,16 @@ cost, see ``score_s``).
 
     python benchmarks/ppo_throughput.py [--size small|medium] [--critic shared|separate] [--updates 8]
                                         [--max-new-tokens 32] [--n-positions 128]
+                                        [--advantage gae|grpo|dr_grpo|rloo|reinforce_pp] [--samples-per-prompt N]
 
-prints ONE JSON line (fields: benchmarks/README.md).
+prints ONE JSON line (fields: benchmarks/README.md). A critic-free ``--advantage`` runs without a value head, with
+the estimator's defaults (docs/design.md, "Advantage estimators"), on the same 64 samples an update: 64 / N
+prompts x N samples (N = 4 for the group estimators unless given).
+
+    python benchmarks/ppo_throughput.py --compare-advantage grpo --critic separate --pairs 3 --updates 4
+
+runs gae with that critic and the critic-free estimator alternately (A, B, A, B, ...), each in its own subprocess,
+and prints ONE JSON line with each pair's time ratio (B / A) and the medians.
 
     python benchmarks/ppo_throughput.py --compare-trl --size small --critic both --pairs 5 --updates 8
 
@@ -84,7 +92,7 @@ def update_flops(cfg, value_inner: int, batch: int, prompt_len: int, response_le
     """FLOPs of one PPO update, by phase (processed slots, padding included: that is what the kernels do)."""
     seq = prompt_len + response_len
     d = cfg.n_embd
-    head = 2 * (d * value_inner + value_inner)  # value head MLP per token
+    head = 2 * (d * value_inner + value_inner) if critic != "none" else 0  # value head MLP per token
     # generation: prefill of the prompt, then one token per step for the whole batch (KV cache)
     gen = batch * prompt_len * transformer_flops_per_token(cfg, prompt_len / 2, True)
     for step in range(1, response_len):
@@ -117,17 +125,27 @@ def sha256(path: Path) -> str:
 
 
 # ---- one ppo-core run ----------------------------------------------------------------------------------
+def samples_per_prompt(args) -> int:
+    return args.samples_per_prompt or (4 if args.advantage in ("grpo", "dr_grpo", "rloo") else 1)
+
+
 def make_config(path: Path, args):
     from ppo_core.config import load_config
 
+    n = samples_per_prompt(args)
+    if args.advantage == "gae":  # the TRL baseline's PPO settings
+        model = {"critic": args.critic}
+        estimator = {"clip_range_value": 0.2, "vf_coef": 0.1, "lam": 0.95, "whiten_advantages": True,
+                     "kl": {"coef": 0.05, "estimator": "k1", "placement": "reward"}}
+    else:  # critic-free: no value head; KL placement, loss aggregation and whitening as the estimator's paper
+        model, estimator = {}, {"kl": {"coef": 0.05}}
     base = {
-        "model": {"path": str(path), "critic": args.critic, "device": "cpu"},
+        "model": {"path": str(path), "device": "cpu", **model},
         "data": {"dataset": "reverse", "options": {}},
         "rewards": [{"name": "edit_distance"}],
-        "ppo": {"rollout_batch_size": ROLLOUTS, "minibatch_size": 16, "epochs": 4, "clip_range": 0.2,
-                "clip_range_value": 0.2, "vf_coef": 0.1, "entropy_coef": 0.0, "gamma": 1.0, "lam": 0.95,
-                "kl": {"coef": 0.05, "estimator": "k1", "placement": "reward"}, "whiten_advantages": True,
-                "whiten_rewards": False},
+        "ppo": {"advantage": args.advantage, "rollout_batch_size": ROLLOUTS // n, "samples_per_prompt": n,
+                "minibatch_size": 16, "epochs": 4, "clip_range": 0.2, "entropy_coef": 0.0, "gamma": 1.0,
+                "whiten_rewards": False, **estimator},
         "generation": {"max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
         "optim": {"lr": 3e-6, "schedule": "linear", "warmup_steps": 0, "weight_decay": 0.0,
                   "max_grad_norm": None},
@@ -201,10 +219,11 @@ def run_ppo_core(args) -> dict:
               file=sys.stderr)
 
     cfg = run.model.policy.config
-    value_inner = run.model.value_head.dense.out_features
+    critic = run.config.model.critic
+    value_inner = run.model.value_head.dense.out_features if run.model.has_critic else 0
     secs = [u["sec"] for u in updates]
     total = sum(secs)
-    flops = [update_flops(cfg, value_inner, ROLLOUTS, u["shape_prompt"], u["shape_response"], args.critic)
+    flops = [update_flops(cfg, value_inner, ROLLOUTS, u["shape_prompt"], u["shape_response"], critic)
              for u in updates]
     achieved = statistics.median(f["total"] / u["sec"] / 1e9 for f, u in zip(flops, updates))
     peak = statistics.median([peak_before, peak_after])
@@ -220,7 +239,9 @@ def run_ppo_core(args) -> dict:
     return {
         "framework": "ppo-core",
         "size": args.size if not args.model_dir else Path(args.model_dir).name,
-        "critic": args.critic,
+        "critic": critic,
+        "advantage": args.advantage,
+        "samples_per_prompt": samples_per_prompt(args),
         "updates": len(updates),
         "max_new_tokens": args.max_new_tokens,
         "n_positions": cfg.n_positions,
@@ -286,10 +307,10 @@ def last_json_line(text: str) -> dict:
     raise RuntimeError("no JSON line in the output:\n" + text[-2000:])
 
 
-def run_subprocess(command: list[str], label: str) -> dict:
+def run_subprocess(command: list[str], label: str, cwd: Path = BENCH_DIR / "trl") -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(BENCH_DIR / "trl"))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(cwd))
     if done.returncode:
         raise RuntimeError(f"{label} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result = last_json_line(done.stdout)
@@ -305,6 +326,9 @@ def compare_trl(args) -> dict:
     if not same_policy:
         raise RuntimeError(f"{ours} and {trl_models}/policy differ; the comparison would not be like for like")
     critics = ["shared", "separate"] if args.critic == "both" else [args.critic]
+    variants = [(critic, ["--critic", critic]) for critic in critics]  # label: ppo-core's arguments
+    if args.advantage != "gae":  # a critic-free estimator beside the critics, same rounds
+        variants.append((args.advantage, ["--advantage", args.advantage]))
     trl_cmd = [str(python), str(TRL_BASELINE / "trl_ppo_bench.py"), str(trl_models), "--updates",
                str(args.updates), "--output-dir", str(BENCH_DIR / "trl" / "out")]
     rounds = []
@@ -316,8 +340,8 @@ def compare_trl(args) -> dict:
                  "trl_split_s": {"generate": trl["generate_sec_per_update_median"],
                                  "rollout": trl["rollout_sec_per_update_median"],
                                  "optim": trl["optim_sec_per_update_median"]}}
-        for critic in critics:
-            ours_cmd = [sys.executable, str(Path(__file__).resolve()), "--size", args.size, "--critic", critic,
+        for critic, variant in variants:
+            ours_cmd = [sys.executable, str(Path(__file__).resolve()), "--size", args.size, *variant,
                         "--updates", str(args.updates), "--threads", "2"]
             mine = run_subprocess(ours_cmd, f"ppo-core ({critic})")
             entry[critic] = {
@@ -332,7 +356,7 @@ def compare_trl(args) -> dict:
             }
         rounds.append(entry)
     summary = {}
-    for critic in critics:
+    for critic, _variant in variants:
         summary[critic] = {
             "time_ratio_median": round(statistics.median(r[critic]["time_ratio"] for r in rounds), 4),
             "time_ratios": [r[critic]["time_ratio"] for r in rounds],
@@ -351,6 +375,41 @@ def compare_trl(args) -> dict:
             "summary": summary, "rounds": rounds}
 
 
+# ---- the interleaved comparison of an estimator with gae ---------------------------------------------------
+def compare_advantage(args) -> dict:
+    """gae with ``--critic`` (A) and the critic-free ``--compare-advantage`` estimator (B), alternately, each in
+    its own process; the time ratio B / A of each pair and the medians."""
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    model_dir(args.size, args.n_positions)  # built once, before the first timed run
+    common = [sys.executable, str(Path(__file__).resolve()), "--size", args.size, "--updates", str(args.updates),
+              "--threads", str(args.threads), "--max-new-tokens", str(args.max_new_tokens), "--n-positions",
+              str(args.n_positions), "--seed", str(args.seed)]
+    a_label, b_label = f"gae ({args.critic} critic)", args.compare_advantage
+    b_extra = ["--advantage", args.compare_advantage]
+    if args.samples_per_prompt:
+        b_extra += ["--samples-per-prompt", str(args.samples_per_prompt)]
+    rounds = []
+    for i in range(args.pairs):
+        print(f"round {i + 1}/{args.pairs} ({args.size})", file=sys.stderr, flush=True)
+        a = run_subprocess(common + ["--critic", args.critic], a_label, cwd=BENCH_DIR)
+        b = run_subprocess(common + b_extra, b_label, cwd=BENCH_DIR)
+        rounds.append({"a_sec_per_update": a["sec_per_update_median"], "b_sec_per_update": b["sec_per_update_median"],
+                       "time_ratio": round(b["sec_per_update_median"] / a["sec_per_update_median"], 4),
+                       "time_ratio_min": round(b["sec_per_update_min"] / a["sec_per_update_min"], 4),
+                       "a_split_median_s": a["split_median_s"], "b_split_median_s": b["split_median_s"],
+                       "a_peak_rss_mb": a["peak_rss_mb"], "b_peak_rss_mb": b["peak_rss_mb"],
+                       "b_samples_per_prompt": b["samples_per_prompt"]})
+
+    def median(key):
+        return round(statistics.median(r[key] for r in rounds), 4)
+
+    return {"mode": "compare-advantage", "a": a_label, "b": b_label, "size": args.size, "updates": args.updates,
+            "pairs": args.pairs, "a_sec_per_update_median": median("a_sec_per_update"),
+            "b_sec_per_update_median": median("b_sec_per_update"), "time_ratio_median": median("time_ratio"),
+            "time_ratios": [r["time_ratio"] for r in rounds], "time_ratio_min_median": median("time_ratio_min"),
+            "rounds": rounds}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["small", "medium"], default="small")
@@ -365,11 +424,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of the last update (stderr)")
     parser.add_argument("--profile-rows", type=int, default=30)
+    parser.add_argument("--advantage", choices=["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"], default="gae",
+                        help="advantage estimator (critic-free ones run without a value head)")
+    parser.add_argument("--samples-per-prompt", type=int, default=None, help="samples per prompt (64 samples an "
+                        "update in all): default 4 for grpo, dr_grpo, rloo, else 1")
+    parser.add_argument("--compare-advantage", choices=["grpo", "dr_grpo", "rloo", "reinforce_pp"], default=None,
+                        help="interleave gae (with --critic) and this estimator; time ratios estimator / gae")
     parser.add_argument("--compare-trl", action="store_true")
     parser.add_argument("--pairs", type=int, default=3, help="rounds of the interleaved comparison")
     args = parser.parse_args(argv)
     if args.compare_trl:
         result = compare_trl(args)
+    elif args.compare_advantage:
+        if args.critic == "both":
+            parser.error("--compare-advantage compares with one critic: shared or separate")
+        result = compare_advantage(args)
     else:
         if args.critic == "both":
             parser.error("--critic both needs --compare-trl")

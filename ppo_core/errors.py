@@ -41,6 +41,9 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
         loc = ".".join(str(part) for part in item["loc"])
         where = ".".join(part for part in (prefix, loc) if part) or "(top level)"
         message = item["msg"]
+        if not item["loc"] and item["type"] == "value_error":  # a check across sections: its message names the
+            lines.append(f"{prefix}: {message}" if prefix else message)  # fields, its input is the whole config
+            continue
         if item["type"] not in ("missing", "extra_forbidden") and "input" in item:
             shown = repr(item["input"])
             if len(shown) > 60:

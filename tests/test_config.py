@@ -66,7 +66,10 @@ def test_defaults_validate():
     ppo = config.ppo
     assert (ppo.rollout_batch_size, ppo.minibatch_size, ppo.micro_batch_size, ppo.epochs) == (64, 16, None, 4)
     assert (ppo.clip_range, ppo.gamma, ppo.lam) == (0.2, 1.0, 0.95)
-    assert (ppo.kl.coef, ppo.kl.estimator, ppo.kl.placement, ppo.kl.target) == (0.05, "k1", "reward", None)
+    assert (ppo.kl.coef, ppo.kl.estimator, ppo.kl.placement, ppo.kl.target) == (0.05, None, None, None)
+    # unset KL estimator and placement, whitening and value coefficient: gae's (ESTIMATOR_DEFAULTS)
+    assert (ppo.advantage, ppo.samples_per_prompt, ppo.kl_estimator, ppo.kl_placement) == ("gae", 1, "k1", "reward")
+    assert (ppo.aggregation, ppo.whitens_advantages, ppo.value_coef) == ("token_mean", True, 0.1)
     assert config.generation.max_new_tokens == 32 and config.generation.temperature == 1.0
     assert config.optim.lr == 1e-5 and config.optim.schedule == "linear"
     assert config.train.updates == 100 and config.train.seed == 0

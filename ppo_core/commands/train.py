@@ -98,7 +98,9 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
 
 
 def next_prompt_batch(run: Run) -> PromptBatch:
-    encoded = run.prompts.take_prompts(run.config.ppo.rollout_batch_size, run.tokenizer, run.config.data)
+    """``ppo.rollout_batch_size`` prompts, each repeated ``ppo.samples_per_prompt`` times in a row (a group)."""
+    prompts = run.prompts.take_prompts(run.config.ppo.rollout_batch_size, run.tokenizer, run.config.data)
+    encoded = [prompt for prompt in prompts for _ in range(run.config.ppo.samples_per_prompt)]
     input_ids, attention_mask = left_pad([p.ids for p in encoded], run.tokenizer.pad_token_id)
     return PromptBatch(input_ids.to(run.device), attention_mask.to(run.device), encoded)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import typing
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, NamedTuple, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -39,6 +39,27 @@ class Section(BaseModel):
         if isinstance(value, bool) and _takes_a_number_not_a_bool(cls.model_fields[info.field_name].annotation):
             raise ValueError("expected a number, not a boolean")
         return value
+
+
+class EstimatorDefaults(NamedTuple):
+    """What `ppo.advantage` implies for the options left unset (docs/design.md, "Advantage estimators")."""
+
+    critic: str
+    kl_estimator: str
+    kl_placement: str
+    loss_aggregation: str
+    whiten_advantages: bool
+
+
+ESTIMATOR_DEFAULTS = {  # each as its paper does it (docs/design.md has the table with the papers)
+    "gae": EstimatorDefaults("shared", "k1", "reward", "token_mean", True),  # Ziegler et al. 2019
+    "grpo": EstimatorDefaults("none", "k3", "loss", "sequence_mean", False),  # Shao et al. 2024
+    "dr_grpo": EstimatorDefaults("none", "k3", "loss", "token_sum_constant", False),  # Liu et al. 2025
+    "rloo": EstimatorDefaults("none", "k1", "reward", "token_mean", False),  # Ahmadian et al. 2024
+    "reinforce_pp": EstimatorDefaults("none", "k1", "reward", "token_mean", True),  # Hu 2025
+}
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # compare the samples of one prompt
+DEFAULT_VF_COEF = 0.1
 
 
 def _must_divide(part: Optional[int], name: str, whole_name: str, info: ValidationInfo) -> Optional[int]:
@@ -75,9 +96,10 @@ class LoRAConfig(Section):
 class ModelConfig(Section):
     path: str = Field(description="Policy checkpoint: a local directory or a hub id (any transformers causal LM).")
     tokenizer: Optional[str] = Field(None, description="Tokenizer path or hub id; defaults to `path`.")
-    critic: Literal["shared", "separate"] = Field(
+    critic: Literal["shared", "separate", "none"] = Field(
         "shared", description="`shared`: the value head sits on the policy's backbone (one forward gives logits "
-        "and values). `separate`: the critic has its own backbone.")
+        "and values). `separate`: the critic has its own backbone. `none`: no value head (the critic-free "
+        "`ppo.advantage` estimators; unset, it is `none` for those and `shared` for `gae`).")
     critic_path: Optional[str] = Field(None, description="Checkpoint the separate critic's backbone starts from; "
                                        "defaults to the policy's `path`.")
     value_head_hidden: Optional[int] = Field(None, gt=0, le=MAX_WIDTH, description="Hidden width of the value "
@@ -100,7 +122,16 @@ class ModelConfig(Section):
     def _critic_path_needs_a_separate_critic(cls, critic_path: Optional[str], info: ValidationInfo) -> Optional[str]:
         if critic_path is not None and info.data.get("critic") == "shared":
             raise ValueError("applies only with `critic: separate`; the shared critic sits on the policy's backbone")
+        if critic_path is not None and info.data.get("critic") == "none":
+            raise ValueError("applies only with `critic: separate`; this run has no critic (`critic: none`)")
         return critic_path
+
+    @field_validator("value_head_hidden")
+    @classmethod
+    def _value_head_needs_a_critic(cls, hidden: Optional[int], info: ValidationInfo) -> Optional[int]:
+        if hidden is not None and info.data.get("critic") == "none":
+            raise ValueError("there is no value head with `critic: none`; remove it")
+        return hidden
 
 
 class DataConfig(Section):
@@ -180,45 +211,115 @@ class EnvironmentConfig(Section):
 
 class KLConfig(Section):
     coef: float = Field(0.05, ge=0, description="Initial KL coefficient beta.")
-    estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator: k1 log p/q, k2 1/2 (log p/q)^2, "
-                                                 "k3 (q/p - 1) - log q/p.")
-    placement: Literal["reward", "loss"] = Field("reward", description="Subtract beta*KL from the per-token reward, "
-                                                 "or add beta*KL to the loss.")
+    estimator: Optional[Literal["k1", "k2", "k3"]] = Field(
+        None, description="KL estimator: k1 log p/q, k2 1/2 (log p/q)^2, k3 (q/p - 1) - log q/p. Unset: the "
+        "estimator's paper: k3 for `grpo` and `dr_grpo`, k1 for the others.")
+    placement: Optional[Literal["reward", "loss"]] = Field(
+        None, description="Subtract beta*KL from the per-token reward, or add beta*KL to the loss. Unset: the "
+        "estimator's paper: `loss` for `grpo` and `dr_grpo`, `reward` for the others.")
     target: Optional[float] = Field(None, gt=0, description="Target KL for the adaptive controller; unset: fixed beta.")
     horizon: int = Field(10000, gt=0, description="Horizon of the adaptive controller (in samples).")
 
 
 class PPOConfig(Section):
-    rollout_batch_size: int = Field(64, gt=0, le=MAX_BATCH, description="Prompts sampled per update.")
+    advantage: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"] = Field(
+        "gae", description="Advantage estimator. `gae`: GAE over a critic's values. Critic-free: `grpo` (reward "
+        "minus its group's mean, over the group's std), `dr_grpo` (without the std), `rloo` (minus the mean of "
+        "the other samples of its prompt), `reinforce_pp` (discounted returns of the per-token rewards, "
+        "whitened over the batch). The KL options, `loss_aggregation` and `whiten_advantages` default to what "
+        "the estimator's paper does (docs/design.md).")
+    rollout_batch_size: int = Field(64, gt=0, le=MAX_BATCH, description="Prompts sampled per update (the buffer "
+                                    "holds `rollout_batch_size` x `samples_per_prompt` samples).")
+    samples_per_prompt: int = Field(1, gt=0, le=MAX_BATCH, validate_default=True, description="Responses sampled for each prompt (a "
+                                    "group, kept together in the buffer); `grpo`, `dr_grpo` and `rloo` need 2 or "
+                                    "more.")
     minibatch_size: int = Field(16, gt=0, le=MAX_BATCH, validate_default=True,
-                                description="Samples per optimizer step.")
+                                description="Samples per optimizer step; divides `rollout_batch_size` x "
+                                "`samples_per_prompt` (a minibatch may split a group).")
     micro_batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Samples per forward/backward; "
                                             "gradients accumulate up to `minibatch_size`. Defaults to "
                                             "`minibatch_size`.")
     epochs: int = Field(4, gt=0, description="Passes over each rollout buffer, freshly shuffled each time.")
     clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
     clip_range_value: Optional[float] = Field(0.2, gt=0, description="Value clip; unset for the unclipped loss.")
-    vf_coef: float = Field(0.1, ge=0, description="c1: weight of the value loss.")
+    vf_coef: Optional[float] = Field(None, ge=0, description="c1: weight of the value loss; unset: 0.1. An error "
+                                     "with a critic-free `advantage` (no value loss).")
     entropy_coef: float = Field(0.0, ge=0, description="c2: weight of the entropy bonus.")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     kl: KLConfig = Field(default_factory=KLConfig)
-    whiten_advantages: bool = Field(True, description="Whiten advantages over the whole rollout batch.")
+    whiten_advantages: Optional[bool] = Field(None, description="Whiten advantages over the whole rollout batch. "
+                                              "Unset: on for `gae` and `reinforce_pp`, off for the group "
+                                              "estimators.")
     whiten_rewards: bool = Field(False, description="Whiten the per-token rewards before GAE.")
     reward_clip: Optional[float] = Field(None, gt=0, description="Clip sequence scores to [-c, c].")
     missing_eos_penalty: Optional[float] = Field(None, ge=0, description="Subtracted from the score of "
                                                  "responses cut off by the length limit.")
+    loss_aggregation: Optional[Literal["token_mean", "sequence_mean", "token_sum_constant"]] = Field(
+        None, description="How per-token loss terms become one loss: `token_mean` over the minibatch's tokens, "
+        "`sequence_mean` (each response's token mean, averaged), `token_sum_constant` (token sums over "
+        "`generation.max_new_tokens`, averaged over responses: Dr. GRPO). Unset: `sequence_mean` for `grpo`, "
+        "`token_sum_constant` for `dr_grpo`, `token_mean` for the others.")
 
     # field validators (not a model validator) so that the error names the field: ppo.minibatch_size: ...
+    @field_validator("samples_per_prompt")
+    @classmethod
+    def _groups_for_group_estimators(cls, samples: int, info: ValidationInfo) -> int:
+        advantage = info.data.get("advantage")
+        if samples < 2 and advantage in GROUP_ESTIMATORS:
+            raise ValueError(f"`advantage: {advantage}` compares the samples of one prompt: with 1 sample every "
+                             f"advantage is 0; set 2 or more")
+        return samples
+
+    @field_validator("vf_coef")
+    @classmethod
+    def _value_loss_needs_a_critic(cls, vf_coef: Optional[float], info: ValidationInfo) -> Optional[float]:
+        advantage = info.data.get("advantage")
+        if vf_coef is not None and advantage not in (None, "gae"):
+            raise ValueError(f"there is no value loss with the critic-free `advantage: {advantage}`; remove it")
+        return vf_coef
+
     @field_validator("minibatch_size")
     @classmethod
     def _minibatch_divides_rollout(cls, minibatch: int, info: ValidationInfo) -> int:
-        return _must_divide(minibatch, "minibatch_size", "rollout_batch_size", info)
+        prompts, samples = info.data.get("rollout_batch_size"), info.data.get("samples_per_prompt")
+        if prompts is not None and samples is not None and (prompts * samples) % minibatch:
+            whole = (f"rollout_batch_size ({prompts})" if samples == 1 else
+                     f"rollout_batch_size x samples_per_prompt ({prompts} x {samples} = {prompts * samples})")
+            raise ValueError(f"minibatch_size ({minibatch}) must divide {whole}")
+        return minibatch
 
     @field_validator("micro_batch_size")
     @classmethod
     def _micro_divides_minibatch(cls, micro: Optional[int], info: ValidationInfo) -> Optional[int]:
         return _must_divide(micro, "micro_batch_size", "minibatch_size", info)
+
+    # the options left unset, as the estimator's paper has them (ESTIMATOR_DEFAULTS)
+    @property
+    def rollout_samples(self) -> int:
+        """Samples in one rollout buffer: prompts x samples per prompt."""
+        return self.rollout_batch_size * self.samples_per_prompt
+
+    @property
+    def kl_estimator(self) -> str:
+        return self.kl.estimator or ESTIMATOR_DEFAULTS[self.advantage].kl_estimator
+
+    @property
+    def kl_placement(self) -> str:
+        return self.kl.placement or ESTIMATOR_DEFAULTS[self.advantage].kl_placement
+
+    @property
+    def aggregation(self) -> str:
+        return self.loss_aggregation or ESTIMATOR_DEFAULTS[self.advantage].loss_aggregation
+
+    @property
+    def whitens_advantages(self) -> bool:
+        default = ESTIMATOR_DEFAULTS[self.advantage].whiten_advantages
+        return default if self.whiten_advantages is None else self.whiten_advantages
+
+    @property
+    def value_coef(self) -> float:
+        return DEFAULT_VF_COEF if self.vf_coef is None else self.vf_coef
 
 
 class GenerationConfig(Section):
@@ -226,7 +327,7 @@ class GenerationConfig(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use the same one).")
     top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 keeps all.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 keeps all.")
-    batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Prompts per generation call; "
+    batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Samples (rows) per generation call; "
                                       "defaults to the whole rollout batch.")
     score_while_sampling: bool = Field(True, description="Hand each generation chunk to the reward worker processes "
                                        "(rewards with `isolation: process`) as soon as it is sampled, so they score "
@@ -366,6 +467,34 @@ class RunConfig(Section):
             if isinstance(section, dict) and "dataset" not in section:
                 data = {**data, "data": {**section, "dataset": None}}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _critic_follows_the_estimator(cls, data: Any) -> Any:
+        """`model.critic` unset: `none` with a critic-free `ppo.advantage`, `shared` (the field's default) with gae."""
+        if not isinstance(data, dict):
+            return data
+        model, ppo = data.get("model"), data.get("ppo")
+        advantage = ppo.get("advantage") if isinstance(ppo, dict) else getattr(ppo, "advantage", None)
+        if advantage not in ESTIMATOR_DEFAULTS or advantage == "gae":
+            return data
+        if isinstance(model, dict) and "critic" not in model:
+            return {**data, "model": {**model, "critic": "none"}}
+        if isinstance(model, ModelConfig) and "critic" not in model.model_fields_set:
+            return {**data, "model": model.model_copy(update={"critic": "none"})}
+        return data
+
+    @model_validator(mode="after")
+    def _critic_fits_the_estimator(self) -> "RunConfig":
+        critic, advantage = self.model.critic, self.ppo.advantage
+        if advantage == "gae" and critic == "none":
+            raise ValueError("model.critic: `none` leaves `ppo.advantage: gae` without the values it needs; use "
+                             "`shared` or `separate`, or a critic-free ppo.advantage (grpo, dr_grpo, rloo, "
+                             "reinforce_pp)")
+        if advantage != "gae" and critic != "none":
+            raise ValueError(f"model.critic: `{critic}` is unused by the critic-free `ppo.advantage: {advantage}`; "
+                             f"leave model.critic unset (or `none`)")
+        return self
 
     @field_validator("rewards")
     @classmethod

@@ -76,9 +76,11 @@ class EncodedPrompt:
 
 
 def long_prompt_stats(prompts: Sequence[EncodedPrompt]) -> dict[str, float]:
-    """The metrics of a batch of prompts: how many were truncated, and how many skipped to draw it."""
-    return {"data/truncated_prompts": float(sum(p.truncated for p in prompts)),
-            "data/skipped_prompts": float(sum(p.skipped_before for p in prompts))}
+    """The metrics of a batch of prompts: how many were truncated, and how many skipped to draw it (a prompt
+    repeated for a group of samples counts once)."""
+    distinct = list({id(p): p for p in prompts}.values())
+    return {"data/truncated_prompts": float(sum(p.truncated for p in distinct)),
+            "data/skipped_prompts": float(sum(p.skipped_before for p in distinct))}
 
 
 def _warn_on_stderr(line: str) -> None:

@@ -1,4 +1,4 @@
-"""The trained modules: the policy and its critic (an MLP value head on the shared or its own backbone)."""
+"""The trained modules: the policy and its critic (an MLP value head on the shared or its own backbone, or none)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,11 @@ class PolicyOutput:
 
 
 class ActorCritic(nn.Module):
-    """The trained modules: the policy and the critic (a value head on the shared or its own backbone)."""
+    """The trained modules: the policy and the critic (a value head on the shared or its own backbone; no value head
+    for the critic-free estimators, ``model.critic: none``)."""
 
-    def __init__(self, policy: nn.Module, value_head: MLPHead, critic_backbone: Optional[nn.Module] = None):
+    def __init__(self, policy: nn.Module, value_head: Optional[MLPHead],
+                 critic_backbone: Optional[nn.Module] = None):
         super().__init__()
         self.policy = policy
         self.value_head = value_head
@@ -44,12 +46,17 @@ class ActorCritic(nn.Module):
     def shared(self) -> bool:
         return self.critic_backbone is None
 
+    @property
+    def has_critic(self) -> bool:
+        return self.value_head is not None
+
     def forward(self, input_ids, attention_mask, position_ids, with_values: bool = True,
                 last_positions: int = 0) -> PolicyOutput:
-        """Logits and values; with ``last_positions`` > 0 only those of the last that many positions."""
+        """Logits and values (None without a critic); with ``last_positions`` > 0 only those of the last that many
+        positions."""
         keep = logits_to_keep(self.policy, last_positions) if last_positions else {}
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        if not with_values:
+        if not with_values or not self.has_critic:
             return PolicyOutput(self.policy(**inputs, **keep).logits, None)
         if self.shared:
             out = self.policy(**inputs, **keep, output_hidden_states=True)
@@ -62,12 +69,17 @@ class ActorCritic(nn.Module):
         return PolicyOutput(out.logits, self.value_head(hidden))
 
     def critic_parameters(self):
+        if not self.has_critic:
+            return
         yield from self.value_head.parameters()
         if not self.shared:
             yield from self.critic_backbone.parameters()
 
     def save_critic(self, directory: Path) -> None:
-        """The value head in safetensors, and a separate critic's backbone with save_pretrained."""
+        """The value head in safetensors, and a separate critic's backbone with save_pretrained (nothing without a
+        critic)."""
+        if not self.has_critic:
+            return
         directory = Path(directory)
         save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, directory / VALUE_HEAD_FILE,
                   metadata={"critic": "shared" if self.shared else "separate"})
@@ -75,6 +87,8 @@ class ActorCritic(nn.Module):
             self.critic_backbone.save_pretrained(directory / CRITIC_DIR, safe_serialization=True)
 
     def load_critic(self, directory: Path) -> None:
+        if not self.has_critic:
+            return
         directory = Path(directory)
         self.value_head.load_state_dict(load_file(directory / VALUE_HEAD_FILE))
         if not self.shared:
@@ -91,10 +105,12 @@ def build_actor_critic(config: ModelConfig, tokenizer, seed: int) -> ActorCritic
     critic_backbone = None
     if config.critic == "separate":
         critic_backbone = load_backbone(config.critic_path or config.path, config.trust_remote_code, tokenizer)
-    hidden = hidden_size_of(critic_backbone if critic_backbone is not None else policy)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        value_head = MLPHead(hidden, config.value_head_hidden, init="zero_output")
+    value_head = None
+    if config.critic != "none":
+        hidden = hidden_size_of(critic_backbone if critic_backbone is not None else policy)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            value_head = MLPHead(hidden, config.value_head_hidden, init="zero_output")
     model = ActorCritic(policy, value_head, critic_backbone)
     disable_dropout(model)
     fuse_activations(model)

@@ -1,4 +1,7 @@
-"""The fixed PPO engine: one update = rollout (sample, evaluate, score, GAE) then K epochs of minibatch steps.
+"""The fixed PPO engine: one update = rollout (sample, evaluate, score, advantages) then K epochs of minibatch steps.
+
+The advantage estimator (GAE over a critic's values, or a critic-free one: GRPO, Dr. GRPO, RLOO, REINFORCE++) is a
+choice inside R5, the loss aggregation one inside O2; the rest of the update is the same for every estimator.
 
 The comments R1-R6 (rollout) and O1-O5 (optimisation) are the numbered blocks of docs/design.md.
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterator, Optional, Protocol, Sequence
 
 import torch
@@ -21,16 +25,22 @@ from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
 from .functional import (
     AdaptiveKLController,
     FixedKLController,
+    aggregate_tokens,
+    aggregation_size,
     clipped_policy_loss,
     clipped_value_loss,
+    discounted_returns,
     explained_variance,
     gae,
+    group_relative_advantages,
     kl_penalty,
+    leave_one_out_advantages,
     masked_mean,
     masked_sum,
     masked_whiten,
     per_token_rewards,
     ppo_total_loss,
+    sequence_to_tokens,
 )
 from .rollout import Responses, generate_responses, response_outputs
 
@@ -46,7 +56,8 @@ class PromptBatch:
 
 @dataclass
 class Rollout:
-    """The buffer one update trains on (every tensor [B, R] unless noted)."""
+    """The buffer one update trains on (every tensor [B, R] unless noted; rows g*n .. g*n + n - 1 are the n samples
+    of prompt g). ``values`` and ``returns`` are None without a critic."""
 
     sequences: torch.Tensor  # [B, P+R]
     attention_mask: torch.Tensor  # [B, P+R]
@@ -54,9 +65,9 @@ class Rollout:
     response_mask: torch.Tensor  # float 0/1
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
-    values: torch.Tensor
+    values: Optional[torch.Tensor]
     advantages: torch.Tensor
-    returns: torch.Tensor
+    returns: Optional[torch.Tensor]
 
     def __len__(self) -> int:
         return self.sequences.size(0)
@@ -99,6 +110,14 @@ def accumulate(totals: dict[str, float], stats: dict[str, float], weight: float 
         totals[key] = totals.get(key, 0.0) + value * weight
 
 
+# per-sequence advantages of the group estimators (Eq. 14, 15): (rewards [B], n) -> (advantages [B], equal groups)
+GROUP_ADVANTAGES = {
+    "grpo": group_relative_advantages,
+    "dr_grpo": partial(group_relative_advantages, scale_by_std=False),
+    "rloo": leave_one_out_advantages,
+}
+
+
 def make_kl_controller(ppo: PPOConfig):
     if ppo.kl.target is None:
         return FixedKLController(ppo.kl.coef)
@@ -131,7 +150,9 @@ class PPOEngine:
                                         "optim.max_grad_norm, or check the rewards' scale")
         self.kl_controller = make_kl_controller(ppo)
         self.optimizer = optimizer_for(model, optim)
-        steps_per_update = ppo.epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
+        if ppo.advantage == "gae" and not model.has_critic:
+            raise ValueError("ppo.advantage gae needs a critic (model.critic shared or separate)")
+        steps_per_update = ppo.epochs * (ppo.rollout_samples // ppo.minibatch_size)
         self.scheduler = make_scheduler(self.optimizer, steps_per_update * total_updates, optim.warmup_steps,
                                         optim.schedule)
         self.device = next(model.parameters()).device
@@ -175,15 +196,15 @@ class PPOEngine:
                 start_scoring(slice(None), responses)
             scores, score_stats = scorer.finish(handles, ref_hidden)
         scores = self._shaped_scores(scores.to(self.device, torch.float32), responses.stopped_by_eos)
-        # R4. per-token rewards (Eq. 8) -> R5. GAE advantages and returns (Eq. 3, 10)
+        # R4. per-token rewards (Eq. 8) -> R5. advantages (Eq. 3, 14-16, 10) and the critic's returns
         kl_coef = self.kl_controller.value
         rewards = self._token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef)
-        advantages, returns = self._advantages(rewards, old_values, mask)
+        advantages, returns, advantage_stats = self._advantages(rewards, old_values, mask)
         rollout = Rollout(sequences=sequences, attention_mask=attention_mask, prompt_length=batch.input_ids.size(1),
                           response_mask=mask, logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                           values=old_values, advantages=advantages, returns=returns)
         # R6. statistics; the KL controller sees "kl", the batch's mean k1 summed over each response (Eq. 9)
-        stats = self._rollout_stats(rollout, scores, responses.stopped_by_eos, kl_coef)
+        stats = {**self._rollout_stats(rollout, scores, responses.stopped_by_eos, kl_coef), **advantage_stats}
         self.kl_controller.update(stats["kl"], len(scores))
         return rollout, {**score_stats, **stats, **times}
 
@@ -198,36 +219,52 @@ class PPOEngine:
     def _token_rewards(self, scores, old_logprobs, ref_logprobs, mask, kl_coef: float) -> torch.Tensor:
         """R4: -beta * KL_t on every real token (Eq. 7, unless kl.placement is loss), the score on the last one
         (Eq. 8); whitened (scale only, Eq. 10) when ppo.whiten_rewards."""
-        kl = kl_penalty(old_logprobs, ref_logprobs, self.ppo.kl.estimator)
-        in_reward_coef = kl_coef if self.ppo.kl.placement == "reward" else 0.0
+        kl = kl_penalty(old_logprobs, ref_logprobs, self.ppo.kl_estimator)
+        in_reward_coef = kl_coef if self.ppo.kl_placement == "reward" else 0.0
         rewards = per_token_rewards(scores, kl, in_reward_coef, mask)
         if self.ppo.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         return rewards
 
-    def _advantages(self, rewards, old_values, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """R5: GAE (Eq. 3) -> advantages, whitened over the whole batch when ppo.whiten_advantages (Eq. 10), and
-        returns (never whitened: they are the critic's targets)."""
-        advantages, returns = gae(rewards, old_values, mask, self.ppo.gamma, self.ppo.lam)
-        if self.ppo.whiten_advantages:
+    def _advantages(self, rewards, old_values, mask) -> tuple[torch.Tensor, Optional[torch.Tensor], dict]:
+        """R5: advantages by ppo.advantage, whitened over the whole batch when the estimator does it (Eq. 10); the
+        critic's returns (gae only; never whitened: they are its targets); the estimator's statistics.
+
+        gae: Eq. 3 over the values. reinforce_pp: the discounted returns of the per-token rewards (Eq. 16). The
+        group estimators: one advantage per response from its summed per-token rewards (the score, minus
+        beta * its KL when the KL is in the reward), compared within its prompt's group (Eq. 14, 15) and put on
+        every real token of the response."""
+        ppo, stats, returns = self.ppo, {}, None
+        if ppo.advantage == "gae":
+            advantages, returns = gae(rewards, old_values, mask, ppo.gamma, ppo.lam)
+        elif ppo.advantage == "reinforce_pp":
+            advantages = discounted_returns(rewards, mask, ppo.gamma)
+        else:
+            per_response, equal_groups = GROUP_ADVANTAGES[ppo.advantage](masked_sum(rewards, mask, dim=1),
+                                                                         ppo.samples_per_prompt)
+            advantages = sequence_to_tokens(per_response, mask)
+            stats["advantage/zero_std_groups"] = float(equal_groups)
+        if ppo.whitens_advantages:
             advantages = masked_whiten(advantages, mask)
-        return advantages, returns
+        return advantages, returns, stats
 
     @staticmethod
     def _rollout_stats(rollout: Rollout, scores, stopped_by_eos, kl_coef: float) -> dict[str, float]:
         mask = rollout.response_mask
         sequence_kl = masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=1)  # k1, whatever kl.estimator
         lengths = mask.sum(1)
-        return {
+        stats = {
             "kl": float(sequence_kl.mean()),
             "kl_coef": kl_coef,
             "score/mean": float(scores.mean()),
             "response/length_mean": float(lengths.mean()),
             "response/eos_rate": float(stopped_by_eos.float().mean()),
-            "value/mean": float(masked_mean(rollout.values, mask)),
-            "value/explained_variance": float(explained_variance(rollout.values, rollout.returns, mask)),
             "response_tokens": float(lengths.sum()),
         }
+        if rollout.values is not None:  # no value statistics without a critic
+            stats["value/mean"] = float(masked_mean(rollout.values, mask))
+            stats["value/explained_variance"] = float(explained_variance(rollout.values, rollout.returns, mask))
+        return stats
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, greedy: bool = False, on_chunk=None) -> Responses:
@@ -250,8 +287,8 @@ class PPOEngine:
                                              self.generation.temperature, with_values=False,
                                              with_last_hidden=with_reference_hidden))
         ref_hidden = torch.cat([r.last_hidden for r in refs]) if with_reference_hidden else None
-        return (torch.cat([o.logprobs for o in olds]), torch.cat([o.values for o in olds]),
-                torch.cat([r.logprobs for r in refs]), ref_hidden)
+        values = torch.cat([o.values for o in olds]) if self.model.has_critic else None
+        return torch.cat([o.logprobs for o in olds]), values, torch.cat([r.logprobs for r in refs]), ref_hidden
 
     # ---- K epochs of minibatch steps -----------------------------------------------------------------
     def optimise(self, rollout: Rollout) -> dict[str, float]:
@@ -292,43 +329,55 @@ class PPOEngine:
         return step_stats
 
     def _accumulate_gradients(self, rollout: Rollout, minibatch: torch.Tensor) -> dict[str, float]:
-        """O2: the minibatch's gradient in micro-batches, each loss weighted by its share of the minibatch's real
-        tokens, so the sum is the gradient of one token mean over the whole minibatch (D5)."""
+        """O2: the minibatch's gradient in micro-batches, each loss weighted by its share of what the loss
+        aggregation divides by (Eq. 17: real tokens, responses, or rows), so the sum is the gradient of one loss over
+        the whole minibatch (D5). The loss statistics are weighted the same way; the per-token ones (entropy,
+        clipfrac, approx_kl) by the share of real tokens, so they stay token means over the minibatch."""
         micro = self.ppo.micro_batch_size or self.ppo.minibatch_size
-        minibatch_tokens = rollout.response_mask[minibatch].sum().clamp(min=1.0)
+        how, mask = self.ppo.aggregation, rollout.response_mask
+        minibatch_size = aggregation_size(mask[minibatch], how).clamp(min=1.0)
+        minibatch_tokens = mask[minibatch].sum().clamp(min=1.0)
         self.optimizer.zero_grad(set_to_none=True)
         step_stats: dict[str, float] = {}
         for start in range(0, len(minibatch), micro):
             rows = minibatch[start:start + micro]
             loss, micro_stats = self._loss(rollout, rows)
-            share = rollout.response_mask[rows].sum() / minibatch_tokens
+            share = aggregation_size(mask[rows], how) / minibatch_size
             (loss * share).backward()
-            accumulate(step_stats, micro_stats, float(share))
+            token_share = float(mask[rows].sum() / minibatch_tokens)
+            for key, value in micro_stats.items():
+                weight = float(share) if key.startswith("loss/") else token_share
+                step_stats[key] = step_stats.get(key, 0.0) + value * weight
         return step_stats
 
     def _loss(self, rollout: Rollout, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of micro-batch ``rows``: Eq. 6 from Eq. 1, 2, 4, 5, plus beta * KL (Eq. 7) when kl.placement is
-        loss. The new log-probs come from the same code path as log pi_old (D3)."""
+        """The loss of micro-batch ``rows``: Eq. 6 from Eq. 1, 2, 4 (with a critic), 5, plus beta * KL (Eq. 7) when
+        the KL is in the loss; every term aggregated over the tokens as ppo.loss_aggregation says (Eq. 17). The new
+        log-probs come from the same code path as log pi_old (D3)."""
         ppo = self.ppo
         mask = rollout.response_mask[rows]
+        how, constant = ppo.aggregation, self.generation.max_new_tokens
         new = response_outputs(self.model, rollout.sequences[rows], rollout.attention_mask[rows],
                                rollout.prompt_length, self.generation.temperature, with_entropy=True)
         policy_loss, clipfrac, approx_kl = clipped_policy_loss(
-            new.logprobs, rollout.logprobs[rows], rollout.advantages[rows], mask, ppo.clip_range)
-        value_loss, vf_clipfrac = clipped_value_loss(
-            new.values, rollout.values[rows], rollout.returns[rows], mask, ppo.clip_range_value)
-        entropy = masked_mean(new.entropy, mask)
-        loss = ppo_total_loss(policy_loss, value_loss, entropy, ppo.vf_coef, ppo.entropy_coef)
-        if ppo.kl.placement == "loss":
-            kl = masked_mean(kl_penalty(new.logprobs, rollout.ref_logprobs[rows], ppo.kl.estimator), mask)
+            new.logprobs, rollout.logprobs[rows], rollout.advantages[rows], mask, ppo.clip_range, how, constant)
+        value_loss, value_stats = 0.0, {}
+        if rollout.values is not None:  # no value head forward, loss or statistics without a critic
+            value_loss, vf_clipfrac = clipped_value_loss(
+                new.values, rollout.values[rows], rollout.returns[rows], mask, ppo.clip_range_value, how, constant)
+            value_stats = {"loss/value": value_loss.item(), "value/clipfrac": vf_clipfrac.item()}
+        entropy = aggregate_tokens(new.entropy, mask, how, constant)
+        loss = ppo_total_loss(policy_loss, value_loss, entropy, ppo.value_coef, ppo.entropy_coef)
+        if ppo.kl_placement == "loss":
+            kl = aggregate_tokens(kl_penalty(new.logprobs, rollout.ref_logprobs[rows], ppo.kl_estimator), mask,
+                                  how, constant)
             loss = loss + self.kl_controller.value * kl
         stats = {
             "loss/total": loss.item(),
             "loss/policy": policy_loss.item(),
-            "loss/value": value_loss.item(),
-            "entropy": entropy.item(),
+            **value_stats,
+            "entropy": masked_mean(new.entropy, mask).item(),
             "clipfrac": clipfrac.item(),
-            "value/clipfrac": vf_clipfrac.item(),
             "approx_kl": approx_kl.item(),
         }
         return loss, stats

@@ -27,6 +27,12 @@ __all__ = [
     "per_token_rewards",
     "last_token_index",
     "gae",
+    "group_relative_advantages",
+    "leave_one_out_advantages",
+    "discounted_returns",
+    "sequence_to_tokens",
+    "aggregate_tokens",
+    "aggregation_size",
     "explained_variance",
     "ppo_total_loss",
     "FixedKLController",
@@ -116,17 +122,20 @@ def clipped_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    aggregation: str = "token_mean",
+    normaliser: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eq. 2: loss = −L_clip = −E_t[min(r_t·Â_t, clip(r_t, 1−ε, 1+ε)·Â_t)], over masked tokens.
+    """Eq. 2: loss = −L_clip = −E_t[min(r_t·Â_t, clip(r_t, 1−ε, 1+ε)·Â_t)], over masked tokens (E_t: the
+    ``aggregation`` of Eq. 17, the token mean by default).
 
     Returns ``(loss, clipfrac, approx_kl)``. ``clipfrac`` is the share of tokens where the clipped term
     is the active one (TRL's definition); ``approx_kl`` = E_t[½(log π_θ − log π_old)²]. Both statistics
-    are detached.
+    are detached token means.
     """
     ratio = probability_ratio(logprobs, old_logprobs)
     pg_losses = -advantages * ratio
     pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+    loss = aggregate_tokens(torch.max(pg_losses, pg_losses2), mask, aggregation, normaliser)
 
     with torch.no_grad():
         clipfrac = masked_mean((pg_losses2 > pg_losses).float(), mask)
@@ -140,19 +149,21 @@ def clipped_value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_range_value: float | None = None,
+    aggregation: str = "token_mean",
+    normaliser: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 4: L_value = E_t[½(V_θ − R̂)²], or clipped E_t[½·max((V−R̂)², (V_clip−R̂)²)].
+    """Eq. 4: L_value = E_t[½(V_θ − R̂)²], or clipped E_t[½·max((V−R̂)², (V_clip−R̂)²)] (E_t: Eq. 17).
 
     V_clip = V_old + clamp(V − V_old, −c, c). Returns ``(loss, vf_clipfrac)``, the share of tokens where
     the clipped term is the larger one (a 0.0 tensor without clipping; detached).
     """
     vf_losses1 = (values - returns) ** 2
     if clip_range_value is None:
-        return 0.5 * masked_mean(vf_losses1, mask), torch.tensor(0.0)
+        return 0.5 * aggregate_tokens(vf_losses1, mask, aggregation, normaliser), torch.tensor(0.0)
 
     values_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
     vf_losses2 = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(vf_losses1, vf_losses2), mask)
+    loss = 0.5 * aggregate_tokens(torch.max(vf_losses1, vf_losses2), mask, aggregation, normaliser)
     with torch.no_grad():
         vf_clipfrac = masked_mean((vf_losses2 > vf_losses1).float(), mask)
     return loss, vf_clipfrac
@@ -244,6 +255,80 @@ def gae(
     returns = torch.where(mask, advantages + values, zeros)
     advantages = torch.where(mask, advantages, zeros)
     return advantages, returns
+
+
+def group_relative_advantages(
+    rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 14, GRPO: Â_i = (R_i − mean_g R) / (std_g R + ε); Dr. GRPO (``scale_by_std=False``): R_i − mean_g R.
+
+    ``rewards`` [B]: rows g·n .. g·n + n − 1 are the n samples of prompt g; std is unbiased (n − 1). A group whose
+    rewards are all equal (a group of 1 included) has nothing to compare: its advantages are exactly 0. Returns
+    ``(advantages [B], the number of such groups)``.
+    """
+    grouped = rewards.view(-1, group_size)
+    advantages = grouped - grouped.mean(-1, keepdim=True)
+    if scale_by_std and group_size > 1:
+        advantages = advantages / (grouped.std(-1, keepdim=True) + eps)
+    equal = grouped.amax(-1) == grouped.amin(-1)
+    return torch.where(equal.unsqueeze(-1), 0.0, advantages).reshape(-1), equal.sum()
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 15, RLOO: Â_i = R_i − (Σ_{j≠i} R_j) / (n − 1), the mean of the other samples of the same prompt.
+
+    Grouping, equal-reward groups (0) and the returned count as :func:`group_relative_advantages`.
+    """
+    grouped = rewards.view(-1, group_size)
+    equal = grouped.amax(-1) == grouped.amin(-1)
+    if group_size == 1:
+        return torch.zeros_like(rewards), equal.sum()
+    others = (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
+    return torch.where(equal.unsqueeze(-1), 0.0, grouped - others).reshape(-1), equal.sum()
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Eq. 16, REINFORCE++: G_t = Σ_{l≥0} γ^l·r_{t+l} to the row's last real token, 0 on padding: GAE (Eq. 3)
+    with V ≡ 0 and λ = 1."""
+    return gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[0]
+
+
+def sequence_to_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One value per row [B] on every real token of that row [B, T]; 0 on padding."""
+    return torch.where(mask.bool(), values.unsqueeze(-1), 0.0)
+
+
+# --- loss aggregation ----------------------------------------------------------------------------
+
+
+def aggregate_tokens(
+    x: torch.Tensor, mask: torch.Tensor, how: str = "token_mean", normaliser: float | None = None
+) -> torch.Tensor:
+    """Eq. 17: one loss from per-token terms x [B, T] (0 for an empty mask).
+
+    token_mean Σ_{b,t} m·x / Σ m;  sequence_mean: the mean over rows with a real token of Σ_t m·x / Σ_t m;
+    token_sum_constant Σ_{b,t} m·x / (C·B), C = ``normaliser`` (Dr. GRPO).
+    """
+    mask = mask.bool()
+    if how == "token_mean":
+        return masked_sum(x, mask) / mask.sum().clamp(min=1)
+    if how == "sequence_mean":
+        per_row = masked_sum(x, mask, dim=-1) / mask.sum(-1).clamp(min=1)
+        return per_row.sum() / mask.any(-1).sum().clamp(min=1)
+    if how == "token_sum_constant":
+        return masked_sum(x, mask) / (normaliser * mask.size(0))
+    raise ValueError(f"unknown loss aggregation {how!r}; expected token_mean, sequence_mean or token_sum_constant")
+
+
+def aggregation_size(mask: torch.Tensor, how: str) -> torch.Tensor:
+    """What Eq. 17 divides by, without C: tokens, rows with a token, or rows. A micro-batch's loss weighted by its
+    share of the minibatch's size adds up to the minibatch's loss (D5)."""
+    mask = mask.bool()
+    if how == "token_mean":
+        return mask.sum().float()
+    if how == "sequence_mean":
+        return mask.any(-1).sum().float()
+    return torch.tensor(float(mask.size(0)))
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
