@@ -46,6 +46,9 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             continue
         description = (field.description or "").replace("|", "\\|").replace("\n", " ")
         rows.append(f"| `{key}` | {_type_name(annotation)} | {_default(field)} | {description} |")
+        item = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
+        if isinstance(item, type) and issubclass(item, BaseModel):  # a list of sections: one row per item key
+            rows += _rows(item, f"{key}[].")
     return rows
 
 

@@ -12,7 +12,7 @@ import pluggy
 
 from ..errors import DuplicateNameError
 from . import hookspecs
-from .registry import Registry
+from .registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 ALLOW_ENV = "PPO_CORE_PLUGINS"
@@ -125,6 +125,7 @@ def load_plugins(
 
     _fill_registry(plugins)
     plugins.registry.failed_plugins = [failed.info.name for failed in plugins.failed]
+    plugins.registry.failures = {failed.info.name: " ".join(failed.error.split()) for failed in plugins.failed}
     plugins.registry.skipped_plugins = [info.name for info in plugins.skipped]
     return plugins
 
@@ -137,7 +138,7 @@ def _describe_failure(error: BaseException) -> str:
 
 def _fill_registry(plugins: PluginSet) -> None:
     registry = plugins.registry
-    hooks = (("reward", plugins.manager.hook.register_rewards), ("dataset", plugins.manager.hook.register_datasets))
+    hooks = [(kind, getattr(plugins.manager.hook, f"register_{kind}s")) for kind in KINDS]
     broken: dict[str, FailedPlugin] = {}
     for kind, hook in hooks:
         for impl in hook.get_hookimpls():  # registration order (pluggy lists them so; calls run LIFO)
@@ -158,6 +159,6 @@ def _fill_registry(plugins: PluginSet) -> None:
     for name, failure in broken.items():
         plugins.loaded.remove(failure.info)
         plugins.failed.append(failure)
-        for kind in ("reward", "dataset"):
+        for kind in KINDS:
             for entry_name in registry.by_plugin(name, kind):
                 del registry.entries[kind][entry_name]
