@@ -28,6 +28,7 @@ from .contract import NoOptions, RunContext
 from .hookspecs import hookimpl
 
 EVAL_PREFIX = "eval/"
+STEP_KEYS = ("update", "step")  # the step a metrics line belongs to: a logger's step, not a metric
 
 
 @dataclass
@@ -78,9 +79,9 @@ class RunHooks:
 
 
 def numeric(metrics: dict) -> dict[str, float]:
-    """The finite numbers of a metrics line (what a logger records); the step key is left to the caller."""
-    return {key: float(value) for key, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    """The finite numbers of a metrics line (what a logger records), without the step key."""
+    return {key: float(value) for key, value in metrics.items() if key not in STEP_KEYS
+            and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
 
 
 class Logger:
