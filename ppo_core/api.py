@@ -97,15 +97,19 @@ def _named_items(given: Any) -> list[tuple[Optional[str], Any]]:
     return [(None, given)]
 
 
+def _keeps_its_name(key: Optional[str], cls: type, kind: str) -> type:
+    if key is not None and key != getattr(cls, "name", None):
+        raise PluginError(f"{kind}s: the key {key!r} names {kind} class {cls.__name__}, whose name is "
+                          f"{getattr(cls, 'name', None)!r}; a {kind.capitalize()} class keeps its own name")
+    return cls
+
+
 def reward_classes(rewards: Any) -> list[type]:
     """``rewards=`` as Reward classes: functions wrapped (:func:`reward_class`), classes as they are."""
     classes = []
     for name, item in _named_items(rewards):
         if isinstance(item, type) and issubclass(item, Reward):
-            if name is not None and name != getattr(item, "name", None):
-                raise PluginError(f"rewards: the key {name!r} names reward class {item.__name__}, whose name is "
-                                  f"{getattr(item, 'name', None)!r}; a Reward class keeps its own name")
-            classes.append(item)
+            classes.append(_keeps_its_name(name, item, "reward"))
         elif callable(item) and not isinstance(item, type):
             classes.append(reward_class(item, name))
         else:
@@ -118,10 +122,7 @@ def dataset_classes(datasets: Any) -> list[type]:
     for name, item in _named_items(datasets):
         if not (isinstance(item, type) and issubclass(item, Dataset)):
             raise PluginError(f"datasets: {item!r} is not a ppo_core.Dataset subclass")
-        if name is not None and name != getattr(item, "name", None):
-            raise PluginError(f"datasets: the key {name!r} names dataset class {item.__name__}, whose name is "
-                              f"{getattr(item, 'name', None)!r}; a Dataset class keeps its own name")
-        classes.append(item)
+        classes.append(_keeps_its_name(name, item, "dataset"))
     return classes
 
 
@@ -167,13 +168,19 @@ class RunRecorder:
         self.run = run
 
 
-def _result(final: Path, recorder: RunRecorder) -> TrainResult:
+# ---- the entry functions -----------------------------------------------------------------------------------
+def _run(command: Callable[..., Path], config: ConfigInput, rewards: Any, datasets: Any, callbacks: Sequence,
+         overrides: Sequence[str], plugins: Iterable, source: Optional[str], **options) -> TrainResult:
+    """A `train` or `sft` run from the API: resolve the config, add this process's plugin, keep the RunInfo."""
+    run_config, source = resolve_config(config, overrides, source=source)
+    run_config, extra = with_in_process_plugin(run_config, rewards, datasets, plugins)
+    recorder = RunRecorder()
+    final = command(run_config, extra_plugins=extra, source=source, callbacks=[*callbacks, recorder], **options)
     run_dir = Path(final).parent
     return TrainResult(Path(final), run_dir, read_metrics(run_dir / METRICS_FILE),
                        recorder.run.stop_reason if recorder.run else None)
 
 
-# ---- the entry functions -----------------------------------------------------------------------------------
 def train(config: ConfigInput, *, rewards: Any = None, datasets: Any = None, callbacks: Sequence = (),
           overrides: Sequence[str] = (), resume: bool = False, overwrite: bool = False, plugins: Iterable = (),
           source: Optional[str] = None, progress_stream=None) -> TrainResult:
@@ -183,12 +190,8 @@ def train(config: ConfigInput, *, rewards: Any = None, datasets: Any = None, cal
     :class:`ppo_core.runtime.loop.Interrupted` after a checkpoint (``resume=True`` continues)."""
     from .commands.train import train as run_ppo
 
-    run_config, source = resolve_config(config, overrides, source=source)
-    run_config, extra = with_in_process_plugin(run_config, rewards, datasets, plugins)
-    recorder = RunRecorder()
-    final = run_ppo(run_config, resume=resume, overwrite=overwrite, extra_plugins=extra, source=source,
-                    progress_stream=progress_stream, callbacks=[*callbacks, recorder])
-    return _result(final, recorder)
+    return _run(run_ppo, config, rewards, datasets, callbacks, overrides, plugins, source, resume=resume,
+                overwrite=overwrite, progress_stream=progress_stream)
 
 
 def sft(config: ConfigInput, *, rewards: Any = None, datasets: Any = None, callbacks: Sequence = (),
@@ -197,12 +200,8 @@ def sft(config: ConfigInput, *, rewards: Any = None, datasets: Any = None, callb
     """Supervised fine-tuning on the dataset's solutions; arguments and result as :func:`train`."""
     from .commands.sft import train_sft
 
-    run_config, source = resolve_config(config, overrides, source=source)
-    run_config, extra = with_in_process_plugin(run_config, rewards, datasets, plugins)
-    recorder = RunRecorder()
-    final = train_sft(run_config, resume=resume, overwrite=overwrite, extra_plugins=extra, source=source,
-                      progress_stream=progress_stream, callbacks=[*callbacks, recorder])
-    return _result(final, recorder)
+    return _run(train_sft, config, rewards, datasets, callbacks, overrides, plugins, source, resume=resume,
+                overwrite=overwrite, progress_stream=progress_stream)
 
 
 def evaluate(config: ConfigInput, model: Union[str, Path], *, split: str = "eval", samples: Optional[int] = None,

@@ -46,6 +46,15 @@ def _must_divide(part: Optional[int], name: str, whole_name: str, info: Validati
     return part
 
 
+def _named_once(items: list, what: str) -> list:
+    """``items`` (each with a ``name``) if no name is listed twice; else a ValueError naming the repeated ones."""
+    names = [item.name for item in items]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{what}(s) listed twice: {', '.join(duplicates)}")
+    return items
+
+
 class ModelConfig(Section):
     path: str = Field(description="Policy checkpoint: a local directory or a hub id (any transformers causal LM).")
     tokenizer: Optional[str] = Field(None, description="Tokenizer path or hub id; defaults to `path`.")
@@ -207,11 +216,7 @@ class TrainConfig(Section):
     @field_validator("loggers")
     @classmethod
     def _unique_logger_names(cls, loggers: list[LoggerConfig]) -> list[LoggerConfig]:
-        names = [logger.name for logger in loggers]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"logger(s) listed twice: {', '.join(duplicates)}")
-        return loggers
+        return _named_once(loggers, "logger")
 
     def logger_configs(self) -> list[LoggerConfig]:
         """``loggers``, with ``tensorboard`` added when the old ``tensorboard: true`` asks for it."""
@@ -270,8 +275,4 @@ class RunConfig(Section):
     @field_validator("rewards")
     @classmethod
     def _unique_reward_names(cls, rewards: list[RewardConfig]) -> list[RewardConfig]:
-        names = [reward.name for reward in rewards]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"reward(s) listed twice: {', '.join(duplicates)}")
-        return rewards
+        return _named_once(rewards, "reward")
