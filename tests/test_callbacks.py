@@ -151,6 +151,7 @@ def test_a_callback_stops_the_run_cleanly_after_the_current_update(tiny_model_di
 def test_an_unknown_logger_is_a_config_error_naming_the_field(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"train\.loggers\.0\.name: unknown logger 'nope'; known loggers: "):
         ppo_core.train(config(tiny_model_dir, tmp_path / "run", loggers=["nope"]), rewards=[letters])
+    assert not (tmp_path / "run" / "config.yaml").exists()  # it failed before anything was written
 
 
 def test_a_callback_with_a_misspelt_hook_is_a_one_line_error(tiny_model_dir, tmp_path):

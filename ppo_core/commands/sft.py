@@ -318,12 +318,12 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
         with run.composer:  # its reward workers stop with the run
             ckpt.check_resume_progress(run_dir.work, resume, run.total_steps, "step",
                                        "sft.steps (or sft.epochs)")
+            hooks = run_hooks(run.plugins, config, run.context, "sft", run_dir.work, run.total_steps, callbacks,
+                              source)  # an unknown logger fails before anything is written
             log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
             progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
                                 **({"stream": progress_stream} if progress_stream else {}))
             sft = config.sft
-            hooks = run_hooks(run.plugins, config, run.context, "sft", run_dir.work, run.total_steps, callbacks,
-                              source)
 
             def checkpoint(directory: Path, step: int, metrics_lines: int) -> Path:
                 run.step = step

@@ -221,9 +221,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
         ckpt.check_resume_progress(run_dir.work, resume, config.train.updates, "update", "train.updates")
         run = build_run(config, extra_plugins, source)  # the old run stays in place until the new one has saved
         with run.composer:  # its reward workers stop with the run
-            log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
             hooks = run_hooks(run.plugins, config, run.context, "train", run_dir.work, config.train.updates,
-                              callbacks, source)
+                              callbacks, source)  # an unknown logger fails before anything is written
+            log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
             progress = Progress(config.train.updates, config.train.progress,
                                 **({"stream": progress_stream} if progress_stream else {}))
             scorer = make_scorer(run.composer, run.tokenizer)
