@@ -165,3 +165,15 @@ def test_the_old_tensorboard_switch_is_the_tensorboard_logger():
     assert loggers({"loggers": ["wandb", {"name": "mlflow"}]}) == [("wandb", {}), ("mlflow", {})]
     with pytest.raises(Exception, match="logger\\(s\\) listed twice: wandb"):
         loggers({"loggers": ["wandb", "wandb"]})
+
+
+def test_importing_mlflow_leaves_the_entry_point_plugins_working():
+    """MLflow imports the importlib_metadata backport, whose finder then serves entry points of its own class:
+    the plugins must still be loaded (not registered as entry-point objects with no hooks)."""
+    pytest.importorskip("mlflow")
+    import mlflow.tracking  # noqa: F401
+    from ppo_core.plugin.loading import load_plugins
+
+    plugins = load_plugins()
+    assert plugins.registry.by_plugin("loggers", "logger") == ["mlflow", "tensorboard", "wandb"]
+    assert "reverse" in plugins.registry.by_plugin("datasets", "dataset")
