@@ -2,11 +2,12 @@
 
 The public surface. Plugin authors import from here::
 
-    from ppo_core import hookimpl, Reward, HiddenStateReward, Dataset, Record, Sample
+    from ppo_core import hookimpl, Reward, HiddenStateReward, Dataset, Logger, Record, Sample
     from ppo_core import Environment, EnvReset, EnvStep
 
-and Python users call the entry functions (``ppo_core.train``, ``ppo_core.sft``, ``ppo_core.evaluate``,
-``ppo_core.train_reward``), which load torch and transformers only when first used.
+and Python users call the entry functions of :mod:`ppo_core.api` (``ppo_core.train``, ``ppo_core.sft``,
+``ppo_core.evaluate``, ``ppo_core.train_reward``), which load torch and transformers only when first used, with
+plain functions as rewards (``ppo_core.reward``) and callbacks (``ppo_core.EarlyStopping``).
 """
 
 from .runtime.cpu import prefer_passive_openmp_threads
@@ -33,17 +34,15 @@ from .plugin.contract import (
     Solution,
     Split,
 )
+from .plugin.callables import reward
+from .plugin.callbacks import EarlyStopping, Logger, RunInfo
 from .plugin.environment import EnvReset, EnvStep, Environment
 from .plugin.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-_ENTRY_FUNCTIONS = {
-    "train": ("ppo_core.commands.train", "train"),
-    "sft": ("ppo_core.commands.sft", "train_sft"),
-    "evaluate": ("ppo_core.commands.evaluate", "evaluate_model"),
-    "train_reward": ("ppo_core.commands.train_reward", "run_train_reward"),
-}
+_ENTRY_FUNCTIONS = {name: ("ppo_core.api", name) for name in ("train", "sft", "evaluate", "train_reward",
+                                                                "TrainResult")}
 
 
 def __getattr__(name: str):
@@ -56,7 +55,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ConfigError", "DataError", "Dataset", "EnvReset", "EnvStep", "Environment", "HiddenStateReward", "Message", "NoOptions", "PluginError", "Record",
-    "Reward", "RewardError", "RunContext", "Sample", "Solution", "Split", "TrainingError", "UserError", "__version__",
-    "evaluate", "hookimpl", "sft", "train", "train_reward",
+    "ConfigError", "DataError", "Dataset", "EarlyStopping", "EnvReset", "EnvStep", "Environment",
+    "HiddenStateReward", "Logger", "Message", "NoOptions", "PluginError", "Record", "Reward", "RewardError",
+    "RunContext", "RunInfo", "Sample", "Solution", "Split", "TrainResult", "TrainingError", "UserError",
+    "__version__", "evaluate", "hookimpl", "reward", "sft", "train", "train_reward",
 ]

@@ -79,34 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_resumable(args, command: str, unit: str, run) -> int:
-    """Run ``run(config)`` for `train`/`sft`; a SIGINT/SIGTERM stop says how to resume."""
-    from .config import load_config
-
+    """``run()`` for `train`/`sft` (ppo_core.api); a SIGINT/SIGTERM stop says how to resume."""
     if args.resume and args.overwrite:
         raise UserError(f"{command}: --resume continues the run in the output directory and --overwrite deletes "
                         f"it; pass one of them")
-    config = load_config(args.config, args.overrides)
     from .runtime.loop import Interrupted
 
     try:
-        final = run(config)
+        result = run()
     except Interrupted as stop:
         resume = shlex.join(["ppo-core", command, args.config, *sum((["--set", o] for o in args.overrides), []),
                              "--resume"])
         print(f"ppo-core: stopped by {stop.signal_name} after {unit} {stop.update}; checkpoint {stop.checkpoint}\n"
               f"resume with: {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"final model: {final}")
+    print(f"final model: {result.final_model}")
     return 0
 
 
 def cmd_train(args) -> int:
-    def run(config):
-        from .commands.train import train
+    from . import api
 
-        return train(config, resume=args.resume, overwrite=args.overwrite, source=args.config)
-
-    return _run_resumable(args, "train", "update", run)
+    return _run_resumable(args, "train", "update", lambda: api.train(
+        args.config, overrides=args.overrides, resume=args.resume, overwrite=args.overwrite))
 
 
 def cmd_plugins(args) -> int:
@@ -119,7 +114,8 @@ def cmd_plugins(args) -> int:
             {"name": info.name, "distribution": info.distribution, "version": info.version,
              "entry_point": info.entry_point, "rewards": registry.by_plugin(info.name, "reward"),
              "datasets": registry.by_plugin(info.name, "dataset"),
-             "environments": registry.by_plugin(info.name, "environment")}
+             "environments": registry.by_plugin(info.name, "environment"),
+             "loggers": registry.by_plugin(info.name, "logger")}
             for info in plugins.loaded
         ],
         "failed": [
@@ -141,6 +137,8 @@ def cmd_plugins(args) -> int:
         print(f"  datasets: {', '.join(item['datasets']) or '-'}")
         if item["environments"]:
             print(f"  environments: {', '.join(item['environments'])}")
+        if item["loggers"]:
+            print(f"  loggers:  {', '.join(item['loggers'])}")
     for failure in plugins.failed:
         print(f"FAILED {failure.describe()}")
     for item in listing["skipped"]:
@@ -191,33 +189,27 @@ def cmd_init_model(args) -> int:
 
 
 def cmd_sft(args) -> int:
-    def run(config):
-        from .commands.sft import train_sft
+    from . import api
 
-        return train_sft(config, resume=args.resume, overwrite=args.overwrite, source=args.config)
-
-    return _run_resumable(args, "sft", "step", run)
+    return _run_resumable(args, "sft", "step", lambda: api.sft(
+        args.config, overrides=args.overrides, resume=args.resume, overwrite=args.overwrite))
 
 
 def cmd_eval(args) -> int:
+    from . import api
     from .config import load_config
 
     config = load_config(args.config, args.overrides)
     if args.samples is not None and args.samples <= 0:
         raise UserError(f"eval: --samples must be positive, got {args.samples}")
     check_seed("eval", args.seed)
-    from .commands.evaluate import (
-        NUMBERS_FILE,
-        SAMPLES_FILE,
-        evaluate_model,
-        format_table,
-    )
+    from .commands.evaluate import NUMBERS_FILE, SAMPLES_FILE, format_table
 
     model = Path(args.model)
     out = Path(args.out) if args.out else (model if model.is_dir() else Path.cwd()) / SAMPLES_FILE
     numbers_out = Path(args.numbers) if args.numbers else out.parent / NUMBERS_FILE
-    numbers = evaluate_model(config, args.model, split=args.split, samples=args.samples, out=out,
-                             numbers_out=numbers_out, seed=args.seed, source=args.config)
+    numbers = api.evaluate(config, args.model, split=args.split, samples=args.samples, out=out,
+                           numbers_out=numbers_out, seed=args.seed, source=args.config)
     print(format_table(numbers))
     print(f"samples: {out}\nnumbers: {numbers_out}")
     return 0
@@ -227,7 +219,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train_reward(args) -> int:
-    from .commands.train_reward import run_train_reward
+    from . import api
     from .config.train_reward import load_train_reward_config
 
     config = load_train_reward_config(args.config, args.overrides)
@@ -236,7 +228,7 @@ def cmd_train_reward(args) -> int:
         accuracy = f", train pair accuracy {entry['accuracy']:.3f}" if "accuracy" in entry else ""
         print(f"epoch {int(entry['epoch'])}/{config.train.epochs}: loss {entry['loss']:.4f}{accuracy}", flush=True)
 
-    outcome = run_train_reward(config, overwrite=args.overwrite, source=args.config, progress=progress)
+    outcome = api.train_reward(config, overwrite=args.overwrite, source=args.config, progress=progress)
     metrics = outcome.result.metrics
     kind = "preference pairs" if metrics["kind"] == "pairs" else "labelled responses"
     print(f"data: {metrics['train_size']} {kind} for training, {metrics['held_out_size']} held out "

@@ -11,7 +11,7 @@ import ppo_core
 PACKAGE = Path(ppo_core.__file__).parent
 #: bottom to top; a module may import from its own layer and the ones before it
 LAYERS = ["errors", "config", "plugin", "runtime", "modeling", "data", "rewards", "ppo", "reward_model", "commands",
-          "cli"]
+          "api", "cli"]
 TOP = {"__init__": "cli", "__main__": "cli", "testing": "cli"}  # the public surface and entry points sit on top
 MAX_LINES = 400
 

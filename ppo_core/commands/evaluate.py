@@ -127,6 +127,32 @@ def evaluate_records(model: nn.Module, tokenizer, records: Sequence[Record], con
     return {"numbers": numbers, "samples": rows}
 
 
+def eval_metrics(numbers: dict[str, Any]) -> dict[str, float]:
+    """:func:`evaluate_records`' numbers as metrics: ``eval/<decoding>/<number>``, ``eval/<decoding>/reward/<name>``
+    (numbers without a value left out)."""
+    metrics: dict[str, float] = {}
+    for decoding in (d for d in DECODINGS if d in numbers):
+        entry, prefix = numbers[decoding], f"eval/{decoding}/"
+        values = {key: entry[key] for key in ("exact_match", "reward_total", "length_mean", "eos_rate")}
+        values.update({f"reward/{name}": value for name, value in entry["rewards"].items()})
+        metrics.update({prefix + key: float(value) for key, value in values.items() if value is not None})
+    return metrics
+
+
+def evaluate_during_training(model: nn.Module, tokenizer, records: Sequence[Record], config: RunConfig,
+                             composer: Composer, device: torch.device) -> dict[str, float]:
+    """The held-out ``records`` scored greedy and sampled (``train.eval_every``), as :func:`eval_metrics`.
+
+    The composer's running statistics (``normalize: true``) are put back afterwards: evaluating must not move
+    the normalisation the training rewards see."""
+    state = composer.state_dict()
+    try:
+        result = evaluate_records(model, tokenizer, records, config, composer, device)
+    finally:
+        composer.load_state_dict(state)
+    return eval_metrics(result["numbers"])
+
+
 def evaluate_model(config: RunConfig, model_dir: Union[str, Path], split: str = "eval",
                    samples: Optional[int] = None, out: Union[str, Path, None] = None,
                    numbers_out: Union[str, Path, None] = None, decodings: Sequence[str] = DECODINGS,

@@ -42,14 +42,15 @@ from ..runtime.loop import NONFINITE, NonFiniteGuard, RunLoop, open_run_dir
 from ..runtime.rundir import claim_run_dir
 from ..runtime.metrics import Progress
 from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
-from .train import load_run_inputs
+from .train import load_run_inputs, run_hooks
 
 IGNORE_INDEX = -100
 MODEL_DIR = "model"
 SUMMARY_KEYS = ("loss", "lr", "eval/loss", "eval/exact_match")
 # fields that may change between an SFT run and its resume without changing what is computed
 RESUMABLE_PREFIXES = ("rewards", "ppo.", "generation.", "plugins.", "train.updates", "train.save_every",
-                      "train.keep_checkpoints", "train.progress", "train.tensorboard", "train.output_dir",
+                      "train.keep_checkpoints", "train.progress", "train.tensorboard", "train.loggers",
+                      "train.eval_", "train.output_dir",
                       "train.threads", "sft.save_every", "sft.log_every", "sft.eval_every", "sft.eval_samples",
                       "sft.output_dir")
 
@@ -156,6 +157,8 @@ class SFTRun:
     eval_records: list[Record]
     composer: Composer
     device: torch.device
+    plugins: Any = None
+    context: Any = None
     step: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -194,7 +197,7 @@ def build_sft(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
     scheduler = make_scheduler(optimizer, total_steps, config.optim.warmup_steps, config.optim.schedule)
     records = PromptStream(dataset, "train", config.train.seed, config.data.shuffle, name=config.data.dataset)
     return SFTRun(config, tokenizer, model, optimizer, scheduler, records, train_size,
-                  total_steps, eval_records, composer, device)
+                  total_steps, eval_records, composer, device, inputs.plugins, inputs.context)
 
 
 def sft_step(run: SFTRun) -> dict[str, float]:
@@ -319,8 +322,9 @@ class StepWindow:
 
 
 def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
-              source: str = "config", progress_stream=None) -> Path:
-    """Run SFT as configured; returns the directory of the final model (``<output_dir>/final``)."""
+              source: str = "config", progress_stream=None, callbacks: Sequence = ()) -> Path:
+    """Run SFT as configured; returns the directory of the final model (``<output_dir>/final``).
+    ``callbacks``: objects implementing the run hooks (ppo_core.plugin.hookspecs)."""
     config = fit_to_context(config, config.model.path, source, "sft")
     field_name = "sft.output_dir" if config.sft.output_dir else "train.output_dir"
     with claim_run_dir(output_dir(config), resume, overwrite, field_name) as run_dir:
@@ -328,6 +332,8 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
         with run.composer:  # its reward workers stop with the run
             ckpt.check_resume_progress(run_dir.work, resume, run.total_steps, "step",
                                        "sft.steps (or sft.epochs)")
+            hooks = run_hooks(run.plugins, config, run.context, "sft", run_dir.work, run.total_steps, callbacks,
+                              source)  # an unknown logger fails before anything is written
             log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
             progress = Progress(run.total_steps, config.train.progress, label="step", keys=SUMMARY_KEYS,
                                 **({"stream": progress_stream} if progress_stream else {}))
@@ -345,6 +351,6 @@ def train_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, 
                 save_checkpoint=checkpoint, save_every=sft.save_every, log_every=sft.log_every,
                 eval_every=sft.eval_every, evaluate=lambda: evaluate_during_sft(run),
                 stop_when=lambda line: stop_early(sft.stop_at, line),
-                directory=run_dir, write_final=lambda tmp: save_model(run.model, run.tokenizer, tmp),
+                directory=run_dir, write_final=lambda tmp: save_model(run.model, run.tokenizer, tmp), hooks=hooks,
             )
             return loop.run(start=run.step)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
 from ..config import RunConfig
 from ..data.prompts import left_pad, long_prompt_stats, make_samples
-from ..data.stream import PromptStream
+from ..data.stream import PromptStream, take_records
 from ..errors import ConfigError, TrainingError
 from ..modeling.loading import fit_to_context, load_tokenizer, resolve_device, save_model
 from ..modeling.lora import MERGED_DIR, frozen_reference, is_adapter_model, load_adapter_weights, merged_copy
+from ..plugin.callbacks import RunHooks, RunInfo, attach_callbacks
 from ..plugin.contract import RunContext
 from ..plugin.loading import PluginSet, load_plugins
 from ..ppo.actor_critic import ActorCritic, build_actor_critic
@@ -24,11 +25,11 @@ from ..rewards.hacking import HackingWatch
 from ..runtime import checkpoints as ckpt
 from ..runtime.loop import RunLoop, open_run_dir
 from ..runtime.rundir import claim_run_dir
-from ..runtime.metrics import Progress, TensorBoardLog, read_metrics
+from ..runtime.metrics import Progress, read_metrics
 
 # fields that may change between a run and its resume without changing what is computed
 RESUMABLE_CHANGES = ("train.updates", "train.save_every", "train.keep_checkpoints", "train.progress",
-                     "train.tensorboard", "train.output_dir", "train.threads", "sft.")
+                     "train.tensorboard", "train.loggers", "train.eval_", "train.output_dir", "train.threads", "sft.")
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Run:
     composer: Composer
     prompts: PromptStream
     device: torch.device
+    context: Optional[RunContext] = None
+    dataset: Any = None
     update: int = 0
     extra_state: dict = field(default_factory=dict)
 
@@ -94,7 +97,7 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                        generator=generator, max_nonfinite_steps=config.train.max_nonfinite_steps)
     prompts = PromptStream(dataset, "train", config.train.seed, config.data.shuffle, name=config.data.dataset)
-    return Run(config, plugins, tokenizer, model, engine, composer, prompts, device)
+    return Run(config, plugins, tokenizer, model, engine, composer, prompts, device, inputs.context, dataset)
 
 
 def next_prompt_batch(run: Run) -> PromptBatch:
@@ -212,9 +215,28 @@ class UpdateLine:
         return self.watch(line) if self.watch else line
 
 
+def run_hooks(plugins: PluginSet, config: RunConfig, context: RunContext, command: str, run_dir: Path, total: int,
+              callbacks: Sequence = (), source: str = "config") -> RunHooks:
+    """The run hooks of the loaded plugins, the ``callbacks`` and the configured loggers (``train.loggers``)."""
+    attach_callbacks(plugins.manager, plugins.registry, config.train.logger_configs(), callbacks, context, source)
+    return RunHooks(RunInfo(command, run_dir, config, total), plugins.manager.hook)
+
+
+def held_out_evaluation(run: Run):
+    """``train.eval_every``: the eval split scored greedy and sampled with the run's rewards (``eval/*``)."""
+    from .evaluate import evaluate_during_training
+
+    records = take_records(run.dataset, "eval", run.config.train.eval_samples)
+    if not records:
+        raise ConfigError(f"train.eval_every: the eval split of dataset '{run.config.data.dataset}' has no records")
+    return lambda: evaluate_during_training(run.model.policy, run.tokenizer, records, run.config, run.composer,
+                                            run.device)
+
+
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),
-          source: str = "config", progress_stream=None) -> Path:
-    """Run PPO as configured; returns the directory of the final model."""
+          source: str = "config", progress_stream=None, callbacks: Sequence = ()) -> Path:
+    """Run PPO as configured; returns the directory of the final model. ``callbacks``: objects implementing
+    the run hooks (ppo_core.plugin.hookspecs)."""
     if not config.rewards:
         raise ConfigError(f"{source}: rewards: PPO needs at least one reward (only `sft` and `eval` run without)")
     config = fit_to_context(config, config.model.path, source)
@@ -222,8 +244,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
         ckpt.check_resume_progress(run_dir.work, resume, config.train.updates, "update", "train.updates")
         run = build_run(config, extra_plugins, source)  # the old run stays in place until the new one has saved
         with run.composer:  # its reward workers stop with the run
+            hooks = run_hooks(run.plugins, config, run.context, "train", run_dir.work, config.train.updates,
+                              callbacks, source)  # an unknown logger fails before anything is written
             log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
-            board = TensorBoardLog(run_dir.work / "tensorboard") if config.train.tensorboard else None
             progress = Progress(config.train.updates, config.train.progress,
                                 **({"stream": progress_stream} if progress_stream else {}))
             scorer = make_scorer(run.composer, run.tokenizer)
@@ -240,7 +263,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
                 step=lambda: run.engine.step(next_prompt_batch(run), scorer),
                 window=UpdateLine(watch), log=log, progress=progress,  # the engine guards its optimizer steps itself
                 save_checkpoint=checkpoint, save_every=config.train.save_every,
-                directory=run_dir, write_final=lambda tmp: save_final(run, tmp),
-                sinks=[board] if board else [],
+                directory=run_dir, write_final=lambda tmp: save_final(run, tmp), hooks=hooks,
+                eval_every=config.train.eval_every,
+                evaluate=held_out_evaluation(run) if config.train.eval_every else dict,
             )
             return loop.run(start=run.update)

@@ -12,6 +12,7 @@ from .sections import (
     DataConfig,
     GenerationConfig,
     KLConfig,
+    LoggerConfig,
     ModelConfig,
     OptimConfig,
     PluginsConfig,
@@ -24,7 +25,7 @@ from .sections import (
 )
 
 __all__ = [
-    "DataConfig", "GenerationConfig", "KLConfig", "ModelConfig", "OptimConfig", "PluginsConfig", "PPOConfig",
-    "RewardConfig", "RunConfig", "SFTConfig", "Section", "TrainConfig", "apply_override", "config_schema",
+    "DataConfig", "GenerationConfig", "KLConfig", "LoggerConfig", "ModelConfig", "OptimConfig", "PluginsConfig",
+    "PPOConfig", "RewardConfig", "RunConfig", "SFTConfig", "Section", "TrainConfig", "apply_override", "config_schema",
     "load_config", "read_config_file", "save_config", "validate_config",
 ]

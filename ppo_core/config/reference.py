@@ -60,6 +60,9 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             rows += _rows(section, f"{key}.")
             continue
         rows.append(f"| `{key}` | {_type_name(annotation)} | {_default(field)} | {description} |")
+        item = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
+        if isinstance(item, type) and issubclass(item, BaseModel):  # a list of sections: one row per item key
+            rows += _rows(item, f"{key}[].")
     return rows
 
 

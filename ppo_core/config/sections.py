@@ -93,6 +93,15 @@ class LoRAConfig(Section):
         return dropout
 
 
+def _named_once(items: list, what: str) -> list:
+    """``items`` (each with a ``name``) if no name is listed twice; else a ValueError naming the repeated ones."""
+    names = [item.name for item in items]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{what}(s) listed twice: {', '.join(duplicates)}")
+    return items
+
+
 class ModelConfig(Section):
     path: str = Field(description="Policy checkpoint: a local directory or a hub id (any transformers causal LM).")
     tokenizer: Optional[str] = Field(None, description="Tokenizer path or hub id; defaults to `path`.")
@@ -355,6 +364,12 @@ class OptimConfig(Section):
         return betas
 
 
+class LoggerConfig(Section):
+    name: str = Field(description="Name of a registered logger: `tensorboard`, `wandb`, `mlflow` (the "
+                      "ppo-core-loggers plugin) or a plugin's own.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The logger's own options.")
+
+
 class TrainConfig(Section):
     updates: int = Field(100, gt=0, description="PPO updates (rollout + optimisation) to run.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds sampling, shuffling and initialisation.")
@@ -363,10 +378,35 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, gt=0, description="How many of the newest checkpoints to keep.")
     threads: Optional[int] = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; unset leaves "
                                    "torch's default.")
-    tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the `tensorboard` extra).")
+    tensorboard: bool = Field(False, description="Old spelling of `loggers: [tensorboard]` (still accepted).")
+    loggers: list[LoggerConfig] = Field(default_factory=list, description="Where metrics go besides "
+                                        "metrics.jsonl: a name (`tensorboard`) or `{name, options}` each.")
+    eval_every: int = Field(0, ge=0, description="Every N updates and after the last, score the eval split "
+                            "(greedy and sampled, the run's rewards) and log `eval/*`; 0: never.")
+    eval_samples: Optional[int] = Field(None, gt=0, description="Eval records `eval_every` uses (the first N); "
+                                        "unset: the whole eval split.")
     max_nonfinite_steps: int = Field(3, gt=0, description="Stop after this many non-finite steps in a row.")
     progress: Literal["auto", "bar", "lines", "none"] = Field("auto", description="`auto`: a bar on a terminal, "
                                                               "plain lines otherwise.")
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _logger_names_alone(cls, loggers: Any) -> Any:
+        """``[tensorboard, {name: wandb, options: {...}}]``: a bare name stands for ``{name: ...}``."""
+        if isinstance(loggers, list):
+            return [{"name": item} if isinstance(item, str) else item for item in loggers]
+        return loggers
+
+    @field_validator("loggers")
+    @classmethod
+    def _unique_logger_names(cls, loggers: list[LoggerConfig]) -> list[LoggerConfig]:
+        return _named_once(loggers, "logger")
+
+    def logger_configs(self) -> list[LoggerConfig]:
+        """``loggers``, with ``tensorboard`` added when the old ``tensorboard: true`` asks for it."""
+        if self.tensorboard and "tensorboard" not in {logger.name for logger in self.loggers}:
+            return [*self.loggers, LoggerConfig(name="tensorboard")]
+        return list(self.loggers)
 
 
 class PluginsConfig(Section):
@@ -499,8 +539,4 @@ class RunConfig(Section):
     @field_validator("rewards")
     @classmethod
     def _unique_reward_names(cls, rewards: list[RewardConfig]) -> list[RewardConfig]:
-        names = [reward.name for reward in rewards]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"reward(s) listed twice: {', '.join(duplicates)}")
-        return rewards
+        return _named_once(rewards, "reward")

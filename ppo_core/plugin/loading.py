@@ -6,7 +6,7 @@ import os
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import pluggy
 
@@ -90,7 +90,10 @@ def load_plugins(
     manager = make_plugin_manager()
     plugins = PluginSet(manager=manager, registry=Registry())
 
-    candidates: list[tuple[PluginInfo, Any]] = []
+    # (info, a callable giving the plugin): an entry point's ``load``, not an isinstance test of the entry point,
+    # which fails once the importlib_metadata backport is imported (MLflow imports it): its finder then serves
+    # the distributions, with entry points of its own class
+    candidates: list[tuple[PluginInfo, Callable[[], Any]]] = []
     if use_entry_points:
         for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
             dist = getattr(entry_point, "dist", None)
@@ -100,18 +103,18 @@ def load_plugins(
                 version=dist.version if dist is not None else None,
                 entry_point=entry_point.value,
             )
-            candidates.append((info, entry_point))
-    candidates += [(PluginInfo(name=name), plugin) for name, plugin in extra]
+            candidates.append((info, entry_point.load))
+    candidates += [(PluginInfo(name=name), lambda plugin=plugin: plugin) for name, plugin in extra]
     refuse_unknown_names([info for info, _source in candidates], {
         "plugins.allow": allow, ALLOW_ENV: names_from_env(ALLOW_ENV), "plugins.block": block,
         BLOCK_ENV: names_from_env(BLOCK_ENV)})
 
-    for info, source in candidates:
+    for info, load in candidates:
         if not is_allowed(info, allowed, blocked):
             plugins.skipped.append(info)
             continue
         try:
-            plugin = source.load() if isinstance(source, metadata.EntryPoint) else source
+            plugin = load()
             manager.register(plugin, name=info.name)
         except KeyboardInterrupt:
             raise
@@ -128,6 +131,7 @@ def load_plugins(
 
     _fill_registry(plugins)
     plugins.registry.failed_plugins = [failed.info.name for failed in plugins.failed]
+    plugins.registry.failures = {failed.info.name: " ".join(failed.error.split()) for failed in plugins.failed}
     plugins.registry.skipped_plugins = [info.name for info in plugins.skipped]
     return plugins
 
@@ -151,9 +155,7 @@ def _describe_failure(error: BaseException) -> str:
 
 def _fill_registry(plugins: PluginSet) -> None:
     registry = plugins.registry
-    relay = plugins.manager.hook
-    hooks = (("reward", relay.register_rewards), ("dataset", relay.register_datasets),
-             ("environment", relay.register_environments))
+    hooks = [(kind, getattr(plugins.manager.hook, f"register_{kind}s")) for kind in KINDS]
     broken: dict[str, FailedPlugin] = {}
     for kind, hook in hooks:
         for impl in hook.get_hookimpls():  # registration order (pluggy lists them so; calls run LIFO)

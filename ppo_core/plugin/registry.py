@@ -1,4 +1,4 @@
-"""Names -> reward, dataset and environment classes, each stamped with the plugin that registered it."""
+"""Names -> reward, dataset, environment and logger classes, each stamped with the plugin that registered it."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from ..errors import (
     UserError,
     format_validation_error,
 )
+from .callbacks import Logger
 from .contract import Dataset, Reward, RunContext
 from .environment import Environment
 
-Kind = Literal["reward", "dataset", "environment"]
-KINDS: tuple[Kind, ...] = ("reward", "dataset", "environment")
-_BASES: dict[str, type] = {"reward": Reward, "dataset": Dataset, "environment": Environment}
+Kind = Literal["reward", "dataset", "environment", "logger"]
+KINDS: tuple[Kind, ...] = ("reward", "dataset", "environment", "logger")
+_BASES: dict[str, type] = {"reward": Reward, "dataset": Dataset, "environment": Environment, "logger": Logger}
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,11 @@ class Entry:
 
 @dataclass
 class Registry:
-    """The rewards, datasets and environments the loaded plugins registered."""
+    """The rewards, datasets, environments and loggers the loaded plugins registered."""
 
     entries: dict[Kind, dict[str, Entry]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
     failed_plugins: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # plugin name -> why it failed to load
     skipped_plugins: list[str] = field(default_factory=list)  # left out by the allow/block lists
 
     def register(self, kind: Kind, cls: Any, plugin: str) -> None:
@@ -55,7 +57,9 @@ class Registry:
             known = ", ".join(sorted(self.entries[kind])) or "none"
             message = f"unknown {kind} '{name}'; known {kind}s: {known}"
             if self.failed_plugins:
-                message += f" (plugins that failed to load: {', '.join(self.failed_plugins)}; see `ppo-core plugins`)"
+                failed = "; ".join(f"{name}: {self.failures[name]}" if name in self.failures else name
+                                   for name in self.failed_plugins)
+                message += f" (plugins that failed to load: {failed}; see `ppo-core plugins`)"
             if self.skipped_plugins:
                 message += f" (plugins left out by the allow/block lists: {', '.join(self.skipped_plugins)})"
             raise UserError(message) from None
@@ -115,7 +119,12 @@ def validate_options(entry: Entry, options: Mapping[str, Any], where: str = "") 
 def _check_class(kind: Kind, cls: Any, plugin: str) -> None:
     base = _BASES[kind]
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise PluginError(f"plugin '{plugin}' registered {cls!r} as a {kind}, but it is not a subclass of {base.__module__}.{base.__name__}")
+        hint = ""
+        if kind == "reward" and callable(cls) and not isinstance(cls, type):
+            hint = ("; a plain function becomes a reward through the decorator @ppo_core.reward(...) or "
+                    "ppo_core.train(..., rewards=[function])")
+        raise PluginError(f"plugin '{plugin}' registered {cls!r} as a {kind}, but it is not a subclass of "
+                          f"{base.__module__}.{base.__name__}{hint}")
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name.isidentifier():
         raise PluginError(f"plugin '{plugin}': {kind} class {cls.__name__} needs a `name` that is an identifier, got {name!r}")

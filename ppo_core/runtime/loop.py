@@ -1,8 +1,9 @@
 """The run loop `train` and `sft` share, and the pieces `train-reward` uses too.
 
 :class:`RunLoop` runs a step callable until the planned count, and around it does what every run does: stop
-requests (SIGINT/SIGTERM take effect at a safe point, after a checkpoint), the non-finite guard, metrics lines
-(metrics.jsonl, TensorBoard, the progress line), the checkpoint cadence and the final atomic save. The step
+requests (SIGINT/SIGTERM take effect at a safe point, after a checkpoint; a callback's stop request at the same
+point ends the run with its final save), the non-finite guard, metrics lines (metrics.jsonl, the progress line,
+the run hooks that callbacks and loggers implement), the checkpoint cadence and the final atomic save. The step
 itself (a PPO update, an SFT optimizer step) holds no logging or checkpoint code.
 """
 
@@ -16,10 +17,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol
 
 from ..config import RunConfig, save_config
 from ..errors import TrainingError
+from ..plugin.callbacks import RunHooks, announce_stop
 from . import checkpoints as ckpt
 from .metrics import METRICS_FILE, MetricsLog, Progress
 from .rundir import RunDirectory
@@ -124,12 +126,6 @@ class MetricsWindow(Protocol):
         """The metrics line after ``done`` steps; the next window starts empty."""
 
 
-class Sink(Protocol):
-    def write(self, record: dict) -> None: ...
-
-    def close(self) -> None: ...
-
-
 @dataclass
 class RunLoop:
     """Steps from ``start`` to ``total``, logging, checkpointing and stopping as configured.
@@ -153,15 +149,18 @@ class RunLoop:
     eval_every: int = 0
     evaluate: Callable[[], dict[str, float]] = dict  # statistics added to the line of an evaluation step
     stop_when: Callable[[dict], bool] = lambda line: False  # on an evaluation's line: true ends the run there
-    sinks: Sequence[Sink] = ()  # more places every metrics line goes (TensorBoard)
+    hooks: Optional[RunHooks] = None  # the callbacks' and loggers' run hooks
 
     def run(self, start: int) -> Path:
-        """Run to ``total`` and save the final model atomically; returns its directory.
+        """Run to ``total`` (or a callback's stop request) and save the final model atomically; returns its
+        directory.
 
-        A stop request raises :class:`Interrupted` after the checkpoint of the step it arrived in."""
+        A SIGINT/SIGTERM raises :class:`Interrupted` after the checkpoint of the step it arrived in."""
         done = start
+        final = None
         self.progress.first = start  # time per step counts from here (lines need not come every step)
         try:
+            self._hook("run_start")
             with stop_requests() as stop:
                 while done < self.total:
                     started = time.perf_counter()
@@ -179,22 +178,30 @@ class RunLoop:
                     if done % self.log_every == 0 or last or evaluate or save:
                         record = self.window.line(done)
                         if evaluate:
-                            record.update(self.evaluate())
-                        self._write(record, done)
+                            evaluation = self.evaluate()
+                            self._hook("eval_done", done, evaluation)
+                            record.update(evaluation)
+                        self.log.write(record)
+                        self.progress.update(done, record)
+                        self._hook("update_end", done, record)
                         if evaluate and self.stop_when(record):
                             break  # this step's model is the final one
                     if save:
                         path = self.directory.publish(self.save_checkpoint(self.directory.work, done, self.log.lines))
+                        self._hook("checkpoint", done, path)
                         if stop:
                             raise Interrupted(stop[0], path, done)
-            return self.directory.publish(ckpt.write_atomically(self.directory.work / FINAL_DIR, self.write_final))
+                    if self.hooks is not None and self.hooks.stop_reason and not last:
+                        self.progress.close()
+                        announce_stop(self.hooks.stop_reason)
+                        break
+            final = self.directory.publish(ckpt.write_atomically(self.directory.work / FINAL_DIR, self.write_final))
+            return final
         finally:
             self.log.close()
-            for sink in self.sinks:
-                sink.close()
+            self.progress.close()
+            self._hook("run_end", final)
 
-    def _write(self, record: dict, done: int) -> None:
-        self.log.write(record)
-        for sink in self.sinks:
-            sink.write(record)
-        self.progress.update(done, record)
+    def _hook(self, name: str, *arguments) -> None:
+        if self.hooks is not None:
+            getattr(self.hooks, name)(*arguments)

@@ -1,4 +1,4 @@
-"""Where a run's numbers go: metrics.jsonl, a progress bar or plain lines, and TensorBoard if installed."""
+"""Where a run's numbers go: metrics.jsonl, and a progress bar (tqdm) or plain lines (loggers are plugins)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 class Progress:
-    """A one-line bar on a terminal, a plain line per update otherwise."""
+    """A tqdm bar on a terminal, a plain line per update otherwise (``mode``: auto, bar, lines, none)."""
 
     def __init__(self, total: int, mode: str = "auto", stream: Optional[TextIO] = None, label: str = "update",
                  keys: Sequence[str] = SUMMARY_KEYS):
@@ -88,48 +88,34 @@ class Progress:
         self.mode = mode
         self.started = time.perf_counter()
         self.first: Optional[int] = None
+        self.bar = None
+
+    def summary(self, stats: dict) -> str:
+        return " ".join(f"{k}={stats[k]:.4g}" for k in self.keys
+                        if isinstance(stats.get(k), (int, float)) and stats.get(k) is not None)
 
     def update(self, done: int, stats: dict) -> None:
         if self.mode == "none":
             return
         if self.first is None:
             self.first = done - 1
-        elapsed = time.perf_counter() - self.started
-        rate = elapsed / max(done - self.first, 1)
-        summary = " ".join(f"{k}={stats[k]:.4g}" for k in self.keys
-                           if isinstance(stats.get(k), (int, float)) and stats.get(k) is not None)
         if self.mode == "bar":
-            width = 24
-            filled = int(width * done / max(self.total, 1))
-            eta = rate * (self.total - done)
-            self.stream.write(f"\r{self.label} {done}/{self.total} [{'#' * filled}{'.' * (width - filled)}] "
-                              f"{rate:.2f}s/it eta {eta:.0f}s {summary}\x1b[K")
-            if done >= self.total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(f"{self.label} {done}/{self.total} ({rate:.2f}s/it) {summary}\n")
+            self._bar(done).set_postfix_str(self.summary(stats), refresh=False)
+            self.bar.update(done - self.bar.n)
+            return
+        rate = (time.perf_counter() - self.started) / max(done - self.first, 1)
+        self.stream.write(f"{self.label} {done}/{self.total} ({rate:.2f}s/it) {self.summary(stats)}\n")
         self.stream.flush()
 
-    def close(self) -> None:
-        if self.mode == "bar":
-            self.stream.write("\n")
-            self.stream.flush()
+    def _bar(self, done: int):
+        if self.bar is None:
+            from tqdm import tqdm
 
-
-class TensorBoardLog:
-    def __init__(self, directory: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError("train.tensorboard: TensorBoard is not installed; pip install 'ppo-core[tensorboard]'") from None
-        self.writer = SummaryWriter(log_dir=str(directory))
-
-    def write(self, record: dict) -> None:
-        step = int(record["update"])
-        for key, value in record.items():
-            if key != "update" and isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(key, value, step)
-        self.writer.flush()
+            self.bar = tqdm(total=self.total, initial=self.first, desc=self.label, unit=self.label,
+                            file=self.stream, dynamic_ncols=True)
+        return self.bar
 
     def close(self) -> None:
-        self.writer.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

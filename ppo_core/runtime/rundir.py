@@ -30,7 +30,7 @@ LOCK_FILE = ".ppo-core.lock"
 STAGING = ".staging-"
 #: what a run directory holds; --overwrite refuses a folder with anything else in it (the user's own files)
 RUN_ENTRIES = {"config.yaml", "metrics.jsonl", "checkpoints", "final", "tensorboard", "report", "eval.json",
-                      "eval_samples.jsonl", MARKER_FILE, LOCK_FILE}
+                      "eval_samples.jsonl", "wandb", MARKER_FILE, LOCK_FILE}
 
 
 class RunDirError(UserError):
