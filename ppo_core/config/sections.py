@@ -2,43 +2,28 @@
 
 from __future__ import annotations
 
-import math
-import re
-import typing
 from typing import Any, Literal, NamedTuple, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-# Bounds that keep a typo from hanging the run or asking for an absurd allocation (the error names the bound).
-MAX_BATCH = 65_536  # samples, prompts or records in one batch
-MAX_TOKENS = 1_048_576  # tokens of one prompt or response (the model's context is checked before a run too)
-MAX_WIDTH = 65_536  # units in a head's hidden layer
-MAX_THREADS = 1024
-MAX_TURNS = 1024  # turns of one environment episode
-MAX_SEED = 2**63 - 1  # torch.manual_seed and torch.Generator take 64-bit seeds
-
-
-def _takes_a_number_not_a_bool(annotation: Any) -> bool:
-    """``int``, ``float``, ``Optional[int]``, ``Union[Literal["skip"], float]``...: a field where YAML's
-    ``true`` is a mistake (pydantic would read it as 1)."""
-    if annotation is bool:
-        return False
-    if annotation in (int, float):
-        return True
-    return any(_takes_a_number_not_a_bool(arg) for arg in typing.get_args(annotation))
-
-
-class Section(BaseModel):
-    """A config section: unknown keys, non-finite numbers and booleans for numbers are rejected."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and _takes_a_number_not_a_bool(cls.model_fields[info.field_name].annotation):
-            raise ValueError("expected a number, not a boolean")
-        return value
+from .base import (  # noqa: F401  (re-exported: the bounds are part of this module's surface)
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_THREADS,
+    MAX_TOKENS,
+    MAX_TURNS,
+    MAX_WIDTH,
+    Section,
+    _must_divide,
+    _named_once,
+)
+from .plugin_sections import (
+    EnvironmentConfig,
+    LoggerConfig,
+    PluginsConfig,
+    RewardConfig,
+)
+from .sft_section import SFTConfig, parse_stop_at, stop_condition_met  # noqa: F401  (re-exported)
 
 
 class EstimatorDefaults(NamedTuple):
@@ -62,14 +47,6 @@ GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # compare the samples of one pro
 DEFAULT_VF_COEF = 0.1
 
 
-def _must_divide(part: Optional[int], name: str, whole_name: str, info: ValidationInfo) -> Optional[int]:
-    """Batch sizes nest: ``part`` (the field ``name``) must divide the already-validated field ``whole_name``."""
-    whole = info.data.get(whole_name)
-    if part is not None and whole is not None and whole % part:
-        raise ValueError(f"{name} ({part}) must divide {whole_name} ({whole})")
-    return part
-
-
 class LoRAConfig(Section):
     """Low-rank adapters (peft; `pip install 'ppo-core[lora]'`): the policy's weights stay frozen, the adapters and
     the value head train, and the reference is the same model with its adapters off (no second copy)."""
@@ -91,15 +68,6 @@ class LoRAConfig(Section):
             raise ValueError("must be 0: a PPO run turns every dropout off (its first minibatch's ratio must be "
                              "exactly 1)")
         return dropout
-
-
-def _named_once(items: list, what: str) -> list:
-    """``items`` (each with a ``name``) if no name is listed twice; else a ValueError naming the repeated ones."""
-    names = [item.name for item in items]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"{what}(s) listed twice: {', '.join(duplicates)}")
-    return items
 
 
 class ModelConfig(Section):
@@ -161,61 +129,6 @@ class DataConfig(Section):
     @classmethod
     def _reject_is_error(cls, value: Any) -> Any:
         return "error" if value == "reject" else value
-
-
-class RewardConfig(Section):
-    name: str = Field(description="Name of a registered reward (see `ppo-core plugins`).")
-    weight: float = Field(1.0, description="Weight w_i in total = sum_i w_i * r_i.")
-    options: dict[str, Any] = Field(default_factory=dict, description="The reward's own options.")
-    normalize: bool = Field(False, description="Standardise this reward with running mean/std before weighting.")
-    on_abstain: Union[Literal["skip"], float] = Field(
-        "skip", description="A sample the reward abstains on (None): `skip` leaves the term out of that sample's "
-        "total; a number is used as the reward instead.")
-    on_error: Union[Literal["raise", "skip"], float] = Field(
-        "raise", description="A failing call: `raise` stops the run naming the plugin and sample; `skip` treats "
-        "the batch as abstained; a number is used for every sample. Events are counted in metrics.")
-    timeout_s: Optional[float] = Field(60.0, gt=0, description="Per-batch time limit for this reward, in seconds; "
-                                       "a late call is a fault (its worker process is killed and restarted). "
-                                       "`null`: no limit.")
-    isolation: Literal["process", "none"] = Field(
-        "process", description="`process`: the reward runs in its own worker process, fed copies of the samples: "
-        "a hang, crash or exit there is a fault of this reward, never the run's. `none`: in the main process "
-        "(no pickling; a crash or `os._exit` there ends the run).")
-
-
-class EnvironmentConfig(Section):
-    """Multi-turn episodes (docs/design.md, "Environments"): the policy answers, the environment observes."""
-
-    name: str = Field(description="Name of a registered environment (see `ppo-core plugins`).")
-    options: dict[str, Any] = Field(default_factory=dict, description="The environment's own options.")
-    max_turns: int = Field(1, gt=0, le=MAX_TURNS, description="Turns (model answers) per episode at most; an "
-                           "episode still running then is truncated.")
-    max_turn_tokens: Optional[int] = Field(None, gt=0, le=MAX_TOKENS, description="Longest answer of one turn "
-                                           "in tokens; defaults to `generation.max_new_tokens`.")
-    max_episode_tokens: Optional[int] = Field(None, gt=0, le=MAX_TOKENS, description="Tokens after the first "
-                                              "prompt (answers + observations) per episode at most; an episode "
-                                              "reaching it is truncated. `data.max_prompt_tokens` + this must "
-                                              "fit the model's context; unset: `max_turns` x the turn limit, "
-                                              "shrunk to fit the context.")
-    stop_strings: list[str] = Field(default_factory=list, description="A turn also ends after any of these "
-                                    "strings (kept in the answer), e.g. the closing tag of a tool call.")
-    on_error: Union[Literal["raise", "skip"], float] = Field(
-        "raise", description="A failing `reset`/`step`: `raise` stops the run naming the plugin, environment and "
-        "episode; `skip` ends the batch's running episodes there (truncated, no turn reward); a number ends them "
-        "with that turn reward. Events are counted in metrics.")
-    timeout_s: Optional[float] = Field(60.0, gt=0, description="Per-call time limit of `reset`/`step`, in "
-                                       "seconds; a late call is a fault (its worker is killed and restarted). "
-                                       "`null`: no limit.")
-    isolation: Literal["process", "none"] = Field(
-        "process", description="`process`: the environment runs in its own worker process (as rewards do): a "
-        "hang, crash or exit there is a fault of the environment, never the run's. `none`: in the main process.")
-
-    @field_validator("stop_strings")
-    @classmethod
-    def _stop_strings_not_empty(cls, stop_strings: list[str]) -> list[str]:
-        if any(not stop for stop in stop_strings):
-            raise ValueError("a stop string must not be empty")
-        return stop_strings
 
 
 class KLConfig(Section):
@@ -364,12 +277,6 @@ class OptimConfig(Section):
         return betas
 
 
-class LoggerConfig(Section):
-    name: str = Field(description="Name of a registered logger: `tensorboard`, `wandb`, `mlflow` (the "
-                      "ppo-core-loggers plugin) or a plugin's own.")
-    options: dict[str, Any] = Field(default_factory=dict, description="The logger's own options.")
-
-
 class TrainConfig(Section):
     updates: int = Field(100, gt=0, description="PPO updates (rollout + optimisation) to run.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds sampling, shuffling and initialisation.")
@@ -407,80 +314,6 @@ class TrainConfig(Section):
         if self.tensorboard and "tensorboard" not in {logger.name for logger in self.loggers}:
             return [*self.loggers, LoggerConfig(name="tensorboard")]
         return list(self.loggers)
-
-
-class PluginsConfig(Section):
-    allow: Optional[list[str]] = Field(None, description="Load only these plugins (entry-point or distribution "
-                                       "names); unset loads all. PPO_CORE_PLUGINS narrows it further.")
-    block: list[str] = Field(default_factory=list, description="Never load these. PPO_CORE_BLOCK_PLUGINS adds more.")
-
-
-_STOP_AT = re.compile(r"^\s*(eval/(?:loss|exact_match|reward/\S+))\s*(>=|<=)\s*(\S+)\s*$")
-
-
-def parse_stop_at(text: str) -> tuple[str, str, float]:
-    """``"eval/exact_match >= 0.9"`` -> ``("eval/exact_match", ">=", 0.9)``; ValueError naming the form."""
-    match = _STOP_AT.match(text)
-    try:
-        value = float(match.group(3)) if match else math.nan
-    except ValueError:
-        value = math.nan
-    if not match or not math.isfinite(value):
-        raise ValueError(f"{text!r} is not `<metric> >= <number>` or `<metric> <= <number>` with a metric of "
-                         f"eval_every (eval/exact_match, eval/loss, eval/reward/<name>)")
-    return match.group(1), match.group(2), value
-
-
-def stop_condition_met(stop_at: str, metrics: dict) -> bool:
-    """Whether ``metrics`` (an evaluation's line) meets ``stop_at``; a metric the line lacks never does."""
-    name, operator, threshold = parse_stop_at(stop_at)
-    value = metrics.get(name)
-    if value is None or not math.isfinite(value):
-        return False
-    return value >= threshold if operator == ">=" else value <= threshold
-
-
-class SFTConfig(Section):
-    """`ppo-core sft`: supervised fine-tuning on the records' solutions (optim, data, model, train reused)."""
-
-    steps: Optional[int] = Field(None, gt=0, description="Optimizer steps; unset: `epochs` passes over the "
-                                 "train split.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the train split when `steps` is unset.")
-    batch_size: int = Field(16, gt=0, le=MAX_BATCH, description="Records per optimizer step.")
-    micro_batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH, description="Records per forward/backward; "
-                                            "gradients accumulate up to `batch_size`. Defaults to `batch_size`.")
-    lr: Optional[float] = Field(None, gt=0, description="Peak learning rate; defaults to `optim.lr` (the rest "
-                                "of `optim` -- warm-up, schedule, clipping -- applies as in PPO).")
-    max_response_tokens: Optional[int] = Field(None, gt=0, le=MAX_TOKENS, description="Longest target (solution "
-                                               "+ eos) in tokens, longer ones are cut; defaults to "
-                                               "`generation.max_new_tokens`.")
-    dropout: bool = Field(False, description="Keep the checkpoint's dropout (off by default, as in PPO).")
-    log_every: int = Field(1, gt=0, description="Write a metrics line every N steps (the loss averaged over them).")
-    eval_every: int = Field(0, ge=0, description="Every N steps and after the last, log the eval split's loss "
-                            "and greedy exact match and reward means; 0: never.")
-    eval_samples: Optional[int] = Field(None, gt=0, description="Eval records `eval_every` uses (the first N); "
-                                        "unset: the whole eval split.")
-    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only the final model).")
-    stop_at: Optional[str] = Field(None, description="Stop early at the first evaluation (`eval_every`) that meets "
-                                   "this condition, `<metric> >= <number>` or `<=`, on a metric evaluation logs: "
-                                   "`eval/exact_match`, `eval/loss`, `eval/reward/<name>`; e.g. "
-                                   "`eval/exact_match >= 0.9`. The final model is that step's.")
-    output_dir: Optional[str] = Field(None, description="Run directory; defaults to `train.output_dir`.")
-
-    @field_validator("stop_at")
-    @classmethod
-    def _stop_condition(cls, stop_at: Optional[str], info: ValidationInfo) -> Optional[str]:
-        if stop_at is None:
-            return None
-        parse_stop_at(stop_at)
-        if not info.data.get("eval_every"):
-            raise ValueError("needs eval_every > 0: the condition is checked on the evaluations")
-        return stop_at
-
-    @field_validator("micro_batch_size")
-    @classmethod
-    def _micro_divides_batch(cls, micro: Optional[int], info: ValidationInfo) -> Optional[int]:
-        return _must_divide(micro, "micro_batch_size", "batch_size", info)
 
 
 class RunConfig(Section):

@@ -11,16 +11,16 @@ The engine returns its statistics; logging, evaluation and checkpoints belong to
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Iterator, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from ..config import GenerationConfig, OptimConfig, PPOConfig
 from ..runtime.loop import NonFiniteGuard
+from ..runtime.metrics import accumulate, timed
 from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
 from .functional import (
     AdaptiveKLController,
@@ -92,22 +92,6 @@ class Scorer(Protocol):
 
     def finish(self, handles: Sequence[Any], reference_hidden: Optional[torch.Tensor]
                ) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-
-@contextmanager
-def timed(times: dict[str, float], key: str) -> Iterator[None]:
-    """Adds the block's wall time in seconds to ``times[key]``."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        times[key] = times.get(key, 0.0) + (time.perf_counter() - started)
-
-
-def accumulate(totals: dict[str, float], stats: dict[str, float], weight: float = 1.0) -> None:
-    """totals[key] += weight * stats[key] for every key of ``stats``."""
-    for key, value in stats.items():
-        totals[key] = totals.get(key, 0.0) + value * weight
 
 
 # per-sequence advantages of the group estimators (Eq. 14, 15): (rewards [B], n) -> (advantages [B], equal groups)

@@ -7,8 +7,9 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence, TextIO
+from typing import Iterator, Optional, Sequence, TextIO
 
 from ..errors import UserError
 
@@ -119,3 +120,19 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+@contextmanager
+def timed(times: dict[str, float], key: str) -> Iterator[None]:
+    """Adds the block's wall time in seconds to ``times[key]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[key] = times.get(key, 0.0) + (time.perf_counter() - started)
+
+
+def accumulate(totals: dict[str, float], stats: dict[str, float], weight: float = 1.0) -> None:
+    """totals[key] += weight * stats[key] for every key of ``stats``."""
+    for key, value in stats.items():
+        totals[key] = totals.get(key, 0.0) + value * weight
