@@ -70,7 +70,11 @@ def stage_seconds(stage: str, rows: list[dict]) -> float:
     """The stage's compute time from its metrics: PPO's update times, SFT's step times."""
     if stage == "ppo":
         return sum(row["time/update_s"] for row in rows)
-    return sum(row["time/step_s"] * row.get("steps", 1) for row in rows if "time/step_s" in row)
+    seconds, previous = 0.0, 0
+    for row in rows:  # each line averages the steps since the previous line
+        seconds += row["time/step_s"] * (row["step"] - previous)
+        previous = row["step"]
+    return seconds
 
 
 def run_stage(stage: str, setting: str, loaded: bool, model: Path, out: Path, args) -> float:
