@@ -261,9 +261,9 @@ def test_block_and_allow_lists_hide_them(clean_env, how):
         plugins = load_plugins(block=[PLUGIN])
     else:
         env, value = {
-            "block_env_plugin": (BLOCK_ENV, f"someone_else, {PLUGIN}"),
+            "block_env_plugin": (BLOCK_ENV, f"datasets, {PLUGIN}"),  # names must be installed plugins
             "block_env_distribution": (BLOCK_ENV, DISTRIBUTION),
-            "allow_env_other": (ALLOW_ENV, "someone_else"),
+            "allow_env_other": (ALLOW_ENV, "datasets"),
         }[how]
         clean_env.setenv(env, value)
         plugins = load_plugins()
