@@ -10,6 +10,7 @@ from .loading import (
 )
 from .sections import (
     DataConfig,
+    EnvironmentConfig,
     GenerationConfig,
     KLConfig,
     ModelConfig,
@@ -24,7 +25,7 @@ from .sections import (
 )
 
 __all__ = [
-    "DataConfig", "GenerationConfig", "KLConfig", "ModelConfig", "OptimConfig", "PluginsConfig", "PPOConfig",
+    "DataConfig", "EnvironmentConfig", "GenerationConfig", "KLConfig", "ModelConfig", "OptimConfig", "PluginsConfig", "PPOConfig",
     "RewardConfig", "RunConfig", "SFTConfig", "Section", "TrainConfig", "apply_override", "config_schema",
     "load_config", "read_config_file", "save_config", "validate_config",
 ]

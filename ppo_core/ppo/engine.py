@@ -24,7 +24,7 @@ from .functional import (
     clipped_policy_loss,
     clipped_value_loss,
     explained_variance,
-    gae,
+    gae_over_actions,
     kl_penalty,
     masked_mean,
     masked_sum,
@@ -32,6 +32,7 @@ from .functional import (
     per_token_rewards,
     ppo_total_loss,
 )
+from .episodes import EpisodeRunner
 from .rollout import Responses, generate_responses, response_outputs
 
 
@@ -42,6 +43,7 @@ class PromptBatch:
     input_ids: torch.Tensor  # [B, P]
     attention_mask: torch.Tensor  # [B, P]
     records: Sequence  # one per row, handed back to the scorer
+    states: Optional[Sequence] = None  # environment episodes' states after reset; None: one turn, no environment
 
 
 @dataclass
@@ -51,7 +53,8 @@ class Rollout:
     sequences: torch.Tensor  # [B, P+R]
     attention_mask: torch.Tensor  # [B, P+R]
     prompt_length: int
-    response_mask: torch.Tensor  # float 0/1
+    response_mask: torch.Tensor  # float 0/1: every token after the prompt
+    action_mask: torch.Tensor  # float 0/1: the model's tokens among them (all of them without an environment)
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
     values: torch.Tensor
@@ -111,6 +114,7 @@ class PPOEngine:
         pad_token_id: int,
         generator: torch.Generator,
         max_nonfinite_steps: int = 3,
+        episodes: Optional[EpisodeRunner] = None,
     ):
         self.model = model
         self.reference = reference
@@ -120,6 +124,7 @@ class PPOEngine:
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.generator = generator
+        self.episodes = episodes  # plays environment episodes (batches with states)
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, advice="stopping. Lower optim.lr, set "
                                         "optim.max_grad_norm, or check the rewards' scale")
         self.kl_controller = make_kl_controller(ppo)
@@ -146,10 +151,13 @@ class PPOEngine:
         times: dict[str, float] = {}
         # R1. sample responses from the current policy (KV cache; a row stops at its first eos)
         with timed(times, "time/generate_s"):
-            responses = self.generate(batch.input_ids, batch.attention_mask)
+            if batch.states is None:
+                responses = self.generate(batch.input_ids, batch.attention_mask)
+            else:  # environment episodes, turn after turn (ppo_core.ppo.episodes)
+                responses = self.episodes.play(self.model.policy, batch.records, batch.states, self.generator)
         sequences = torch.cat([batch.input_ids, responses.tokens], dim=1)
         attention_mask = torch.cat([batch.attention_mask.bool(), responses.mask], dim=1)
-        mask = responses.mask.float()
+        mask = (responses.mask if responses.action_mask is None else responses.action_mask).float()
         # R2. log pi_old, V(s_t) from the policy and log pi_ref from the frozen reference: one code path
         with timed(times, "time/evaluate_s"):
             old_logprobs, old_values, ref_logprobs, ref_hidden = self._evaluate(
@@ -158,17 +166,19 @@ class PPOEngine:
         with timed(times, "time/score_s"):
             scores, score_stats = scorer(responses, batch, ref_hidden)
         scores = self._shaped_scores(scores.to(self.device, torch.float32), responses.stopped_by_eos)
-        # R4. per-token rewards (Eq. 8) -> R5. GAE advantages and returns (Eq. 3, 10)
+        # R4. per-token rewards on the action tokens (Eq. 8; an environment's turn rewards too) -> R5. GAE
+        # advantages and returns over the action tokens (Eq. 14, 10)
         kl_coef = self.kl_controller.value
-        rewards = self._token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef)
+        rewards = self._token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef,
+                                      getattr(responses, "turn_rewards", None))
         advantages, returns = self._advantages(rewards, old_values, mask)
         rollout = Rollout(sequences=sequences, attention_mask=attention_mask, prompt_length=batch.input_ids.size(1),
-                          response_mask=mask, logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                          values=old_values, advantages=advantages, returns=returns)
+                          response_mask=responses.mask.float(), action_mask=mask, logprobs=old_logprobs,
+                          ref_logprobs=ref_logprobs, values=old_values, advantages=advantages, returns=returns)
         # R6. statistics; the KL controller sees "kl", the batch's mean k1 summed over each response (Eq. 9)
         stats = self._rollout_stats(rollout, scores, responses.stopped_by_eos, kl_coef)
         self.kl_controller.update(stats["kl"], len(scores))
-        return rollout, {**score_stats, **stats, **times}
+        return rollout, {**score_stats, **getattr(responses, "stats", {}), **stats, **times}
 
     def _shaped_scores(self, scores: torch.Tensor, stopped_by_eos: torch.Tensor) -> torch.Tensor:
         """Eq. 11 then Eq. 12: s - p * [cut off by the length limit], then clamped to [-c, c]."""
@@ -178,27 +188,31 @@ class PPOEngine:
             scores = scores.clamp(-self.ppo.reward_clip, self.ppo.reward_clip)
         return scores
 
-    def _token_rewards(self, scores, old_logprobs, ref_logprobs, mask, kl_coef: float) -> torch.Tensor:
-        """R4: -beta * KL_t on every real token (Eq. 7, unless kl.placement is loss), the score on the last one
-        (Eq. 8); whitened (scale only, Eq. 10) when ppo.whiten_rewards."""
+    def _token_rewards(self, scores, old_logprobs, ref_logprobs, mask, kl_coef: float,
+                       turn_rewards: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """R4: -beta * KL_t on every action token (Eq. 7, unless kl.placement is loss), the score on the last one
+        (Eq. 8) and an environment's turn rewards on each turn's last; whitened (scale only, Eq. 10) when
+        ppo.whiten_rewards."""
         kl = kl_penalty(old_logprobs, ref_logprobs, self.ppo.kl.estimator)
         in_reward_coef = kl_coef if self.ppo.kl.placement == "reward" else 0.0
         rewards = per_token_rewards(scores, kl, in_reward_coef, mask)
+        if turn_rewards is not None:
+            rewards = rewards + turn_rewards
         if self.ppo.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         return rewards
 
     def _advantages(self, rewards, old_values, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """R5: GAE (Eq. 3) -> advantages, whitened over the whole batch when ppo.whiten_advantages (Eq. 10), and
-        returns (never whitened: they are the critic's targets)."""
-        advantages, returns = gae(rewards, old_values, mask, self.ppo.gamma, self.ppo.lam)
+        """R5: GAE over the action tokens (Eq. 14; Eq. 3 with one turn) -> advantages, whitened over the whole batch
+        when ppo.whiten_advantages (Eq. 10), and returns (never whitened: they are the critic's targets)."""
+        advantages, returns = gae_over_actions(rewards, old_values, mask, self.ppo.gamma, self.ppo.lam)
         if self.ppo.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         return advantages, returns
 
     @staticmethod
     def _rollout_stats(rollout: Rollout, scores, stopped_by_eos, kl_coef: float) -> dict[str, float]:
-        mask = rollout.response_mask
+        mask = rollout.action_mask
         sequence_kl = masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=1)  # k1, whatever kl.estimator
         lengths = mask.sum(1)
         return {
@@ -278,13 +292,13 @@ class PPOEngine:
         """O2: the minibatch's gradient in micro-batches, each loss weighted by its share of the minibatch's real
         tokens, so the sum is the gradient of one token mean over the whole minibatch (D5)."""
         micro = self.ppo.micro_batch_size or self.ppo.minibatch_size
-        minibatch_tokens = rollout.response_mask[minibatch].sum().clamp(min=1.0)
+        minibatch_tokens = rollout.action_mask[minibatch].sum().clamp(min=1.0)
         self.optimizer.zero_grad(set_to_none=True)
         step_stats: dict[str, float] = {}
         for start in range(0, len(minibatch), micro):
             rows = minibatch[start:start + micro]
             loss, micro_stats = self._loss(rollout, rows)
-            share = rollout.response_mask[rows].sum() / minibatch_tokens
+            share = rollout.action_mask[rows].sum() / minibatch_tokens
             (loss * share).backward()
             accumulate(step_stats, micro_stats, float(share))
         return step_stats
@@ -293,7 +307,7 @@ class PPOEngine:
         """The loss of micro-batch ``rows``: Eq. 6 from Eq. 1, 2, 4, 5, plus beta * KL (Eq. 7) when kl.placement is
         loss. The new log-probs come from the same code path as log pi_old (D3)."""
         ppo = self.ppo
-        mask = rollout.response_mask[rows]
+        mask = rollout.action_mask[rows]  # observation tokens are context: no loss, KL or entropy there
         new = response_outputs(self.model, rollout.sequences[rows], rollout.attention_mask[rows],
                                rollout.prompt_length, self.generation.temperature, with_entropy=True)
         policy_loss, clipfrac, approx_kl = clipped_policy_loss(

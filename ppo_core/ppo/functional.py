@@ -27,6 +27,7 @@ __all__ = [
     "per_token_rewards",
     "last_token_index",
     "gae",
+    "gae_over_actions",
     "explained_variance",
     "ppo_total_loss",
     "FixedKLController",
@@ -243,6 +244,30 @@ def gae(
     zeros = torch.zeros_like(advantages)
     returns = torch.where(mask, advantages + values, zeros)
     advantages = torch.where(mask, advantages, zeros)
+    return advantages, returns
+
+
+def gae_over_actions(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    action_mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 14, GAE over action tokens only: Eq. 3 on the sequence of the tokens the model generated, in order.
+
+    Observation tokens (an environment's, between two turns) are context, not time steps: the value after a
+    turn's last action token is the value at the next turn's first action token, and they take no discount.
+    Computed by packing each row's action tokens to the front (a stable sort keeps their order), running
+    :func:`gae` there and putting the results back; with no gaps (one turn) the packing is the identity, so the
+    result is :func:`gae`'s, bit for bit. Returns ``(advantages, returns)``, 0 off the action tokens.
+    """
+    mask = action_mask.bool()
+    order = torch.sort((~mask).to(torch.uint8), dim=-1, stable=True).indices  # action positions first
+    packed_advantages, packed_returns = gae(rewards.gather(-1, order), values.gather(-1, order),
+                                            mask.gather(-1, order), gamma, lam)
+    advantages = torch.zeros_like(packed_advantages).scatter(-1, order, packed_advantages)
+    returns = torch.zeros_like(packed_returns).scatter(-1, order, packed_returns)
     return advantages, returns
 
 

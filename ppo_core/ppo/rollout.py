@@ -9,7 +9,7 @@ normalisation all go through it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -29,6 +29,31 @@ class Responses:
     tokens: torch.Tensor  # [B, R] response token ids, pad after the end
     mask: torch.Tensor  # [B, R] bool, True for real response tokens (up to and including eos)
     stopped_by_eos: torch.Tensor  # [B] bool; False: cut off by max_new_tokens
+    #: [B, R] bool, the tokens the model generated (the actions); None: all of ``mask``. Multi-turn episodes
+    #: (ppo_core.ppo.episodes) also hold an environment's observation tokens, which are context, not actions.
+    action_mask: Optional[torch.Tensor] = None
+
+
+#: ``stop(columns, running) -> [B] bool``: which of the ``running`` rows end with the newest of the sampled
+#: ``columns`` (a list of [B] token tensors); see :class:`StopStrings`.
+StopRule = Callable[[list, torch.Tensor], torch.Tensor]
+
+
+class StopStrings:
+    """A :data:`StopRule`: a row ends once its sampled text contains one of ``strings`` (kept in the text)."""
+
+    def __init__(self, tokenizer, strings: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.strings = tuple(strings)
+        self.window = max(len(s) for s in self.strings) + 1  # tokens: each holds at least one character
+
+    def __call__(self, columns: list, running: torch.Tensor) -> torch.Tensor:
+        recent = torch.stack(columns[-self.window:], dim=1).tolist()
+        hits = torch.zeros_like(running)
+        for row in running.nonzero().flatten().tolist():
+            text = self.tokenizer.decode(recent[row], skip_special_tokens=True)
+            hits[row] = any(stop in text for stop in self.strings)
+        return hits
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -73,8 +98,9 @@ def sample_responses(
     top_k: int = 0,
     top_p: float = 1.0,
     greedy: bool = False,
+    stop: Optional[StopRule] = None,
 ) -> Responses:
-    """Autoregressive sampling with the model's KV cache; a row stops at its first eos."""
+    """Autoregressive sampling with the model's KV cache; a row stops at its first eos (or when ``stop`` says)."""
     batch_size = input_ids.size(0)
     device = input_ids.device
     attention_mask = attention_mask.long()
@@ -98,6 +124,8 @@ def sample_responses(
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         finished = finished | (token == eos_token_id)
+        if stop is not None:
+            finished = finished | stop(tokens, masks[-1] & ~finished)
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
@@ -138,7 +166,8 @@ def concat_responses(parts: Sequence[Responses], pad_token_id: int) -> Responses
 @torch.no_grad()
 def generate_responses(policy: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        generation: GenerationConfig, eos_token_id: int, pad_token_id: int,
-                       generator: Optional[torch.Generator], greedy: bool = False) -> Responses:
+                       generator: Optional[torch.Generator], greedy: bool = False,
+                       stop: Optional[StopRule] = None) -> Responses:
     """:func:`sample_responses` over a left-padded batch in chunks of ``generation.batch_size`` rows (the whole
     batch when unset), one after the other with the same generator."""
     chunk = generation.batch_size or input_ids.size(0)
@@ -147,7 +176,7 @@ def generate_responses(policy: nn.Module, input_ids: torch.Tensor, attention_mas
         ids, mask = without_padding_columns(input_ids[start:start + chunk], attention_mask[start:start + chunk])
         parts.append(sample_responses(policy, ids, mask, generation.max_new_tokens, eos_token_id, pad_token_id,
                                       generator, generation.temperature, generation.top_k, generation.top_p,
-                                      greedy=greedy))
+                                      greedy=greedy, stop=stop))
     return concat_responses(parts, pad_token_id)
 
 

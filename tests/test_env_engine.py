@@ -1,0 +1,250 @@
+"""The engine with an environment: GAE over action tokens, the action mask, one-turn episodes reproducing the
+prompts-plus-rewards path bit for bit, multi-turn rollouts (exact first ratio, turn rewards, observations as
+context, stop strings, metrics) and environment faults handled like reward faults."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from pydantic import BaseModel
+
+from ppo_core import EnvReset, EnvStep, Environment, Reward, hookimpl
+from ppo_core.commands.train import build_run, make_scorer, next_prompt_batch, train
+from ppo_core.config import load_config
+from ppo_core.errors import EnvironmentPluginError
+from ppo_core.ppo.functional import gae, gae_over_actions
+from ppo_core.runtime.metrics import read_metrics
+
+TIMING_KEYS = ("time/", "tokens_per_s")
+
+
+# ---- GAE over action tokens (docs/design.md, Eq. 14) -------------------------------------------------------------
+def test_gae_over_actions_by_hand():
+    """Actions at 0, 1 and 4; 2-3 are an observation, 5 padding. gamma 0.9, lambda 0.5 (gamma*lambda 0.45):
+    delta_4 = 2 - 0.25 = 1.75; delta_1 = 1 + 0.9 * V_4 - V_1 = 0.725 (the value after turn 1's last action is
+    the value at turn 2's first); delta_0 = 0.5 + 0.9 * 0.5 - 1 = -0.05. A_4 = 1.75, A_1 = 0.725 + 0.45 * 1.75
+    = 1.5125, A_0 = -0.05 + 0.45 * 1.5125 = 0.630625; R = A + V."""
+    rewards = torch.tensor([[0.5, 1.0, 9.0, 9.0, 2.0, 9.0]])
+    values = torch.tensor([[1.0, 0.5, 7.0, 7.0, 0.25, 7.0]])
+    actions = torch.tensor([[True, True, False, False, True, False]])
+    advantages, returns = gae_over_actions(rewards, values, actions, gamma=0.9, lam=0.5)
+    torch.testing.assert_close(advantages, torch.tensor([[0.630625, 1.5125, 0.0, 0.0, 1.75, 0.0]]))
+    torch.testing.assert_close(returns, torch.tensor([[1.630625, 2.0125, 0.0, 0.0, 2.0, 0.0]]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gae_over_actions_is_gae_on_the_action_tokens_packed_together(seed):
+    generator = torch.Generator().manual_seed(seed)
+    rewards, values = torch.randn(4, 12, generator=generator), torch.randn(4, 12, generator=generator)
+    actions = torch.rand(4, 12, generator=generator) < 0.6
+    advantages, returns = gae_over_actions(rewards, values, actions, gamma=0.95, lam=0.9)
+    for row in range(4):
+        kept = actions[row]
+        n = int(kept.sum())
+        packed = gae(rewards[row:row + 1, kept], values[row:row + 1, kept], torch.ones(1, n), 0.95, 0.9)
+        torch.testing.assert_close(advantages[row, kept], packed[0][0])
+        torch.testing.assert_close(returns[row, kept], packed[1][0])
+        assert not advantages[row, ~kept].any() and not returns[row, ~kept].any()
+
+
+def test_gae_over_actions_without_gaps_is_gae_bit_for_bit():
+    generator = torch.Generator().manual_seed(3)
+    rewards, values = torch.randn(3, 9, generator=generator), torch.randn(3, 9, generator=generator)
+    mask = torch.arange(9)[None, :] < torch.tensor([[9], [4], [1]])  # real tokens, then padding
+    for got, expected in zip(gae_over_actions(rewards, values, mask, 1.0, 0.95), gae(rewards, values, mask, 1.0, 0.95)):
+        assert torch.equal(got, expected)
+
+
+# ---- test plugins ----------------------------------------------------------------------------------------------
+class OneTurn(Environment):
+    """Today's case as an environment: the record's prompt, one answer, done."""
+
+    name = "one_turn"
+
+    def reset(self, records):
+        return EnvReset(states=[None] * len(records), prompts=[list(r.messages) for r in records])
+
+    def step(self, states, responses):
+        n = len(states)
+        return EnvStep(states=list(states), observations=[None] * n, rewards=[None] * n, done=[True] * n)
+
+
+class RetryOptions(BaseModel):
+    fail_at_turn: int = 0  # raise in step at this turn (0: never)
+    sleep_s: float = 0.0
+
+
+class Retry(Environment):
+    """Answer with an 'a'; otherwise 'try again!' and another turn. Turn rewards: 1.0 for an 'a', else -0.5."""
+
+    name = "retry"
+    Options = RetryOptions
+
+    def reset(self, records):
+        return EnvReset(states=[{"turn": 0} for _ in records], prompts=[r.prompt_text for r in records])
+
+    def step(self, states, responses):
+        states = [{"turn": s["turn"] + 1} for s in states]
+        if states and states[0]["turn"] == self.options.fail_at_turn:
+            time.sleep(self.options.sleep_s)
+            raise RuntimeError("the game broke")
+        right = ["a" in r for r in responses]
+        return EnvStep(states=states, observations=[None if ok else " try again! " for ok in right],
+                       rewards=[1.0 if ok else -0.5 for ok in right], done=right, success=right,
+                       tool_calls=[1] * len(states))
+
+
+class Length(Reward):
+    name = "length_share"
+
+    def __call__(self, samples):
+        return [len(s.response) / 16 for s in samples]
+
+
+class EnvPlugin:
+    @hookimpl
+    def register_environments(self, register):
+        register(OneTurn)
+        register(Retry)
+
+    @hookimpl
+    def register_rewards(self, register):
+        register(Length)
+
+
+PLUGINS = [("env_test_plugin", EnvPlugin())]
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir):
+    return tiny_model_dir
+
+
+def make_config(model_dir, run_dir, *overrides):
+    base = {
+        "model": {"path": str(model_dir)},
+        "data": {"dataset": "reverse", "options": {"size": 64}, "max_prompt_tokens": 32},
+        "rewards": [{"name": "length_share"}],
+        "ppo": {"rollout_batch_size": 8, "minibatch_size": 4, "epochs": 2, "kl": {"coef": 0.01}},
+        "generation": {"max_new_tokens": 8},
+        "optim": {"lr": 1e-3, "schedule": "constant"},
+        "train": {"updates": 2, "output_dir": str(run_dir), "progress": "none", "seed": 0},
+        "plugins": {"allow": ["env_test_plugin", "datasets"]},
+    }
+    return load_config(None, list(overrides), base=base)
+
+
+def without(records, prefixes):
+    return [{k: v for k, v in r.items() if not k.startswith(prefixes)} for r in records]
+
+
+# ---- one turn: today's training, bit for bit -----------------------------------------------------------------------
+def test_a_one_turn_environment_reproduces_the_prompts_plus_rewards_path(tiny_model, tmp_path):
+    train(make_config(tiny_model, tmp_path / "plain"), extra_plugins=PLUGINS)
+    train(make_config(tiny_model, tmp_path / "env", "environment.name=one_turn", "environment.isolation=none"),
+          extra_plugins=PLUGINS)
+    plain = read_metrics(tmp_path / "plain" / "metrics.jsonl")
+    env = read_metrics(tmp_path / "env" / "metrics.jsonl")
+    assert without(plain, TIMING_KEYS) == without(env, TIMING_KEYS + ("env/",))
+    assert [m["env/turns_mean"] for m in env] == [1.0, 1.0] and [m["env/truncated_rate"] for m in env] == [0.0, 0.0]
+
+
+# ---- several turns -----------------------------------------------------------------------------------------------
+def multi_turn_run(tiny_model, tmp_path, *overrides):
+    config = make_config(tiny_model, tmp_path / "run", "environment.name=retry", "environment.max_turns=3",
+                         "environment.isolation=none", *overrides)
+    return build_run(config, PLUGINS)
+
+
+def test_multi_turn_rollout_masks_observations_and_puts_turn_rewards_on_last_actions(tiny_model, tmp_path):
+    run = multi_turn_run(tiny_model, tmp_path, "ppo.kl.coef=0", "ppo.whiten_advantages=false")
+    engine, scorer = run.engine, make_scorer(run.composer, run.tokenizer)
+    batch = next_prompt_batch(run)
+    episodes = engine.episodes.play(engine.model.policy, batch.records, batch.states, torch.Generator().manual_seed(0))
+    assert episodes.action_mask.dtype == torch.bool
+    observation = run.tokenizer(" try again! ", add_special_tokens=False)["input_ids"]
+    for row, sample in enumerate(episodes.samples):
+        tokens = episodes.tokens[row][episodes.mask[row]].tolist()
+        actions = episodes.action_mask[row][episodes.mask[row]].tolist()
+        context = [t for t, is_action in zip(tokens, actions) if not is_action]
+        assert context == observation * (len(sample.turns) - 1)  # every observation, and nothing else
+        assert sample.response == sample.turns[-1]
+        assert [m.role for m in sample.transcript][1:] == ["assistant", "user"] * (len(sample.turns) - 1) + ["assistant"]
+        rewards = episodes.turn_rewards[row]
+        assert sorted(rewards[rewards != 0].tolist()) == sorted([1.0 if "a" in t else -0.5 for t in sample.turns])
+    assert (episodes.turn_rewards[~episodes.action_mask] == 0).all()
+    assert 1 < sum(len(s.turns) for s in episodes.samples) / len(episodes.samples) <= 3  # some took several turns
+
+    rollout, stats = engine.collect_rollout(batch, scorer)
+    assert torch.equal(rollout.action_mask.bool() & ~rollout.response_mask.bool(),
+                       torch.zeros_like(rollout.action_mask.bool()))
+    assert (rollout.advantages[~rollout.action_mask.bool()] == 0).all()
+    assert {"env/success_rate", "env/turns_mean", "env/tool_calls", "env/truncated_rate", "env/turn_reward/1",
+            "env/errors"} <= set(stats)
+    assert stats["env/tool_calls"] == stats["env/turns_mean"]  # one call per turn
+
+
+def test_first_minibatch_ratio_is_exactly_one_on_multi_turn_batches(tiny_model, tmp_path):
+    run = multi_turn_run(tiny_model, tmp_path)
+    rollout, stats = run.engine.collect_rollout(next_prompt_batch(run), make_scorer(run.composer, run.tokenizer))
+    assert stats["env/turns_mean"] > 1
+    seen = []
+    original = run.engine._loss
+
+    def record(rollout_, rows):
+        loss, step_stats = original(rollout_, rows)
+        seen.append(step_stats)
+        return loss, step_stats
+
+    run.engine._loss = record
+    run.engine.optimise(rollout)
+    assert seen[0]["approx_kl"] == 0.0 and seen[0]["clipfrac"] == 0.0
+    assert any(s["approx_kl"] > 0 for s in seen[1:])
+
+
+def test_stop_strings_end_a_turn_and_the_token_limits_truncate(tiny_model, tmp_path):
+    stops = ["I", "c", "d", "e", "h", "v"]  # one character = one token of the tiny model's tokenizer
+    run = multi_turn_run(tiny_model, tmp_path, f"environment.stop_strings={stops}", "environment.max_episode_tokens=20")
+    batch = next_prompt_batch(run)
+    episodes = run.engine.episodes.play(run.model.policy, batch.records, batch.states, torch.Generator().manual_seed(1))
+    turns = [turn for sample in episodes.samples for turn in sample.turns]
+    assert not any(stop in turn[:-1] for stop in stops for turn in turns)  # a turn ends right after one (kept)
+    assert any(turn[-1:] in stops for turn in turns)
+    assert all(int(episodes.mask[row].sum()) <= 20 for row in range(len(episodes.samples)))
+    assert episodes.stats["env/truncated_rate"] > 0
+
+
+# ---- faults ---------------------------------------------------------------------------------------------------------
+def test_an_environment_that_raises_is_named_with_its_plugin_turn_and_episode(tiny_model, tmp_path):
+    run = multi_turn_run(tiny_model, tmp_path, "environment.options={fail_at_turn: 1}")
+    with pytest.raises(EnvironmentPluginError, match=r"environment 'retry' \(plugin 'env_test_plugin'\) raised "
+                                                     r"RuntimeError in step at turn 1 on episode 0 \(prompt "
+                                                     r"'reverse: .*'\): the game broke"):
+        run.engine.collect_rollout(next_prompt_batch(run), make_scorer(run.composer, run.tokenizer))
+
+
+@pytest.mark.parametrize("on_error, reward", [("skip", None), ("-1.0", -1.0)])
+def test_on_error_ends_the_running_episodes_and_counts_the_fault(tiny_model, tmp_path, on_error, reward):
+    run = multi_turn_run(tiny_model, tmp_path, "environment.options={fail_at_turn: 2}",
+                         f"environment.on_error={on_error}")
+    rollout, stats = run.engine.collect_rollout(next_prompt_batch(run), make_scorer(run.composer, run.tokenizer))
+    assert stats["env/errors"] == 1.0 and stats["env/turns_mean"] <= 2
+    assert stats.get("env/turn_reward/2") == reward
+
+
+def test_a_hanging_environment_times_out_in_its_worker_process(tiny_model, tmp_path):
+    config = make_config(tiny_model, tmp_path / "run", "environment.name=retry", "environment.max_turns=3",
+                         "environment.options={fail_at_turn: 1, sleep_s: 30}", "environment.timeout_s=1")
+    run = build_run(config, PLUGINS)
+    try:
+        started = time.perf_counter()
+        with pytest.raises(EnvironmentPluginError, match=r"environment 'retry' \(plugin 'env_test_plugin'\) did "
+                                                         r"not answer within timeout_s=1 .* in step at turn 1 on a "
+                                                         r"batch of 8 episodes"):
+            run.engine.collect_rollout(next_prompt_batch(run), make_scorer(run.composer, run.tokenizer))
+        assert time.perf_counter() - started < 20
+    finally:
+        run.episodes.close()
+        run.composer.close()
