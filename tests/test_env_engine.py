@@ -74,6 +74,7 @@ class OneTurn(Environment):
 class RetryOptions(BaseModel):
     fail_at_turn: int = 0  # raise in step at this turn (0: never)
     sleep_s: float = 0.0
+    silent: bool = False  # no observation: the next turn follows the answer directly
 
 
 class Retry(Environment):
@@ -91,7 +92,8 @@ class Retry(Environment):
             time.sleep(self.options.sleep_s)
             raise RuntimeError("the game broke")
         right = ["a" in r for r in responses]
-        return EnvStep(states=states, observations=[None if ok else " try again! " for ok in right],
+        feedback = None if self.options.silent else " try again! "
+        return EnvStep(states=states, observations=[None if ok else feedback for ok in right],
                        rewards=[1.0 if ok else -0.5 for ok in right], done=right, success=right,
                        tool_calls=[1] * len(states))
 
@@ -216,6 +218,26 @@ def test_stop_strings_end_a_turn_and_the_token_limits_truncate(tiny_model, tmp_p
     assert episodes.stats["env/truncated_rate"] > 0
 
 
+@pytest.mark.parametrize("silent", [False, True])
+def test_continuing_from_the_kv_cache_samples_what_re_encoding_samples(tiny_model, tmp_path, silent):
+    """Turn 2 onwards continues each chunk's KV cache (finished rows and turns' padding masked out, a row with no
+    observation continuing from its last real token) instead of re-encoding the transcripts: greedy, the same
+    episodes. (Sampled ones differ once some episodes are done: the cache keeps their rows, which draw from the
+    generator too.)"""
+    run = multi_turn_run(tiny_model, tmp_path, "generation.batch_size=3", "environment.max_episode_tokens=64",
+                         f"environment.options={{silent: {str(silent).lower()}}}")
+    batch = next_prompt_batch(run)
+    runner = run.engine.episodes
+    played = {}
+    for reuse_cache in (True, False):
+        runner.reuse_cache = reuse_cache
+        played[reuse_cache] = runner.play(run.model.policy, batch.records, batch.states, None, greedy=True)
+    cached, encoded = played[True], played[False]
+    assert max(len(s.turns) for s in cached.samples) >= 3
+    assert torch.equal(cached.tokens, encoded.tokens) and torch.equal(cached.action_mask, encoded.action_mask)
+    assert [s.turns for s in cached.samples] == [s.turns for s in encoded.samples]
+
+
 # ---- faults ---------------------------------------------------------------------------------------------------------
 def test_an_environment_that_raises_is_named_with_its_plugin_turn_and_episode(tiny_model, tmp_path):
     run = multi_turn_run(tiny_model, tmp_path, "environment.options={fail_at_turn: 1}")
@@ -248,3 +270,77 @@ def test_a_hanging_environment_times_out_in_its_worker_process(tiny_model, tmp_p
     finally:
         run.episodes.close()
         run.composer.close()
+
+
+# ---- turns as tokens, own episodes, resume ---------------------------------------------------------------------------
+def test_observations_go_through_the_chat_template_when_the_tokenizer_has_one(tiny_model):
+    from transformers import AutoTokenizer
+
+    from ppo_core import Record
+    from ppo_core.config import DataConfig
+    from ppo_core.data.prompts import encode_records
+    from ppo_core.data.turns import encode_first_prompts, observation_ids, render_observation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert render_observation("try again", tokenizer, chat_template=True) == "try again"  # no template: plain text
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}|{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert render_observation("try again", tokenizer, chat_template=True) == "<user>try again|<assistant>"
+    assert render_observation([{"role": "tool", "content": "42"}], tokenizer, True) == "<tool>42|<assistant>"
+    assert render_observation("try again", tokenizer, chat_template=False) == "try again"
+    assert observation_ids("ab", tokenizer, False) == tokenizer("ab", add_special_tokens=False)["input_ids"]
+    record = Record.from_dict({"prompt": "reverse: abc =", "solution": "cba", "level": 2})
+    config = DataConfig(dataset="x")
+    first = encode_first_prompts(["reverse: abc ="], [record], tokenizer, config)[0]
+    assert first.ids == encode_records([record], tokenizer, config)[0].ids  # text is a user turn, encoded alike
+    assert first.record.solution == "cba" and first.record.fields == {"level": 2}
+
+
+class OwnEpisodes(OneTurn):
+    name = "own_episodes"
+
+    def records(self, split):
+        from ppo_core import Record
+
+        for n in range(4):
+            yield Record.from_dict({"prompt": f"count to {n} =", "solution": str(n)})
+
+
+class OwnPlugin:
+    @hookimpl
+    def register_environments(self, register):
+        register(OwnEpisodes)
+
+
+def test_an_environment_brings_its_own_episodes_when_no_dataset_is_set(tiny_model, tmp_path):
+    from ppo_core.errors import ConfigError
+
+    config = make_config(tiny_model, tmp_path / "run", "environment.name=own_episodes", "environment.isolation=none",
+                         "plugins.allow=[env_test_plugin, own_plugin]")
+    config = config.model_copy(update={"data": config.data.model_copy(update={"dataset": None})})
+    run = build_run(config, PLUGINS + [("own_plugin", OwnPlugin())])
+    batch = next_prompt_batch(run)
+    assert sorted(p.record.solution for p in batch.records) == ["0", "0", "1", "1", "2", "2", "3", "3"]
+    run.composer.close()
+    retry = config.model_copy(update={"environment": config.environment.model_copy(update={"name": "retry"})})
+    with pytest.raises(ConfigError, match=r"data.dataset: Field required \(environment 'retry' of plugin "
+                                          r"'env_test_plugin' makes no episodes of its own\)"):
+        build_run(retry, PLUGINS + [("own_plugin", OwnPlugin())])
+
+
+def test_a_multi_turn_run_resumes_exactly(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    turns = ("environment.name=retry", "environment.max_turns=3", "environment.isolation=none",
+             "train.updates=4", "train.save_every=2")
+    final_straight = train(make_config(tiny_model, tmp_path / "straight", *turns), extra_plugins=PLUGINS)
+    interrupted = make_config(tiny_model, tmp_path / "resumed", *turns)
+    train(interrupted.model_copy(update={"train": interrupted.train.model_copy(update={"updates": 3})}),
+          extra_plugins=PLUGINS)
+    final_resumed = train(interrupted, resume=True, extra_plugins=PLUGINS)
+    straight = without(read_metrics(tmp_path / "straight" / "metrics.jsonl"), TIMING_KEYS)
+    resumed = without(read_metrics(tmp_path / "resumed" / "metrics.jsonl"), TIMING_KEYS)
+    assert [m["update"] for m in resumed] == [1, 2, 3, 4] and straight == resumed
+    assert max(m["env/turns_mean"] for m in straight) > 1
+    a, b = load_file(final_straight / "model.safetensors"), load_file(final_resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

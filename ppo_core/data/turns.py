@@ -17,8 +17,10 @@ _BEFORE = ({"role": "user", "content": "x"}, {"role": "assistant", "content": "y
 
 
 def as_messages(turn: TurnValue, role: str = "user") -> list[Message]:
-    """Text is one message of ``role``; messages stay as they are."""
-    return [Message(role=role, content=turn)] if isinstance(turn, str) else list(turn)
+    """Text is one message of ``role``; messages (``Message`` or ``{"role", "content"}``) stay as they are."""
+    if isinstance(turn, str):
+        return [Message(role=role, content=turn)]
+    return [m if isinstance(m, Message) else Message.model_validate(m) for m in turn]
 
 
 def encode_first_prompts(prompts: Sequence[TurnValue], records: Sequence[Record], tokenizer,

@@ -2,7 +2,8 @@
 
 Each turn samples every running episode with the one sampler (:func:`~ppo_core.ppo.rollout.generate_responses`)
 until eos, a stop string or the turn's token limit; the environment's ``step`` answers the turn, and an
-observation is tokenised (:mod:`ppo_core.data.turns`) and appended. The result is a :class:`Episodes`: each
+observation is tokenised (:mod:`ppo_core.data.turns`) and appended. The next turn continues from the KV cache
+the sampler kept (only the observation is encoded), or, with ``reuse_cache=False``, re-encodes each transcript. The result is a :class:`Episodes`: each
 episode's tokens after its first prompt (answers and observations, right-padded), the action mask (the answers'
 tokens: only they are trained on), each turn's environment reward on its last action token, the samples the
 rewards score (the whole episode: ``Sample.transcript`` and ``Sample.turns``) and the ``env/*`` statistics.
@@ -47,6 +48,7 @@ class Episode:
     turn_rewards: list[Optional[float]] = field(default_factory=list)
     turn_ends: list[int] = field(default_factory=list)  # index in ``tokens`` of each turn's last action token
     transcript: list[Message] = field(default_factory=list)
+    unfed: list[int] = field(default_factory=list)  # observation tokens the sampler's cache does not hold yet
     ended_by_itself: bool = True  # the last turn ended with eos or a stop string
     done: bool = False
     truncated: bool = False
@@ -58,8 +60,9 @@ class EpisodeRunner:
     """Plays the configured environment's episodes with a policy; ``reset`` starts them, ``play`` runs them."""
 
     def __init__(self, environment: GuardedEnvironment, config: EnvironmentConfig, data: DataConfig,
-                 generation: GenerationConfig, tokenizer):
+                 generation: GenerationConfig, tokenizer, reuse_cache: bool = True):
         self.environment = environment
+        self.reuse_cache = reuse_cache
         self.config = config
         self.data = data
         self.generation = generation
@@ -82,26 +85,43 @@ class EpisodeRunner:
         episodes = [Episode(prompt, state, transcript=list(prompt.record.messages))
                     for prompt, state in zip(prompts, states)]
         errors_before = self.environment.errors
+        states = None  # the sampler's KV caches, continued turn after turn
         for turn in range(1, self.config.max_turns + 1):
             running = [episode for episode in episodes if not episode.done]
             if not running:
                 break
-            self._answer(policy, running, generator, greedy)
+            states = self._answer(policy, episodes, running, generator, greedy, states)
             self._observe(running, turn)
         return self._result(episodes, policy, self.environment.errors - errors_before)
 
-    def _answer(self, policy: nn.Module, running: list[Episode], generator, greedy: bool) -> None:
-        """One turn of the model for every running episode, within the turn's and the episode's token limits."""
-        limits = [min(self.turn_tokens, self.episode_tokens - len(e.tokens)) for e in running]
+    def _answer(self, policy: nn.Module, episodes: list[Episode], running: list[Episode], generator, greedy: bool,
+                states: Optional[list]) -> Optional[list]:
+        """One turn of the model for every running episode, within the turn's and the episode's token limits.
+        Continuing ``states`` (every episode's row, the finished ones sampling nothing), only the observations
+        are encoded; otherwise each running episode's transcript is. Returns the states to continue from."""
+        limit = {id(e): min(self.turn_tokens, self.episode_tokens - len(e.tokens)) for e in running}
+        running_rows = None
+        if states is None or not self.reuse_cache:
+            rows = running
+            inputs = [e.prompt.ids + e.tokens for e in rows]
+        else:
+            rows = episodes
+            inputs = [[] if e.done else e.unfed for e in rows]
+            running_rows = torch.tensor([not e.done for e in rows])
+        for episode in rows:
+            episode.unfed = []
         device = next(policy.parameters()).device
-        input_ids, attention_mask = left_pad([e.prompt.ids + e.tokens for e in running], self.tokenizer.pad_token_id)
-        generation = self.generation.model_copy(update={"max_new_tokens": max(limits)})
-        responses = generate_responses(policy, input_ids.to(device), attention_mask.to(device), generation,
-                                       self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, generator, greedy,
-                                       self.stop)
+        input_ids, attention_mask = left_pad(inputs, self.tokenizer.pad_token_id)
+        generation = self.generation.model_copy(update={"max_new_tokens": max(limit.values())})
+        responses = generate_responses(
+            policy, input_ids.to(device), attention_mask.to(device), generation, self.tokenizer.eos_token_id,
+            self.tokenizer.pad_token_id, generator, greedy, self.stop, states=states if self.reuse_cache else None,
+            running=None if running_rows is None else running_rows.to(device), keep_states=self.reuse_cache)
         lengths = responses.mask.sum(1).tolist()
-        for episode, row, length, limit in zip(running, responses.tokens.tolist(), lengths, limits):
-            self._record_answer(episode, row[:min(int(length), limit)])
+        for episode, row, length in zip(rows, responses.tokens.tolist(), lengths):
+            if not episode.done:
+                self._record_answer(episode, row[:min(int(length), limit[id(episode)])])
+        return responses.states
 
     def _record_answer(self, episode: Episode, ids: list[int]) -> None:
         eos = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
@@ -133,6 +153,7 @@ class EpisodeRunner:
                 continue
             episode.tokens += ids
             episode.actions += [False] * len(ids)
+            episode.unfed = ids
             if observation:
                 episode.transcript += as_messages(observation)
 
