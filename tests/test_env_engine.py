@@ -344,3 +344,36 @@ def test_a_multi_turn_run_resumes_exactly(tiny_model, tmp_path):
     assert max(m["env/turns_mean"] for m in straight) > 1
     a, b = load_file(final_straight / "model.safetensors"), load_file(final_resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sft_learns_the_assistant_turns_of_multi_turn_records_only(tiny_model, tmp_path):
+    """`ppo-core sft` on transcripts: the prompt is the conversation up to the first assistant turn; each
+    assistant turn (+ eos) is a target; the turns between are context, tokenised as an episode's observations."""
+    import json
+
+    from ppo_core import Record
+    from ppo_core.commands.sft import IGNORE_INDEX, build_batch, train_sft
+    from ppo_core.modeling.loading import load_tokenizer
+
+    records = [{"messages": [{"role": "user", "content": "reverse: ab ="}, {"role": "assistant", "content": "ab"},
+                             {"role": "user", "content": " try again! "}, {"role": "assistant", "content": "ba"}]},
+               {"prompt": "reverse: xyz =", "solution": "zyx"}]  # a one-turn record in the same batch
+    data = tmp_path / "transcripts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records * 8))
+    config = make_config(tiny_model, tmp_path / "run", f"data.options={{path: {data}}}", "data.dataset=jsonl",
+                         "sft.steps=3", "sft.batch_size=4", "sft.max_response_tokens=32", "plugins.allow=[datasets]")
+    config = config.model_copy(update={"rewards": []})
+    tokenizer = load_tokenizer(str(tiny_model))
+    batch = build_batch([Record.from_dict(r) for r in records], tokenizer, config)
+    P = batch.prompt_length
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos = tokenizer.eos_token_id
+    assert batch.input_ids[0, P:].tolist()[:18] == ids("ab") + [eos] + ids(" try again! ") + ids("ba") + [eos]
+    assert batch.labels[0, P:].tolist()[:18] == ids("ab") + [eos] + [IGNORE_INDEX] * 12 + ids("ba") + [eos]
+    assert batch.labels[1, P:].tolist()[:4] == ids("zyx") + [eos]
+    assert batch.response_tokens == 6 + 4
+    prompt = batch.input_ids[0, :P][batch.attention_mask[0, :P].bool()].tolist()
+    assert prompt == tokenizer("reverse: ab =")["input_ids"]  # the first user turn only
+    final = train_sft(config)
+    losses = [m["loss"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert len(losses) == 3 and all(loss == loss and loss > 0 for loss in losses) and final.is_dir()

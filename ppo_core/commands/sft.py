@@ -4,7 +4,12 @@ Each record becomes one sequence laid out exactly as a PPO rollout lays it out:
 
     [ left-padded prompt (ppo_core.data.prompts.encode_records: the ids the rollout sees) | solution + eos, right-padded ]
 
-and the loss is the token-mean negative log-likelihood of the response tokens only:
+A multi-turn record (``messages`` holding assistant turns after the first user turn) is laid out as an
+environment's episode (``ppo_core.data.turns.transcript_targets``): the prompt is the conversation up to the
+first assistant turn, the response every later turn, and only the assistant turns' tokens (each + eos) are
+targets; the user or tool turns between them are context, tokenised as an episode's observations.
+
+The loss is the token-mean negative log-likelihood of the target tokens only:
 
     L_SFT = -(1/N) * sum_{t in response} log pi_theta(y_t | prompt, y_<t),   N = number of response tokens
 
@@ -31,6 +36,7 @@ from torch import nn
 from ..config import RunConfig
 from ..data.prompts import encode_records, left_pad
 from ..data.stream import PromptStream, take_records
+from ..data.turns import assistant_turns_start, transcript_targets
 from ..errors import DataError
 from ..modeling.loading import disable_dropout, fit_to_context, load_causal_lm, save_model
 from ..plugin.contract import Record
@@ -76,7 +82,10 @@ class SFTBatch:
 
 
 def target_solution(record: Record, where: str = "dataset") -> str:
-    """The solution SFT imitates: the record's solution, or the first one when it lists several."""
+    """The solution SFT imitates: the record's solution, or the first one when it lists several (a multi-turn
+    record's assistant turns need none: the empty string)."""
+    if assistant_turns_start(record) is not None:
+        return ""
     solutions = record.solutions
     if not solutions:
         prompt = record.prompt_text if len(record.prompt_text) <= 60 else record.prompt_text[:57] + "..."
@@ -93,17 +102,27 @@ def response_ids(solution: str, tokenizer, max_tokens: Optional[int] = None) -> 
 def build_batch(records: Sequence[Record], tokenizer, config: RunConfig, where: str = "dataset") -> SFTBatch:
     """Tokenize records into an :class:`SFTBatch` whose prompt part is exactly the PPO rollout's prompt batch."""
     max_response = config.sft.max_response_tokens or config.generation.max_new_tokens
-    encoded = encode_records(records, tokenizer, config.data)
+    prompts, responses, targets = [], [], []
+    for record in records:
+        if assistant_turns_start(record) is None:
+            prompt, ids = record, response_ids(target_solution(record, where), tokenizer)
+            is_target = [True] * len(ids)
+        else:
+            prompt, ids, is_target = transcript_targets(record, tokenizer, config.data.chat_template)
+        prompts.append(prompt)
+        responses.append(ids[:max_response])
+        targets.append(is_target[:max_response])
+    encoded = encode_records(prompts, tokenizer, config.data)
     prompt_ids, prompt_mask = left_pad([p.ids for p in encoded], tokenizer.pad_token_id)
-    responses = [response_ids(target_solution(p.record, where), tokenizer, max_response) for p in encoded]
     width = max(len(r) for r in responses)
     response = torch.full((len(responses), width), tokenizer.pad_token_id, dtype=torch.long)
     response_mask = torch.zeros((len(responses), width), dtype=torch.long)
-    for i, ids in enumerate(responses):
+    response_labels = torch.full((len(responses), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (ids, is_target) in enumerate(zip(responses, targets)):
         response[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         response_mask[i, : len(ids)] = 1
-    labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX),
-                        response.masked_fill(response_mask == 0, IGNORE_INDEX)], dim=1)
+        response_labels[i, : len(ids)] = torch.where(torch.tensor(is_target), response[i, : len(ids)], IGNORE_INDEX)
+    labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), response_labels], dim=1)
     return SFTBatch(torch.cat([prompt_ids, response], dim=1), torch.cat([prompt_mask, response_mask], dim=1),
                     labels, prompt_ids.size(1))
 

@@ -1,9 +1,10 @@
 """An environment's turns as token ids: its first prompts (the one prompt encoding, :func:`encode_records`) and
-the observations appended between two of the model's turns (docs/design.md, "Environments")."""
+the observations appended between two of the model's turns (docs/design.md, "Environments"); multi-turn SFT
+records laid out the same way."""
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 from ..config import DataConfig
 from ..plugin.contract import Message, Record
@@ -50,3 +51,32 @@ def observation_ids(observation: TurnValue, tokenizer, chat_template: bool) -> l
     """The observation's token ids (no special tokens added: the template writes its own)."""
     return list(tokenizer(render_observation(observation, tokenizer, chat_template),
                           add_special_tokens=False)["input_ids"])
+
+
+def assistant_turns_start(record: Record) -> Optional[int]:
+    """The index of a record's first assistant message after a prompt (a multi-turn transcript), else None."""
+    return next((i for i, m in enumerate(record.messages) if m.role == "assistant" and i > 0), None)
+
+
+def transcript_targets(record: Record, tokenizer, chat_template: bool) -> tuple[Record, list[int], list[bool]]:
+    """A multi-turn record as SFT learns it, laid out as an environment's episode: the record up to its first
+    assistant message (the prompt), then each assistant message + eos (targets) and the messages between two of
+    them as an observation (context, :func:`observation_ids`). Messages after the last assistant one are dropped
+    unless the record has a solution, which then ends the transcript as a last assistant turn."""
+    start = assistant_turns_start(record)
+    ids: list[int] = []
+    targets: list[bool] = []
+    between: list[Message] = []
+    rest = list(record.messages[start:])
+    if record.solutions and rest[-1].role != "assistant":
+        rest.append(Message(role="assistant", content=record.solutions[0]))
+    for message in rest:
+        if message.role != "assistant":
+            between.append(message)
+            continue
+        if between:
+            context = observation_ids(between, tokenizer, chat_template)
+            ids, targets, between = ids + context, targets + [False] * len(context), []
+        answer = list(tokenizer(message.content, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+        ids, targets = ids + answer, targets + [True] * len(answer)
+    return record.model_copy(update={"messages": list(record.messages[:start])}), ids, targets
