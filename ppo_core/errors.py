@@ -30,6 +30,10 @@ class RewardError(PluginError):
     """A reward failed on a batch: names the plugin, the reward and the sample."""
 
 
+class EnvironmentPluginError(PluginError):
+    """An environment failed on a batch of episodes: names the plugin, the environment, the call and the episode."""
+
+
 class TrainingError(UserError):
     """Training cannot go on (for example, too many non-finite steps in a row)."""
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import ppo_core.ppo.advantages as A
 import ppo_core.ppo.functional as F
 from ppo_core.commands.train import build_run, make_scorer, next_prompt_batch, train
 from ppo_core.config import load_config
@@ -25,7 +26,7 @@ GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
 # ---- Eq. 14-16: advantages ---------------------------------------------------------------------------------
 def test_grpo_divides_by_the_groups_std_and_counts_equal_groups():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
-    advantages, equal = F.group_relative_advantages(rewards, group_size=4)
+    advantages, equal = A.group_relative_advantages(rewards, group_size=4)
     # group 1: mean 0.5, unbiased std sqrt(4 * 0.25 / 3) = 1/sqrt(3): +-0.5 * sqrt(3); group 2 has nothing to compare
     a = 0.5 / (1 / math.sqrt(3) + 1e-6)
     torch.testing.assert_close(advantages, torch.tensor([a, -a, -a, a, 0.0, 0.0, 0.0, 0.0]))
@@ -34,7 +35,7 @@ def test_grpo_divides_by_the_groups_std_and_counts_equal_groups():
 
 def test_dr_grpo_keeps_the_scale_of_the_rewards():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
-    advantages, equal = F.group_relative_advantages(rewards, group_size=2, scale_by_std=False)
+    advantages, equal = A.group_relative_advantages(rewards, group_size=2, scale_by_std=False)
     expected = torch.tensor([0.5, -0.5, -0.5, 0.5, 1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     torch.testing.assert_close(advantages, expected)
     assert int(equal) == 3
@@ -44,18 +45,18 @@ def test_dr_grpo_keeps_the_scale_of_the_rewards():
 
 def test_rloo_subtracts_the_mean_of_the_other_samples():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 1.0, 5.0, 5.0])
-    advantages, equal = F.leave_one_out_advantages(rewards, group_size=4)
+    advantages, equal = A.leave_one_out_advantages(rewards, group_size=4)
     # r = 1: baseline (0 + 0 + 1) / 3; r = 0: (1 + 0 + 1) / 3; r = 3: (1 + 5 + 5) / 3; r = 1: (3 + 5 + 5) / 3 ...
     expected = torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 3 - 11 / 3, 1 - 13 / 3, 5 - 3.0, 5 - 3.0])
     torch.testing.assert_close(advantages, expected)
     assert int(equal) == 0
     # RLOO is n / (n - 1) times the group-centred reward
-    centred, _ = F.group_relative_advantages(rewards, 4, scale_by_std=False)
+    centred, _ = A.group_relative_advantages(rewards, 4, scale_by_std=False)
     torch.testing.assert_close(advantages, centred * 4 / 3)
 
 
-@pytest.mark.parametrize("estimator", [F.group_relative_advantages, F.leave_one_out_advantages,
-                                       lambda r, n: F.group_relative_advantages(r, n, scale_by_std=False)])
+@pytest.mark.parametrize("estimator", [A.group_relative_advantages, A.leave_one_out_advantages,
+                                       lambda r, n: A.group_relative_advantages(r, n, scale_by_std=False)])
 def test_groups_of_one_have_zero_advantage(estimator):
     advantages, equal = estimator(torch.tensor([0.3, -1.0, 2.0]), 1)
     assert torch.equal(advantages, torch.zeros(3)) and int(equal) == 3
@@ -64,13 +65,13 @@ def test_groups_of_one_have_zero_advantage(estimator):
 def test_reinforce_pp_discounts_the_per_token_rewards_to_the_rows_end():
     rewards = torch.tensor([[1.0, 2.0, 3.0, float("nan")], [4.0, 0.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
-    returns = F.discounted_returns(rewards, mask, gamma=0.5)
+    returns = A.discounted_returns(rewards, mask, gamma=0.5)
     # row 0: G2 = 3, G1 = 2 + 0.5 * 3, G0 = 1 + 0.5 * 3.5; the nan in the pad slot does not leak
     torch.testing.assert_close(returns, torch.tensor([[2.75, 3.5, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]]))
 
 
 def test_a_sequence_value_lands_on_every_real_token():
-    tokens = F.sequence_to_tokens(torch.tensor([2.0, -1.0]), torch.tensor([[1, 1, 0], [1, 0, 0]]))
+    tokens = A.sequence_to_tokens(torch.tensor([2.0, -1.0]), torch.tensor([[1, 1, 0], [1, 0, 0]]))
     assert torch.equal(tokens, torch.tensor([[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]]))
 
 

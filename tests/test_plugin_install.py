@@ -138,11 +138,6 @@ def test_the_example_custom_reward_plugin_installs_and_trains(tmp_path, tiny_mod
 
 # ---- the example environment plugin ---------------------------------------------------------------------------
 ECHO_DIST, ECHO_PLUGIN = "ppo-core-echo-environment", "echo_environment"
-# The engine side of issue 14 (multi-turn rollouts) lands separately: until the PPO engine runs an `environment:`
-# section, the training half of the example's test is skipped. The feature check: the engine package
-# (ppo_core/ppo) mentions environments at all.
-ENGINE_RUNS_ENVIRONMENTS = any("environment" in path.read_text(encoding="utf-8")
-                               for path in (REPO / "ppo_core" / "ppo").glob("*.py"))
 PLAY_ONE_EPISODE = """
 from ppo_core import RunContext
 from ppo_core.plugin.loading import load_plugins
@@ -175,8 +170,6 @@ def test_the_example_custom_environment_plugin_installs_lists_plays_and_uninstal
     assert ECHO_PLUGIN not in environments_of(plugins_json())
 
 
-@pytest.mark.skipif(not ENGINE_RUNS_ENVIRONMENTS, reason="the PPO engine does not run environments yet (issue 14's "
-                    "engine side: nothing in ppo_core/ppo mentions an environment)")
 def test_the_example_custom_environment_plugin_trains_two_updates(tmp_path, tiny_model):
     pip("install", "--no-deps", "--no-build-isolation", str(REPO / "examples" / "custom-environment-plugin"))
     try:

@@ -4,7 +4,12 @@ Each record becomes one sequence laid out exactly as a PPO rollout lays it out:
 
     [ left-padded prompt (ppo_core.data.prompts.encode_records: the ids the rollout sees) | solution + eos, right-padded ]
 
-and the loss is the token-mean negative log-likelihood of the response tokens only:
+A multi-turn record (``messages`` holding assistant turns after the first user turn) is laid out as an
+environment's episode (``ppo_core.data.turns.transcript_targets``): the prompt is the conversation up to the
+first assistant turn, the response every later turn, and only the assistant turns' tokens (each + eos) are
+targets; the user or tool turns between them are context, tokenised as an episode's observations.
+
+The loss is the token-mean negative log-likelihood of the target tokens only:
 
     L_SFT = -(1/N) * sum_{t in response} log pi_theta(y_t | prompt, y_<t),   N = number of response tokens
 
@@ -32,6 +37,7 @@ from ..config import RunConfig
 from ..config.sections import stop_condition_met
 from ..data.prompts import EncodedPrompt, encode_records, left_pad, long_prompt_stats
 from ..data.stream import PromptStream, take_records
+from ..data.turns import assistant_turns_start, transcript_targets
 from ..errors import DataError
 from ..modeling.loading import disable_dropout, fit_to_context, load_causal_lm, save_model
 from ..plugin.contract import Record
@@ -78,7 +84,10 @@ class SFTBatch:
 
 
 def target_solution(record: Record, where: str = "dataset") -> str:
-    """The solution SFT imitates: the record's solution, or the first one when it lists several."""
+    """The solution SFT imitates: the record's solution, or the first one when it lists several (a multi-turn
+    record's assistant turns need none: the empty string)."""
+    if assistant_turns_start(record) is not None:
+        return ""
     solutions = record.solutions
     if not solutions:
         prompt = record.prompt_text if len(record.prompt_text) <= 60 else record.prompt_text[:57] + "..."
@@ -101,16 +110,27 @@ def batch_of_prompts(encoded: Sequence[EncodedPrompt], tokenizer, config: RunCon
                      ) -> SFTBatch:
     """Encoded prompts, each followed by its record's solution + eos: an :class:`SFTBatch`."""
     max_response = config.sft.max_response_tokens or config.generation.max_new_tokens
-    prompt_ids, prompt_mask = left_pad([p.ids for p in encoded], tokenizer.pad_token_id)
-    responses = [response_ids(target_solution(p.record, where), tokenizer, max_response) for p in encoded]
+    prompts, responses, targets = [], [], []
+    for prompt in encoded:
+        if assistant_turns_start(prompt.record) is None:
+            ids = response_ids(target_solution(prompt.record, where), tokenizer)
+            is_target = [True] * len(ids)
+        else:  # a transcript: the prompt is the conversation before its first assistant turn
+            first, ids, is_target = transcript_targets(prompt.record, tokenizer, config.data.chat_template)
+            prompt = encode_records([first], tokenizer, config.data)[0]
+        prompts.append(prompt)
+        responses.append(ids[:max_response])
+        targets.append(is_target[:max_response])
+    prompt_ids, prompt_mask = left_pad([p.ids for p in prompts], tokenizer.pad_token_id)
     width = max(len(r) for r in responses)
     response = torch.full((len(responses), width), tokenizer.pad_token_id, dtype=torch.long)
     response_mask = torch.zeros((len(responses), width), dtype=torch.long)
-    for i, ids in enumerate(responses):
+    response_labels = torch.full((len(responses), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (ids, is_target) in enumerate(zip(responses, targets)):
         response[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         response_mask[i, : len(ids)] = 1
-    labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX),
-                        response.masked_fill(response_mask == 0, IGNORE_INDEX)], dim=1)
+        response_labels[i, : len(ids)] = torch.where(torch.tensor(is_target), response[i, : len(ids)], IGNORE_INDEX)
+    labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), response_labels], dim=1)
     return SFTBatch(torch.cat([prompt_ids, response], dim=1), torch.cat([prompt_mask, response_mask], dim=1),
                     labels, prompt_ids.size(1))
 

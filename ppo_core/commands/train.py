@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -19,6 +20,8 @@ from ..plugin.contract import RunContext
 from ..plugin.loading import PluginSet, load_plugins
 from ..ppo.actor_critic import ActorCritic, build_actor_critic
 from ..ppo.engine import PPOEngine, PromptBatch
+from ..ppo.environment import build_environment, records_source
+from ..ppo.episodes import EpisodeRunner, Episodes
 from ..ppo.rollout import Responses
 from ..rewards.composer import Composer, build_composer
 from ..rewards.hacking import HackingWatch
@@ -46,6 +49,7 @@ class Run:
     device: torch.device
     context: Optional[RunContext] = None
     dataset: Any = None
+    episodes: Optional[EpisodeRunner] = None  # the environment's episodes (config.environment)
     update: int = 0
     extra_state: dict = field(default_factory=dict)
 
@@ -79,8 +83,11 @@ def load_run_inputs(config: RunConfig, extra_plugins: Iterable = (), source: str
                                field="model.tokenizer" if config.model.tokenizer else "model.path")
     context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer,
                          policy_path=config.model.path, trust_remote_code=config.model.trust_remote_code)
-    dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
-                                     where=f"{source}: data.options", name_where=f"{source}: data.dataset")
+    if config.data.dataset is None:  # the environment's own episodes (the config allows it only with one)
+        dataset = records_source(config.environment, plugins.registry, context, source)
+    else:
+        dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
+                                         where=f"{source}: data.options", name_where=f"{source}: data.dataset")
     composer = build_composer(config.rewards, plugins.registry, context, source)
     return RunInputs(device, plugins, tokenizer, context, dataset, composer)
 
@@ -93,19 +100,34 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
                                                      inputs.dataset, inputs.composer)
     model = build_actor_critic(config.model, tokenizer, config.train.seed).to(device)
     reference = frozen_reference(model.policy)  # with LoRA: the policy with its adapters off
+    episodes = None
+    if config.environment is not None:
+        try:
+            environment = build_environment(config.environment, plugins.registry, inputs.context, source)
+        except BaseException:
+            composer.close()
+            raise
+        episodes = EpisodeRunner(environment, config.environment, config.data, config.generation, tokenizer)
     engine = PPOEngine(model, reference, config.ppo, config.generation, config.optim, config.train.updates,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       generator=generator, max_nonfinite_steps=config.train.max_nonfinite_steps)
-    prompts = PromptStream(dataset, "train", config.train.seed, config.data.shuffle, name=config.data.dataset)
-    return Run(config, plugins, tokenizer, model, engine, composer, prompts, device, inputs.context, dataset)
+                       generator=generator, max_nonfinite_steps=config.train.max_nonfinite_steps, episodes=episodes)
+    prompts = PromptStream(dataset, "train", config.train.seed, config.data.shuffle,
+                           name=config.data.dataset or f"environment '{config.environment.name}'")
+    return Run(config, plugins, tokenizer, model, engine, composer, prompts, device, inputs.context, dataset, episodes)
 
 
 def next_prompt_batch(run: Run) -> PromptBatch:
-    """``ppo.rollout_batch_size`` prompts, each repeated ``ppo.samples_per_prompt`` times in a row (a group)."""
-    prompts = run.prompts.take_prompts(run.config.ppo.rollout_batch_size, run.tokenizer, run.config.data)
-    encoded = [prompt for prompt in prompts for _ in range(run.config.ppo.samples_per_prompt)]
+    """``ppo.rollout_batch_size`` prompts, each repeated ``ppo.samples_per_prompt`` times in a row (a group); with
+    an environment, an episode for each (reset: its first prompt and state)."""
+    size, copies, states = run.config.ppo.rollout_batch_size, run.config.ppo.samples_per_prompt, None
+    if run.episodes is None:
+        prompts = run.prompts.take_prompts(size, run.tokenizer, run.config.data)
+        encoded = [prompt for prompt in prompts for _ in range(copies)]
+    else:
+        records = run.prompts.take(size)
+        encoded, states = run.episodes.reset([record for record in records for _ in range(copies)])
     input_ids, attention_mask = left_pad([p.ids for p in encoded], run.tokenizer.pad_token_id)
-    return PromptBatch(input_ids.to(run.device), attention_mask.to(run.device), encoded)
+    return PromptBatch(input_ids.to(run.device), attention_mask.to(run.device), encoded, states)
 
 
 @dataclass
@@ -121,8 +143,13 @@ class ComposerScorer:
         return self.composer.reads_reference_hidden
 
     def start(self, responses: Responses, records):
-        """Decode one chunk into samples and start its background rewards (the composer's workers)."""
-        samples = make_samples(records, responses.tokens, responses.mask, responses.stopped_by_eos, self.tokenizer)
+        """Decode one chunk (or an environment's finished episodes) into samples and start its background rewards
+        (the composer's workers)."""
+        if isinstance(responses, Episodes):
+            samples = responses.samples
+        else:
+            samples = make_samples(records, responses.tokens, responses.mask, responses.stopped_by_eos,
+                                   self.tokenizer)
         return records, self.composer.start(samples)
 
     def finish(self, handles, reference_hidden=None):
@@ -199,6 +226,16 @@ def load_checkpoint(run: Run, path: Path) -> int:
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
+@contextmanager
+def closing_episodes(run: Run) -> Iterator[None]:
+    """The environment's worker process stops with the run."""
+    try:
+        yield
+    finally:
+        if run.episodes is not None:
+            run.episodes.close()
+
+
 class UpdateLine:
     """PPO logs every update: the engine's statistics, the update's wall time and its throughput, and what the
     reward-hacking watch adds (:mod:`ppo_core.rewards.hacking`)."""
@@ -243,7 +280,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
     with claim_run_dir(config.train.output_dir, resume, overwrite) as run_dir:
         ckpt.check_resume_progress(run_dir.work, resume, config.train.updates, "update", "train.updates")
         run = build_run(config, extra_plugins, source)  # the old run stays in place until the new one has saved
-        with run.composer:  # its reward workers stop with the run
+        with run.composer, closing_episodes(run):  # reward and environment workers stop with the run
             hooks = run_hooks(run.plugins, config, run.context, "train", run_dir.work, config.train.updates,
                               callbacks, source)  # an unknown logger fails before anything is written
             log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))

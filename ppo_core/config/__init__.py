@@ -10,6 +10,7 @@ from .loading import (
 )
 from .sections import (
     DataConfig,
+    EnvironmentConfig,
     GenerationConfig,
     KLConfig,
     LoggerConfig,
@@ -25,7 +26,8 @@ from .sections import (
 )
 
 __all__ = [
-    "DataConfig", "GenerationConfig", "KLConfig", "LoggerConfig", "ModelConfig", "OptimConfig", "PluginsConfig",
-    "PPOConfig", "RewardConfig", "RunConfig", "SFTConfig", "Section", "TrainConfig", "apply_override", "config_schema",
+    "DataConfig", "EnvironmentConfig", "GenerationConfig", "KLConfig", "LoggerConfig", "ModelConfig", "OptimConfig",
+    "PluginsConfig", "PPOConfig", "RewardConfig", "RunConfig", "SFTConfig", "Section", "TrainConfig", "apply_override",
+    "config_schema",
     "load_config", "read_config_file", "save_config", "validate_config",
 ]

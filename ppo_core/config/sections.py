@@ -369,6 +369,13 @@ class RunConfig(Section):
                              f"leave model.critic unset (or `none`)")
         return self
 
+    @model_validator(mode="after")
+    def _environments_keep_every_prompt(self) -> "RunConfig":
+        if self.environment is not None and self.data.long_prompts == "skip":
+            raise ValueError("data.long_prompts: `skip` would leave an environment's episode without its first "
+                             "prompt; use `truncate` or `error` with an environment")
+        return self
+
     @field_validator("rewards")
     @classmethod
     def _unique_reward_names(cls, rewards: list[RewardConfig]) -> list[RewardConfig]:

@@ -71,3 +71,21 @@ def preallocated_cache(model: nn.Module, capacity: int) -> Optional[object]:
     except (ImportError, TypeError, ValueError, AttributeError):
         return None
     return cache
+
+
+def reserve(cache: object, capacity: int) -> None:
+    """Make a cache from :func:`preallocated_cache` hold ``capacity`` positions (an episode's next turn), moving
+    what it holds into larger buffers when needed; any other cache grows by itself."""
+    for layer in getattr(cache, "layers", ()):
+        if getattr(layer, "capacity", capacity) >= capacity:
+            continue
+        layer.capacity = capacity
+        if layer.key_buffer is None:
+            continue
+        old_keys, old_values = layer.key_buffer[..., :layer.length, :], layer.value_buffer[..., :layer.length, :]
+        layer.key_buffer = old_keys.new_empty(old_keys.shape[:-2] + (capacity, old_keys.shape[-1]))
+        layer.value_buffer = old_values.new_empty(old_values.shape[:-2] + (capacity, old_values.shape[-1]))
+        layer.key_buffer[..., :layer.length, :].copy_(old_keys)
+        layer.value_buffer[..., :layer.length, :].copy_(old_values)
+        layer.keys = layer.key_buffer[..., :layer.length, :]
+        layer.values = layer.value_buffer[..., :layer.length, :]

@@ -113,7 +113,9 @@ def _as_list(solution: Optional[Solution]) -> list[str]:
 
 @dataclass(frozen=True)
 class Sample:
-    """One sampled response, as a reward sees it."""
+    """One sampled response, as a reward sees it. For an environment's episode, ``response`` (and
+    ``response_ids``, ``stop_reason``) is the model's last turn, ``prompt`` the first prompt, and ``transcript``
+    and ``turns`` hold the whole episode."""
 
     prompt: str
     response: str
@@ -127,6 +129,11 @@ class Sample:
     #: The conversation the prompt was rendered from (after any truncation), for a reward that renders it with
     #: its own chat template; ``None`` when the sample was not made from a record.
     messages: Optional[tuple[Message, ...]] = None
+    #: An environment episode's conversation: the first prompt's messages, then each turn's answer (role
+    #: ``assistant``) and the observations after it. Empty for a one-prompt, one-response sample.
+    transcript: tuple[Message, ...] = ()
+    #: An environment episode's answers, one per turn (``response`` is the last). Empty for a one-response sample.
+    turns: tuple[str, ...] = ()
 
     @property
     def solutions(self) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Optional, Protocol, Sequence
 
 import torch
@@ -29,19 +28,16 @@ from .functional import (
     aggregation_size,
     clipped_policy_loss,
     clipped_value_loss,
-    discounted_returns,
     explained_variance,
-    gae,
-    group_relative_advantages,
     kl_penalty,
-    leave_one_out_advantages,
     masked_mean,
     masked_sum,
     masked_whiten,
     per_token_rewards,
     ppo_total_loss,
-    sequence_to_tokens,
 )
+from .advantages import estimate_advantages
+from .episodes import EpisodeRunner
 from .rollout import Responses, generate_responses, response_outputs
 
 
@@ -52,6 +48,7 @@ class PromptBatch:
     input_ids: torch.Tensor  # [B, P]
     attention_mask: torch.Tensor  # [B, P]
     records: Sequence  # one per row, handed back to the scorer
+    states: Optional[Sequence] = None  # environment episodes' states after reset; None: one turn, no environment
 
 
 @dataclass
@@ -62,7 +59,8 @@ class Rollout:
     sequences: torch.Tensor  # [B, P+R]
     attention_mask: torch.Tensor  # [B, P+R]
     prompt_length: int
-    response_mask: torch.Tensor  # float 0/1
+    response_mask: torch.Tensor  # float 0/1: every token after the prompt
+    action_mask: torch.Tensor  # float 0/1: the model's tokens among them (all of them without an environment)
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
     values: Optional[torch.Tensor]
@@ -94,14 +92,6 @@ class Scorer(Protocol):
                ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-# per-sequence advantages of the group estimators (Eq. 14, 15): (rewards [B], n) -> (advantages [B], equal groups)
-GROUP_ADVANTAGES = {
-    "grpo": group_relative_advantages,
-    "dr_grpo": partial(group_relative_advantages, scale_by_std=False),
-    "rloo": leave_one_out_advantages,
-}
-
-
 def make_kl_controller(ppo: PPOConfig):
     if ppo.kl.target is None:
         return FixedKLController(ppo.kl.coef)
@@ -121,6 +111,7 @@ class PPOEngine:
         pad_token_id: int,
         generator: torch.Generator,
         max_nonfinite_steps: int = 3,
+        episodes: Optional[EpisodeRunner] = None,
     ):
         self.model = model
         self.reference = reference
@@ -130,6 +121,9 @@ class PPOEngine:
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.generator = generator
+        self.episodes = episodes  # plays environment episodes (batches with states)
+        # the constant C of token_sum_constant (Eq. 17): the longest response (episode) an update can hold
+        self.aggregation_constant = generation.max_new_tokens if episodes is None else episodes.episode_tokens
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, advice="stopping. Lower optim.lr, set "
                                         "optim.max_grad_norm, or check the rewards' scale")
         self.kl_controller = make_kl_controller(ppo)
@@ -165,32 +159,37 @@ class PPOEngine:
 
         overlap = self.generation.score_while_sampling
         with timed(times, "time/generate_s"):
-            responses = self.generate(batch.input_ids, batch.attention_mask,
-                                      on_chunk=start_scoring if overlap else None)
+            if batch.states is None:
+                responses = self.generate(batch.input_ids, batch.attention_mask,
+                                          on_chunk=start_scoring if overlap else None)
+            else:  # environment episodes, turn after turn (ppo_core.ppo.episodes), scored once finished
+                responses = self.episodes.play(self.model.policy, batch.records, batch.states, self.generator)
         sequences = torch.cat([batch.input_ids, responses.tokens], dim=1)
         attention_mask = torch.cat([batch.attention_mask.bool(), responses.mask], dim=1)
-        mask = responses.mask.float()
+        mask = (responses.mask if responses.action_mask is None else responses.action_mask).float()
         # R2. log pi_old, V(s_t) from the policy and log pi_ref from the frozen reference: one code path
         with timed(times, "time/evaluate_s"):
             old_logprobs, old_values, ref_logprobs, ref_hidden = self._evaluate(
                 sequences, attention_mask, batch.input_ids.size(1), scorer.reads_reference_hidden, times)
         # R3. sequence scores: the scorer's total per sample, missing-eos penalty and clip (Eq. 11, 12)
         with timed(times, "time/score_s"):  # what is left of scoring once sampling and R2 are done
-            if not overlap:
+            if not handles:  # scored after sampling: overlap off, or an environment's finished episodes
                 start_scoring(slice(None), responses)
             scores, score_stats = scorer.finish(handles, ref_hidden)
         scores = self._shaped_scores(scores.to(self.device, torch.float32), responses.stopped_by_eos)
-        # R4. per-token rewards (Eq. 8) -> R5. advantages (Eq. 3, 14-16, 10) and the critic's returns
+        # R4. per-token rewards on the action tokens (Eq. 8; an environment's turn rewards too) -> R5. advantages
+        # over the action tokens (Eq. 18, 14-16, 10) and the critic's returns
         kl_coef = self.kl_controller.value
-        rewards = self._token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef)
+        rewards = self._token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef,
+                                      getattr(responses, "turn_rewards", None))
         advantages, returns, advantage_stats = self._advantages(rewards, old_values, mask)
         rollout = Rollout(sequences=sequences, attention_mask=attention_mask, prompt_length=batch.input_ids.size(1),
-                          response_mask=mask, logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                          values=old_values, advantages=advantages, returns=returns)
+                          response_mask=responses.mask.float(), action_mask=mask, logprobs=old_logprobs,
+                          ref_logprobs=ref_logprobs, values=old_values, advantages=advantages, returns=returns)
         # R6. statistics; the KL controller sees "kl", the batch's mean k1 summed over each response (Eq. 9)
         stats = {**self._rollout_stats(rollout, scores, responses.stopped_by_eos, kl_coef), **advantage_stats}
         self.kl_controller.update(stats["kl"], len(scores))
-        return rollout, {**score_stats, **stats, **times}
+        return rollout, {**score_stats, **getattr(responses, "stats", {}), **stats, **times}
 
     def _shaped_scores(self, scores: torch.Tensor, stopped_by_eos: torch.Tensor) -> torch.Tensor:
         """Eq. 11 then Eq. 12: s - p * [cut off by the length limit], then clamped to [-c, c]."""
@@ -200,41 +199,34 @@ class PPOEngine:
             scores = scores.clamp(-self.ppo.reward_clip, self.ppo.reward_clip)
         return scores
 
-    def _token_rewards(self, scores, old_logprobs, ref_logprobs, mask, kl_coef: float) -> torch.Tensor:
-        """R4: -beta * KL_t on every real token (Eq. 7, unless kl.placement is loss), the score on the last one
-        (Eq. 8); whitened (scale only, Eq. 10) when ppo.whiten_rewards."""
+    def _token_rewards(self, scores, old_logprobs, ref_logprobs, mask, kl_coef: float,
+                       turn_rewards: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """R4: -beta * KL_t on every action token (Eq. 7, unless the KL is in the loss), the score on the last one
+        (Eq. 8) and an environment's turn rewards on each turn's last; whitened (scale only, Eq. 10) when
+        ppo.whiten_rewards."""
         kl = kl_penalty(old_logprobs, ref_logprobs, self.ppo.kl_estimator)
         in_reward_coef = kl_coef if self.ppo.kl_placement == "reward" else 0.0
         rewards = per_token_rewards(scores, kl, in_reward_coef, mask)
+        if turn_rewards is not None:
+            rewards = rewards + turn_rewards
         if self.ppo.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         return rewards
 
     def _advantages(self, rewards, old_values, mask) -> tuple[torch.Tensor, Optional[torch.Tensor], dict]:
-        """R5: advantages by ppo.advantage, whitened over the whole batch when the estimator does it (Eq. 10); the
-        critic's returns (gae only; never whitened: they are its targets); the estimator's statistics.
-
-        gae: Eq. 3 over the values. reinforce_pp: the discounted returns of the per-token rewards (Eq. 16). The
-        group estimators: one advantage per response from its summed per-token rewards (the score, minus
-        beta * its KL when the KL is in the reward), compared within its prompt's group (Eq. 14, 15) and put on
-        every real token of the response."""
-        ppo, stats, returns = self.ppo, {}, None
-        if ppo.advantage == "gae":
-            advantages, returns = gae(rewards, old_values, mask, ppo.gamma, ppo.lam)
-        elif ppo.advantage == "reinforce_pp":
-            advantages = discounted_returns(rewards, mask, ppo.gamma)
-        else:
-            per_response, equal_groups = GROUP_ADVANTAGES[ppo.advantage](masked_sum(rewards, mask, dim=1),
-                                                                         ppo.samples_per_prompt)
-            advantages = sequence_to_tokens(per_response, mask)
-            stats["advantage/zero_std_groups"] = float(equal_groups)
+        """R5: advantages by ppo.advantage (ppo_core.ppo.advantages.estimate_advantages), whitened over the whole
+        batch when the estimator does it (Eq. 10); the critic's returns (gae only; never whitened: they are its
+        targets); the estimator's statistics."""
+        ppo = self.ppo
+        advantages, returns, stats = estimate_advantages(ppo.advantage, rewards, old_values, mask, ppo.gamma, ppo.lam,
+                                                         ppo.samples_per_prompt)
         if ppo.whitens_advantages:
             advantages = masked_whiten(advantages, mask)
         return advantages, returns, stats
 
     @staticmethod
     def _rollout_stats(rollout: Rollout, scores, stopped_by_eos, kl_coef: float) -> dict[str, float]:
-        mask = rollout.response_mask
+        mask = rollout.action_mask
         sequence_kl = masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=1)  # k1, whatever kl.estimator
         lengths = mask.sum(1)
         stats = {
@@ -253,7 +245,7 @@ class PPOEngine:
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, greedy: bool = False, on_chunk=None) -> Responses:
         return generate_responses(self.model.policy, input_ids, attention_mask, self.generation, self.eos_token_id,
-                                  self.pad_token_id, self.generator, greedy, on_chunk)
+                                  self.pad_token_id, self.generator, greedy, on_chunk=on_chunk)
 
     def _evaluate(self, sequences, attention_mask, prompt_length, with_reference_hidden: bool,
                   times: dict[str, float]):
@@ -318,7 +310,7 @@ class PPOEngine:
         the whole minibatch (D5). The loss statistics are weighted the same way; the per-token ones (entropy,
         clipfrac, approx_kl) by the share of real tokens, so they stay token means over the minibatch."""
         micro = self.ppo.micro_batch_size or self.ppo.minibatch_size
-        how, mask = self.ppo.aggregation, rollout.response_mask
+        how, mask = self.ppo.aggregation, rollout.action_mask
         minibatch_size = aggregation_size(mask[minibatch], how).clamp(min=1.0)
         minibatch_tokens = mask[minibatch].sum().clamp(min=1.0)
         self.optimizer.zero_grad(set_to_none=True)
@@ -339,8 +331,8 @@ class PPOEngine:
         the KL is in the loss; every term aggregated over the tokens as ppo.loss_aggregation says (Eq. 17). The new
         log-probs come from the same code path as log pi_old (D3)."""
         ppo = self.ppo
-        mask = rollout.response_mask[rows]
-        how, constant = ppo.aggregation, self.generation.max_new_tokens
+        mask = rollout.action_mask[rows]  # observation tokens are context: no loss, KL or entropy there
+        how, constant = ppo.aggregation, self.aggregation_constant
         new = response_outputs(self.model, rollout.sequences[rows], rollout.attention_mask[rows],
                                rollout.prompt_length, self.generation.temperature, with_entropy=True)
         policy_loss, clipfrac, approx_kl = clipped_policy_loss(

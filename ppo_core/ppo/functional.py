@@ -27,10 +27,6 @@ __all__ = [
     "per_token_rewards",
     "last_token_index",
     "gae",
-    "group_relative_advantages",
-    "leave_one_out_advantages",
-    "discounted_returns",
-    "sequence_to_tokens",
     "aggregate_tokens",
     "aggregation_size",
     "explained_variance",
@@ -255,47 +251,6 @@ def gae(
     returns = torch.where(mask, advantages + values, zeros)
     advantages = torch.where(mask, advantages, zeros)
     return advantages, returns
-
-
-def group_relative_advantages(
-    rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 14, GRPO: Â_i = (R_i − mean_g R) / (std_g R + ε); Dr. GRPO (``scale_by_std=False``): R_i − mean_g R.
-
-    ``rewards`` [B]: rows g·n .. g·n + n − 1 are the n samples of prompt g; std is unbiased (n − 1). A group whose
-    rewards are all equal (a group of 1 included) has nothing to compare: its advantages are exactly 0. Returns
-    ``(advantages [B], the number of such groups)``.
-    """
-    grouped = rewards.view(-1, group_size)
-    advantages = grouped - grouped.mean(-1, keepdim=True)
-    if scale_by_std and group_size > 1:
-        advantages = advantages / (grouped.std(-1, keepdim=True) + eps)
-    equal = grouped.amax(-1) == grouped.amin(-1)
-    return torch.where(equal.unsqueeze(-1), 0.0, advantages).reshape(-1), equal.sum()
-
-
-def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 15, RLOO: Â_i = R_i − (Σ_{j≠i} R_j) / (n − 1), the mean of the other samples of the same prompt.
-
-    Grouping, equal-reward groups (0) and the returned count as :func:`group_relative_advantages`.
-    """
-    grouped = rewards.view(-1, group_size)
-    equal = grouped.amax(-1) == grouped.amin(-1)
-    if group_size == 1:
-        return torch.zeros_like(rewards), equal.sum()
-    others = (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
-    return torch.where(equal.unsqueeze(-1), 0.0, grouped - others).reshape(-1), equal.sum()
-
-
-def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Eq. 16, REINFORCE++: G_t = Σ_{l≥0} γ^l·r_{t+l} to the row's last real token, 0 on padding: GAE (Eq. 3)
-    with V ≡ 0 and λ = 1."""
-    return gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[0]
-
-
-def sequence_to_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One value per row [B] on every real token of that row [B, T]; 0 on padding."""
-    return torch.where(mask.bool(), values.unsqueeze(-1), 0.0)
 
 
 # --- loss aggregation ----------------------------------------------------------------------------

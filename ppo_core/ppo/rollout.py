@@ -17,7 +17,7 @@ from torch import nn
 from ..config import GenerationConfig
 from ..data.prompts import EncodedPrompt, left_pad, make_samples
 from ..modeling.compat import forward_argument, logits_to_keep
-from ..modeling.kv_cache import preallocated_cache
+from ..modeling.kv_cache import preallocated_cache, reserve
 from ..plugin.contract import Sample
 from .functional import entropy_from_logits, last_token_index, logprobs_from_logits
 
@@ -29,6 +29,33 @@ class Responses:
     tokens: torch.Tensor  # [B, R] response token ids, pad after the end
     mask: torch.Tensor  # [B, R] bool, True for real response tokens (up to and including eos)
     stopped_by_eos: torch.Tensor  # [B] bool; False: cut off by max_new_tokens
+    #: [B, R] bool, the tokens the model generated (the actions); None: all of ``mask``. Multi-turn episodes
+    #: (ppo_core.ppo.episodes) also hold an environment's observation tokens, which are context, not actions.
+    action_mask: Optional[torch.Tensor] = None
+    #: where sampling stopped, one per chunk, to continue it (see :func:`generate_responses`'s ``keep_states``)
+    states: Optional[list["SamplerState"]] = None
+
+
+#: ``stop(columns, running) -> [B] bool``: which of the ``running`` rows end with the newest of the sampled
+#: ``columns`` (a list of [B] token tensors); see :class:`StopStrings`.
+StopRule = Callable[[list, torch.Tensor], torch.Tensor]
+
+
+class StopStrings:
+    """A :data:`StopRule`: a row ends once its sampled text contains one of ``strings`` (kept in the text)."""
+
+    def __init__(self, tokenizer, strings: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.strings = tuple(strings)
+        self.window = max(len(s) for s in self.strings) + 1  # tokens: each holds at least one character
+
+    def __call__(self, columns: list, running: torch.Tensor) -> torch.Tensor:
+        recent = torch.stack(columns[-self.window:], dim=1).tolist()
+        hits = torch.zeros_like(running)
+        for row in running.nonzero().flatten().tolist():
+            text = self.tokenizer.decode(recent[row], skip_special_tokens=True)
+            hits[row] = any(stop in text for stop in self.strings)
+        return hits
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -60,6 +87,19 @@ def _returned_cache(out):
     return out["cache"] if "cache" in out else out["past_key_values"]
 
 
+@dataclass
+class SamplerState:
+    """Where a batch's sampling stopped, to continue it later without re-encoding (an episode's next turn):
+    the KV cache and the attention mask of every column in it (0: padding, or a row that had finished), the
+    last sampled column (not in the cache yet) and each row's next-token logits after its last real token."""
+
+    cache: object
+    attention_mask: torch.Tensor  # [B, L] long
+    pending: torch.Tensor  # [B] the last sampled token of each row
+    pending_mask: torch.Tensor  # [B] bool, whether it is real
+    logits: torch.Tensor  # [B, V]
+
+
 @torch.no_grad()
 def sample_responses(
     policy: nn.Module,
@@ -73,20 +113,40 @@ def sample_responses(
     top_k: int = 0,
     top_p: float = 1.0,
     greedy: bool = False,
+    stop: Optional[StopRule] = None,
+    state: Optional[SamplerState] = None,
+    running: Optional[torch.Tensor] = None,
 ) -> Responses:
-    """Autoregressive sampling with the model's KV cache; a row stops at its first eos."""
+    """Autoregressive sampling with the model's KV cache; a row stops at its first eos (or when ``stop`` says).
+
+    ``input_ids`` (left-padded) are the prompts, or, with ``state``, the tokens to append to what ``state``
+    holds (an episode's observations; a row may append none). Rows outside ``running`` [B] bool sample nothing.
+    The responses carry the state to continue from.
+    """
     batch_size = input_ids.size(0)
     device = input_ids.device
-    attention_mask = attention_mask.long()
-    position_ids = position_ids_from_mask(attention_mask)
+    feed_ids, feed_mask = input_ids, attention_mask.long()
+    if state is None:
+        full_mask = feed_mask
+        cache = preallocated_cache(policy, input_ids.size(1) + max_new_tokens)
+    else:  # the last column sampled before, then the new tokens, after everything in the cache
+        feed_ids = torch.cat([state.pending[:, None], input_ids], dim=1)
+        feed_mask = torch.cat([state.pending_mask.long()[:, None], feed_mask], dim=1)
+        full_mask = torch.cat([state.attention_mask, feed_mask], dim=1)
+        cache = state.cache
+        reserve(cache, full_mask.size(1) + max_new_tokens)
+    position_ids = position_ids_from_mask(full_mask)[:, -feed_ids.size(1):]
     cache_argument = _cache_argument(policy)
-    cache = preallocated_cache(policy, input_ids.size(1) + max_new_tokens)
-    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+    out = policy(input_ids=feed_ids, attention_mask=full_mask, position_ids=position_ids, use_cache=True,
                  **logits_to_keep(policy, 1), **({cache_argument: cache} if cache is not None else {}))
     cache = _returned_cache(out)
     next_logits = out.logits[:, -1, :]
+    if state is not None:  # a row that appended nothing continues from its last real token's logits
+        next_logits = torch.where(feed_mask.bool().any(1, keepdim=True), next_logits, state.logits)
+    row_logits = next_logits
+    attention_mask = full_mask
     next_position = position_ids[:, -1:] + 1
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device) if running is None else ~running.bool()
     tokens, masks = [], []
     for step in range(max_new_tokens):
         if greedy:
@@ -98,18 +158,23 @@ def sample_responses(
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         finished = finished | (token == eos_token_id)
+        if stop is not None:
+            finished = finished | stop(tokens, masks[-1] & ~finished)
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        # a finished row's padding is masked out, so a later turn never attends to it
+        attention_mask = torch.cat([attention_mask, masks[-1].long()[:, None]], dim=1)
         out = policy(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
                      use_cache=True, **{cache_argument: cache})
         cache = _returned_cache(out)
         next_logits = out.logits[:, -1, :]
-        next_position = next_position + 1
+        row_logits = torch.where(masks[-1][:, None], next_logits, row_logits)
+        next_position = next_position + masks[-1].long()[:, None]
     response = torch.stack(tokens, dim=1)
     mask = torch.stack(masks, dim=1)
     stopped_by_eos = ((response == eos_token_id) & mask).any(dim=1)
-    return Responses(tokens=response, mask=mask, stopped_by_eos=stopped_by_eos)
+    return Responses(tokens=response, mask=mask, stopped_by_eos=stopped_by_eos,
+                     states=[SamplerState(cache, attention_mask, tokens[-1], masks[-1], row_logits)])
 
 
 def without_padding_columns(input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -139,21 +204,35 @@ def concat_responses(parts: Sequence[Responses], pad_token_id: int) -> Responses
 def generate_responses(policy: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        generation: GenerationConfig, eos_token_id: int, pad_token_id: int,
                        generator: Optional[torch.Generator], greedy: bool = False,
+                       stop: Optional[StopRule] = None, states: Optional[list[SamplerState]] = None,
+                       running: Optional[torch.Tensor] = None, keep_states: bool = False,
                        on_chunk: Optional[Callable[[slice, Responses], None]] = None) -> Responses:
     """:func:`sample_responses` over a left-padded batch in chunks of ``generation.batch_size`` rows (the whole
     batch when unset), one after the other with the same generator. ``on_chunk(rows, responses)`` is called as
-    each chunk is done (a PPO rollout starts scoring it there while the next chunk is sampled)."""
+    each chunk is done (a PPO rollout starts scoring it there while the next chunk is sampled).
+
+    ``keep_states`` keeps each chunk's :class:`SamplerState` in the result (its KV cache included); passing them
+    back as ``states`` appends ``input_ids`` to what they hold and samples on (an episode's next turn), the rows
+    outside ``running`` sampling nothing."""
     chunk = generation.batch_size or input_ids.size(0)
-    parts = []
-    for start in range(0, input_ids.size(0), chunk):
+    parts, kept = [], []
+    for index, start in enumerate(range(0, input_ids.size(0), chunk)):
         rows = slice(start, start + chunk)
-        ids, mask = without_padding_columns(input_ids[rows], attention_mask[rows])
-        parts.append(sample_responses(policy, ids, mask, generation.max_new_tokens, eos_token_id, pad_token_id,
-                                      generator, generation.temperature, generation.top_k, generation.top_p,
-                                      greedy=greedy))
+        ids, mask = input_ids[rows], attention_mask[rows]
+        if ids.size(1):
+            ids, mask = without_padding_columns(ids, mask)
+        part = sample_responses(policy, ids, mask, generation.max_new_tokens, eos_token_id, pad_token_id,
+                                generator, generation.temperature, generation.top_k, generation.top_p,
+                                greedy=greedy, stop=stop, state=states[index] if states else None,
+                                running=None if running is None else running[rows])
+        kept += part.states
+        part.states = None  # a kept KV cache holds memory: only for who asked
+        parts.append(part)
         if on_chunk is not None:
-            on_chunk(rows, parts[-1])
-    return concat_responses(parts, pad_token_id)
+            on_chunk(rows, part)
+    responses = concat_responses(parts, pad_token_id)
+    responses.states = kept if keep_states else None
+    return responses
 
 
 @torch.no_grad()

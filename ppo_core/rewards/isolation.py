@@ -1,4 +1,5 @@
-"""Rewards in worker processes: a reward's code cannot hang, crash or exit the run, nor touch its state.
+"""Rewards (and environments) in worker processes: their code cannot hang, crash or exit the run, nor touch its
+state.
 
 Each reward with ``isolation: process`` (the default) lives in one long-lived worker process (multiprocessing
 ``spawn`` context), started once with the reward's class (pickled by reference: its module must be importable),
@@ -44,7 +45,8 @@ class WorkerFault(Exception):
 
 # ---- the worker process ------------------------------------------------------------------------------------
 def serve(connection, spec: bytes, parent_pid: int) -> None:
-    """The worker's main: build the reward from ``spec``, then answer requests until the pipe closes."""
+    """The worker's main: build the plugin object (a reward or an environment) from ``spec``, then answer
+    requests until the pipe closes."""
     if hasattr(os, "setsid"):
         os.setsid()  # its own session: terminal signals go to the main process only; killpg reaches our children
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -69,8 +71,10 @@ def _answer(reward, context: RunContext, method: str, samples: list, hidden) -> 
     try:
         if method == "score_hidden":
             answer = reward.score_hidden(samples, hidden.to(context.device))
-        else:
+        elif method == "score":
             answer = reward(samples)
+        else:  # another plugin's method (an environment's reset or step): ``samples`` holds its arguments
+            answer = getattr(reward, method)(*samples)
     except SystemExit as exit:
         return pickle.dumps(("fault", f"called sys.exit({exit.code!r})"))
     except Exception as error:
@@ -167,13 +171,13 @@ def _stop_live_workers() -> None:
         worker.stop()
 
 
-def _start_worker(spec: bytes, name: str) -> Worker:
+def _start_worker(spec: bytes, name: str, kind: str = "reward") -> Worker:
     global _exit_hook_registered
     if not _exit_hook_registered:  # registered after multiprocessing's own handler, so it runs before it
         atexit.register(_stop_live_workers)
         _exit_hook_registered = True
     parent_end, child_end = SPAWN.Pipe()
-    process = SPAWN.Process(target=serve, args=(child_end, spec, os.getpid()), name=f"ppo-core-reward-{name}")
+    process = SPAWN.Process(target=serve, args=(child_end, spec, os.getpid()), name=f"ppo-core-{kind}-{name}")
     process.start()
     child_end.close()  # only the worker holds it now: its death closes the pipe
     worker = Worker(process, parent_end)
@@ -181,13 +185,15 @@ def _start_worker(spec: bytes, name: str) -> Worker:
     return worker
 
 
-class IsolatedReward(HiddenStateReward):
-    """Stands in for a reward: the same calls (``__call__``, ``score_hidden``), answered by a worker process.
-    It declares the hidden-state capability exactly when the reward in the worker does.
+class IsolatedPlugin:
+    """A plugin object (built from ``plugin_class``, ``options``, ``context``) living in a worker process.
 
-    ``label`` names the reward in errors (``reward 'x' (plugin 'p')``); ``timeout_s`` bounds every call
-    (``None``: no bound). Build it, then :meth:`wait_until_ready` (several rewards start in parallel).
+    ``label`` names it in errors (``reward 'x' (plugin 'p')``); ``timeout_s`` bounds every call (``None``: no
+    bound). Build it, then :meth:`wait_until_ready` (several start in parallel). Subclasses forward their
+    methods with :meth:`_request`.
     """
+
+    kind = "plugin"
 
     def __init__(self, reward_class: type, options: Any, context: RunContext, label: str,
                  timeout_s: Optional[float]):
@@ -200,9 +206,9 @@ class IsolatedReward(HiddenStateReward):
             self._spec = pickle.dumps((reward_class, options, context))
         except Exception as error:
             raise PluginError(f"{label} cannot run in a worker process: {type(error).__name__}: {error}; define the "
-                              f"reward class at the top level of an importable module, or set `isolation: none` "
-                              f"for it") from None
-        self._worker: Optional[Worker] = _start_worker(self._spec, self._name)
+                              f"{self.kind} class at the top level of an importable module, or set `isolation: "
+                              f"none` for it") from None
+        self._worker: Optional[Worker] = _start_worker(self._spec, self._name, self.kind)
         self._ready = False
         self._finalizer = weakref.finalize(self, _stop_quietly, self._worker)
         self._one_request_at_a_time = threading.Lock()  # chunks of a batch are scored from background threads
@@ -231,12 +237,6 @@ class IsolatedReward(HiddenStateReward):
                 raise error
             message = f"{type(error).__name__}: {error}"
         raise PluginError(f"{self.label} failed to start: {message or payload}")
-
-    def __call__(self, samples: Sequence[Sample]) -> Any:
-        return self._request("score", samples, None)
-
-    def score_hidden(self, samples: Sequence[Sample], hidden: Any) -> Any:
-        return self._request("score_hidden", samples, hidden.detach().cpu())
 
     def close(self) -> None:
         if self._worker is not None:
@@ -286,8 +286,21 @@ class IsolatedReward(HiddenStateReward):
         self._worker, self._ready = None, False
 
     def _restart(self) -> None:
-        self._worker = _start_worker(self._spec, self._name)
+        self._worker = _start_worker(self._spec, self._name, self.kind)
         self._finalizer = weakref.finalize(self, _stop_quietly, self._worker)
+
+
+class IsolatedReward(IsolatedPlugin, HiddenStateReward):
+    """Stands in for a reward: the same calls (``__call__``, ``score_hidden``), answered by a worker process.
+    It declares the hidden-state capability exactly when the reward in the worker does."""
+
+    kind = "reward"
+
+    def __call__(self, samples: Sequence[Sample]) -> Any:
+        return self._request("score", samples, None)
+
+    def score_hidden(self, samples: Sequence[Sample], hidden: Any) -> Any:
+        return self._request("score_hidden", samples, hidden.detach().cpu())
 
 
 def _main_script_hint(exitcode: Optional[int]) -> str:
