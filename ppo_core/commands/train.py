@@ -20,7 +20,7 @@ from ..plugin.contract import RunContext
 from ..plugin.loading import PluginSet, load_plugins
 from ..ppo.actor_critic import ActorCritic, build_actor_critic
 from ..ppo.engine import PPOEngine, PromptBatch
-from ..ppo.environment import build_environment, records_source
+from ..ppo.environment import build_dataset, build_environment, dataset_label
 from ..ppo.episodes import EpisodeRunner, Episodes
 from ..ppo.rollout import Responses
 from ..rewards.composer import Composer, build_composer
@@ -83,11 +83,7 @@ def load_run_inputs(config: RunConfig, extra_plugins: Iterable = (), source: str
                                field="model.tokenizer" if config.model.tokenizer else "model.path")
     context = RunContext(device=str(device), seed=config.train.seed, tokenizer=tokenizer,
                          policy_path=config.model.path, trust_remote_code=config.model.trust_remote_code)
-    if config.data.dataset is None:  # the environment's own episodes (the config allows it only with one)
-        dataset = records_source(config.environment, plugins.registry, context, source)
-    else:
-        dataset = plugins.registry.build("dataset", config.data.dataset, config.data.options, context,
-                                         where=f"{source}: data.options", name_where=f"{source}: data.dataset")
+    dataset = build_dataset(config, plugins.registry, context, source)
     composer = build_composer(config.rewards, plugins.registry, context, source)
     return RunInputs(device, plugins, tokenizer, context, dataset, composer)
 
@@ -265,9 +261,9 @@ def held_out_evaluation(run: Run):
 
     records = take_records(run.dataset, "eval", run.config.train.eval_samples)
     if not records:
-        raise ConfigError(f"train.eval_every: the eval split of dataset '{run.config.data.dataset}' has no records")
+        raise ConfigError(f"train.eval_every: the eval split of {dataset_label(run.config)} has no records")
     return lambda: evaluate_during_training(run.model.policy, run.tokenizer, records, run.config, run.composer,
-                                            run.device)
+                                            run.device, run.episodes)
 
 
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extra_plugins: Iterable = (),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
-from ..config import EnvironmentConfig
+from ..config import EnvironmentConfig, RunConfig
 from ..errors import ConfigError, EnvironmentPluginError, UserError
 from ..plugin.contract import Record, RunContext
 from ..plugin.environment import EnvReset, EnvStep, Environment, makes_own_records
@@ -145,3 +145,16 @@ def records_source(config: EnvironmentConfig, registry: Registry, context: RunCo
                           f"'{entry.plugin}' makes no episodes of its own)")
     return registry.build("environment", config.name, config.options, context, where=f"{source}: environment.options",
                           name_where=f"{source}: environment.name")
+
+
+def build_dataset(config: RunConfig, registry: Registry, context: RunContext, source: str = "config"):
+    """The records a run plays: ``data.dataset``'s, or, when it is unset, the environment's own episodes."""
+    if config.data.dataset is None:  # the config allows it only with an environment
+        return records_source(config.environment, registry, context, source)
+    return registry.build("dataset", config.data.dataset, config.data.options, context,
+                          where=f"{source}: data.options", name_where=f"{source}: data.dataset")
+
+
+def dataset_label(config: RunConfig) -> str:
+    """How messages name the run's records: the dataset, or the environment that makes them."""
+    return f"dataset '{config.data.dataset}'" if config.data.dataset else f"environment '{config.environment.name}'"

@@ -32,6 +32,7 @@ class Episodes(Responses):
 
     turn_rewards: Optional[torch.Tensor] = None  # [B, R] float: each turn's reward on its last action token
     samples: list[Sample] = field(default_factory=list)
+    successes: list[Optional[bool]] = field(default_factory=list)  # per episode, as its last step said
     stats: dict[str, float] = field(default_factory=dict)
 
 
@@ -150,6 +151,8 @@ class EpisodeRunner:
             ids = observation_ids(observation, self.tokenizer, self.data.chat_template) if observation else []
             if turn == self.config.max_turns or len(episode.tokens) + len(ids) >= self.episode_tokens:
                 episode.done = episode.truncated = True  # out of turns, or no room for another answer
+                # cut off unsolved: a failure, for an environment that reports success
+                episode.success = None if step.success[i] is None else False
                 continue
             episode.tokens += ids
             episode.actions += [False] * len(ids)
@@ -176,7 +179,8 @@ class EpisodeRunner:
         stopped = torch.tensor([e.ended_by_itself for e in episodes])
         return Episodes(tokens=tokens.to(device), mask=mask.to(device), stopped_by_eos=stopped.to(device),
                         action_mask=actions.to(device), turn_rewards=turn_rewards.to(device),
-                        samples=[self._sample(e) for e in episodes], stats=self._stats(episodes, errors))
+                        samples=[self._sample(e) for e in episodes], successes=[e.success for e in episodes],
+                        stats=self._stats(episodes, errors))
 
     @staticmethod
     def _sample(episode: Episode) -> Sample:

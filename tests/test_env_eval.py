@@ -1,0 +1,62 @@
+"""Environments beyond the engine: `ppo-core eval` plays episodes (success, turns, transcripts), evaluation
+during PPO reports them, and every advantage estimator trains on multi-turn episodes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ppo_core.commands.evaluate import evaluate_model, format_table
+from ppo_core.commands.train import train
+from ppo_core.runtime.metrics import read_metrics
+from test_env_engine import PLUGINS, make_config
+
+RETRY = ("environment.name=retry", "environment.max_turns=3", "environment.isolation=none")
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir):
+    return tiny_model_dir
+
+
+def test_eval_plays_the_environments_episodes_greedy_and_sampled(tiny_model, tmp_path):
+    config = make_config(tiny_model, tmp_path / "unused", *RETRY)
+    out = tmp_path / "samples.jsonl"
+    numbers = evaluate_model(config, tiny_model, samples=12, out=out, extra_plugins=PLUGINS)
+    again = evaluate_model(config, tiny_model, samples=12, extra_plugins=PLUGINS)
+    assert numbers == again  # deterministic, sampled decoding included
+    rows = out.read_text().splitlines()
+    assert len(rows) == 24
+    for decoding in ("greedy", "sampled"):
+        entry = numbers[decoding]
+        assert 0.0 <= entry["success_rate"] <= 1.0 and 1.0 <= entry["turns_mean"] <= 3.0
+        assert entry["tool_calls"] == entry["turns_mean"]  # the test environment counts one call per turn
+    first = json.loads(rows[0])
+    turns = len(first["turns"])
+    assert first["success"] == ("a" in first["turns"][-1])
+    assert [m["role"] for m in first["transcript"]] == ["user"] + ["assistant", "user"] * (turns - 1) + ["assistant"]
+    assert "success_rate" in format_table(numbers) and "turns_mean" in format_table(numbers)
+
+
+def test_a_one_turn_environment_evaluates_as_the_dataset_does(tiny_model, tmp_path):
+    plain = evaluate_model(make_config(tiny_model, tmp_path / "a"), tiny_model, samples=12, extra_plugins=PLUGINS)
+    env = evaluate_model(make_config(tiny_model, tmp_path / "b", "environment.name=one_turn",
+                                     "environment.isolation=none"), tiny_model, samples=12, extra_plugins=PLUGINS)
+    for decoding in ("greedy", "sampled"):
+        for key in ("exact_match", "rewards", "reward_total", "length_mean", "eos_rate"):
+            assert env[decoding][key] == plain[decoding][key], (decoding, key)
+        assert env[decoding]["turns_mean"] == 1.0
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_pp"])
+def test_critic_free_estimators_train_on_multi_turn_episodes(tiny_model, tmp_path, estimator):
+    groups = [] if estimator == "reinforce_pp" else ["ppo.samples_per_prompt=2", "ppo.rollout_batch_size=4"]
+    config = make_config(tiny_model, tmp_path / "run", *RETRY, f"ppo.advantage={estimator}", *groups,
+                         "train.eval_every=2", "train.eval_samples=4")
+    train(config, extra_plugins=PLUGINS)
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [m["update"] for m in metrics] == [1, 2]
+    assert all(1.0 <= m["env/turns_mean"] <= 3.0 and "value/mean" not in m for m in metrics)
+    assert ("advantage/zero_std_groups" in metrics[0]) == (estimator != "reinforce_pp")
+    assert 0.0 <= metrics[-1]["eval/greedy/success_rate"] <= 1.0 and metrics[-1]["eval/sampled/turns_mean"] >= 1.0
