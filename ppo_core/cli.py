@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_reward.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
 
     demo = commands.add_parser("demo", help="the whole pipeline on an embedded default, with a report")
-    demo.add_argument("--out", default="runs/demo", help="directory for every stage and the report")
+    demo.add_argument("--out", default=None, help="directory for every stage and the report (default: runs/demo, "
+                      "or runs/demo-NAME with --env NAME)")
+    demo.add_argument("--env", default=None, metavar="NAME", help="the pipeline on a bundled environment instead: "
+                      "guess_number or calculator (needs ppo-core-environments)")
     demo.add_argument("--quick", action="store_true", help="a few steps of each stage (what the tests run)")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing demo directory")
     demo.add_argument("--seed", type=int, default=0)
@@ -256,7 +259,13 @@ def cmd_demo(args) -> int:
 
     check_seed("demo", args.seed)
     try:
-        run_demo(args.out, quick=args.quick, overwrite=args.overwrite, seed=args.seed)
+        if args.env is None:
+            run_demo(args.out or "runs/demo", quick=args.quick, overwrite=args.overwrite, seed=args.seed)
+        else:
+            from .commands.env_demo import run_env_demo
+
+            run_env_demo(args.env, args.out or f"runs/demo-{args.env}", quick=args.quick, overwrite=args.overwrite,
+                         seed=args.seed)
     except Interrupted as stop:  # SIGINT/SIGTERM in its SFT or PPO stage: stopped at a safe point, as train does
         print(f"ppo-core: demo stopped by {stop.signal_name}; checkpoint {stop.checkpoint}; run it again with "
               f"--overwrite to start over", file=sys.stderr)

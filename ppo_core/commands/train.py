@@ -270,8 +270,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
           source: str = "config", progress_stream=None, callbacks: Sequence = ()) -> Path:
     """Run PPO as configured; returns the directory of the final model. ``callbacks``: objects implementing
     the run hooks (ppo_core.plugin.hookspecs)."""
-    if not config.rewards:
-        raise ConfigError(f"{source}: rewards: PPO needs at least one reward (only `sft` and `eval` run without)")
+    if not config.rewards and config.environment is None:
+        raise ConfigError(f"{source}: rewards: PPO needs at least one reward or an environment's turn rewards "
+                          f"(only `sft` and `eval` run without)")
     config = fit_to_context(config, config.model.path, source)
     with claim_run_dir(config.train.output_dir, resume, overwrite) as run_dir:
         ckpt.check_resume_progress(run_dir.work, resume, config.train.updates, "update", "train.updates")

@@ -55,7 +55,8 @@ class EnvStep:
     - ``rewards``: this turn's reward (a finite float) or ``None``; it sits on the turn's last action token;
     - ``done``: ``True`` ends the episode (the engine also ends it at ``max_turns`` or the token limit);
     - ``success`` (optional): the episode's outcome, read at the step that ends it (``None``: unknown, left out
-      of ``env/success_rate``; an episode the engine cuts off at ``max_turns`` or the token limit is unsolved);
+      of ``env/success_rate``; an episode the engine cuts off at ``max_turns`` or the token limit counts as unsolved
+      once the environment has reported any episode's success);
     - ``tool_calls`` (optional): how many tool calls this turn made (summed into ``env/tool_calls``).
     """
 

@@ -71,6 +71,7 @@ class EpisodeRunner:
         self.turn_tokens = config.max_turn_tokens or generation.max_new_tokens
         self.episode_tokens = config.max_episode_tokens or config.max_turns * self.turn_tokens
         self.stop = StopStrings(tokenizer, config.stop_strings) if config.stop_strings else None
+        self.reports_success = False  # whether any episode's last step has said success or failure
 
     def close(self) -> None:
         self.environment.close()
@@ -151,8 +152,6 @@ class EpisodeRunner:
             ids = observation_ids(observation, self.tokenizer, self.data.chat_template) if observation else []
             if turn == self.config.max_turns or len(episode.tokens) + len(ids) >= self.episode_tokens:
                 episode.done = episode.truncated = True  # out of turns, or no room for another answer
-                # cut off unsolved: a failure, for an environment that reports success
-                episode.success = None if step.success[i] is None else False
                 continue
             episode.tokens += ids
             episode.actions += [False] * len(ids)
@@ -177,10 +176,14 @@ class EpisodeRunner:
                     turn_rewards[row, end] += reward
         device = next(policy.parameters()).device
         stopped = torch.tensor([e.ended_by_itself for e in episodes])
+        # an episode cut off (max_turns, the token limit) is unsolved, once the environment has reported a success
+        self.reports_success = self.reports_success or any(e.success is not None for e in episodes)
+        successes = [False if e.success is None and e.truncated and self.reports_success else e.success
+                     for e in episodes]
         return Episodes(tokens=tokens.to(device), mask=mask.to(device), stopped_by_eos=stopped.to(device),
                         action_mask=actions.to(device), turn_rewards=turn_rewards.to(device),
-                        samples=[self._sample(e) for e in episodes], successes=[e.success for e in episodes],
-                        stats=self._stats(episodes, errors))
+                        samples=[self._sample(e) for e in episodes], successes=successes,
+                        stats=self._stats(episodes, successes, errors))
 
     @staticmethod
     def _sample(episode: Episode) -> Sample:
@@ -191,9 +194,9 @@ class EpisodeRunner:
                       transcript=tuple(episode.transcript), turns=tuple(episode.turns))
 
     @staticmethod
-    def _stats(episodes: list[Episode], errors: int) -> dict[str, float]:
+    def _stats(episodes: list[Episode], successes: list[Optional[bool]], errors: int) -> dict[str, float]:
         n = len(episodes)
-        known = [e.success for e in episodes if e.success is not None]
+        known = [success for success in successes if success is not None]
         stats = {
             "env/success_rate": sum(known) / len(known) if known else float("nan"),
             "env/turns_mean": sum(len(e.turns) for e in episodes) / n,

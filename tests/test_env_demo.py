@@ -1,0 +1,32 @@
+"""`ppo-core demo --env NAME` at a reduced size: every stage, the report with episodes before and after."""
+
+from __future__ import annotations
+
+import json
+
+from ppo_core.cli import main
+
+
+def test_the_quick_environment_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--env", "calculator", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = out / "report" / "report.md"
+    assert f"report: {report}" in printed and all(f"== {stage}" in printed for stage in ("1/4", "2/4", "3/4", "4/4"))
+    text = report.read_text()
+    assert "# ppo-core demo report: environment `calculator`" in text
+    assert "| SFT start | greedy |" in text and "| PPO result | sampled |" in text
+    assert text.count("```") == 4 and "     user: " in text and "assistant: " in text  # an episode before and after
+    assert (out / "report" / "environment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for numbers in ("eval_sft.json", "eval_ppo.json"):
+        loaded = json.loads((out / "report" / numbers).read_text())
+        assert loaded["records"] == 8 and 0.0 <= loaded["greedy"]["success_rate"] <= 1.0
+    metrics = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["update"] for m in metrics] == [1, 2] and all("env/success_rate" in m for m in metrics)
+
+
+def test_an_unknown_environment_demo_is_one_line(tmp_path, capsys):
+    assert main(["demo", "--env", "chess", "--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert "--env 'chess' has no demo; choose one of calculator, guess_number" in err and "Traceback" not in err
+    assert not (tmp_path / "demo").exists()
