@@ -60,3 +60,22 @@ def test_critic_free_estimators_train_on_multi_turn_episodes(tiny_model, tmp_pat
     assert all(1.0 <= m["env/turns_mean"] <= 3.0 and "value/mean" not in m for m in metrics)
     assert ("advantage/zero_std_groups" in metrics[0]) == (estimator != "reinforce_pp")
     assert 0.0 <= metrics[-1]["eval/greedy/success_rate"] <= 1.0 and metrics[-1]["eval/sampled/turns_mean"] >= 1.0
+
+
+def test_sft_lays_out_a_turn_ending_at_a_stop_string_without_eos_as_the_episode_will(tiny_model):
+    """An episode's turn that ends at a stop string has no eos after it; SFT's transcript must match, or the
+    warm-started model reads a context at PPO time that it never saw (calculator: the tool's result copied wrong)."""
+    from ppo_core.data.turns import transcript_targets
+    from ppo_core.modeling.loading import load_tokenizer
+    from ppo_core.plugin.contract import Record
+
+    tokenizer = load_tokenizer(str(tiny_model), False)
+    record = Record.from_dict({"messages": [{"role": "user", "content": "12*3="},
+                                            {"role": "assistant", "content": "<calc>12*3</calc>"},
+                                            {"role": "tool", "content": "36"},
+                                            {"role": "assistant", "content": "<answer>36</answer>"}]})
+    eos = tokenizer.eos_token_id
+    _, with_eos, _ = transcript_targets(record, tokenizer, False)
+    _, without, targets = transcript_targets(record, tokenizer, False, ["</calc>"])
+    assert with_eos.count(eos) == 2 and without.count(eos) == 1 and without[-1] == eos
+    assert len(without) == len(with_eos) - 1 and len(targets) == len(without)

@@ -116,7 +116,8 @@ def batch_of_prompts(encoded: Sequence[EncodedPrompt], tokenizer, config: RunCon
             ids = response_ids(target_solution(prompt.record, where), tokenizer)
             is_target = [True] * len(ids)
         else:  # a transcript: the prompt is the conversation before its first assistant turn
-            first, ids, is_target = transcript_targets(prompt.record, tokenizer, config.data.chat_template)
+            stops = config.environment.stop_strings if config.environment else ()
+            first, ids, is_target = transcript_targets(prompt.record, tokenizer, config.data.chat_template, stops)
             prompt = encode_records([first], tokenizer, config.data)[0]
         prompts.append(prompt)
         responses.append(ids[:max_response])

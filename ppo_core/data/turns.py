@@ -58,11 +58,14 @@ def assistant_turns_start(record: Record) -> Optional[int]:
     return next((i for i, m in enumerate(record.messages) if m.role == "assistant" and i > 0), None)
 
 
-def transcript_targets(record: Record, tokenizer, chat_template: bool) -> tuple[Record, list[int], list[bool]]:
+def transcript_targets(record: Record, tokenizer, chat_template: bool, stop_strings: Sequence[str] = ()
+                       ) -> tuple[Record, list[int], list[bool]]:
     """A multi-turn record as SFT learns it, laid out as an environment's episode: the record up to its first
     assistant message (the prompt), then each assistant message + eos (targets) and the messages between two of
-    them as an observation (context, :func:`observation_ids`). Messages after the last assistant one are dropped
-    unless the record has a solution, which then ends the transcript as a last assistant turn."""
+    them as an observation (context, :func:`observation_ids`). An assistant message ending with one of
+    ``stop_strings`` gets no eos: in an episode that turn ends at the stop string, so eos never follows it.
+    Messages after the last assistant one are dropped unless the record has a solution, which then ends the
+    transcript as a last assistant turn."""
     start = assistant_turns_start(record)
     ids: list[int] = []
     targets: list[bool] = []
@@ -77,6 +80,8 @@ def transcript_targets(record: Record, tokenizer, chat_template: bool) -> tuple[
         if between:
             context = observation_ids(between, tokenizer, chat_template)
             ids, targets, between = ids + context, targets + [False] * len(context), []
-        answer = list(tokenizer(message.content, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+        answer = list(tokenizer(message.content, add_special_tokens=False)["input_ids"])
+        if not any(message.content.endswith(stop) for stop in stop_strings):
+            answer.append(tokenizer.eos_token_id)
         ids, targets = ids + answer, targets + [True] * len(answer)
     return record.model_copy(update={"messages": list(record.messages[:start])}), ids, targets
