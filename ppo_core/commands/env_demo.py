@@ -107,7 +107,8 @@ def write_env_report(directory: Path, name: str, metrics: list[dict], before: di
                      seed: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     plot = plot_panels(metrics, [("env/success_rate", "success rate"), ("env/turns_mean", "turns per episode"),
-                                 ("env/tool_calls", "tool calls per episode"), ("reward/mean", "score"),
+                                 ("env/tool_calls", "tool calls per episode"),
+                                 ("env/return_mean", "return (turn rewards)"),
                                  ("kl", "KL to the reference"), ("env/truncated_rate", "cut off")],
                        directory / "environment.png")
     lines = [
@@ -137,7 +138,7 @@ def write_env_report(directory: Path, name: str, metrics: list[dict], before: di
 
 def episode_table(before: dict, after: dict) -> list[str]:
     columns = [("success_rate", "success"), ("turns_mean", "turns"), ("tool_calls", "tool calls"),
-               ("truncated_rate", "cut off"), ("reward_total", "score")]
+               ("truncated_rate", "cut off"), ("return_mean", "return")]
     rows = ["| model | decoding | " + " | ".join(title for _key, title in columns) + " |",
             "|" + " --- |" * (len(columns) + 2)]
     for label, numbers in (("SFT start", before), ("PPO result", after)):

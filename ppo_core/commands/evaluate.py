@@ -11,8 +11,8 @@ rendering, left padding and KV-cache sampler as a PPO rollout. The numbers per d
   :func:`normalise` equality (leading/trailing whitespace stripped, as the reward does by default);
 - ``length_mean`` (response tokens, eos included) and ``eos_rate``;
 - with an environment (``environment:``), each record is an episode played to its end as in PPO, the rewards
-  score the finished episode, and ``success_rate``, ``turns_mean``, ``tool_calls`` and ``truncated_rate`` join
-  the numbers (``length_mean`` and ``eos_rate`` are then of the last turn).
+  score the finished episode, and ``success_rate``, ``return_mean`` (the turn rewards' sum), ``turns_mean``,
+  ``tool_calls`` and ``truncated_rate`` join the numbers (``length_mean`` and ``eos_rate`` are then of the last turn).
 
 Everything is deterministic: the same model and config give the same numbers and samples twice.
 """
@@ -43,7 +43,7 @@ from ..runtime.checkpoints import check_output_location, write_file_atomically
 
 DECODINGS = ("greedy", "sampled")
 EXACT_MATCH = "exact_match"
-EPISODE_NUMBERS = ("success_rate", "turns_mean", "tool_calls", "truncated_rate")  # env/<name> of the episodes
+EPISODE_NUMBERS = ("success_rate", "return_mean", "turns_mean", "tool_calls", "truncated_rate")  # env/<name> of the episodes
 SAMPLES_FILE = "eval_samples.jsonl"
 NUMBERS_FILE = "eval.json"
 

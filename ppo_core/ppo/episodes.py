@@ -202,6 +202,7 @@ class EpisodeRunner:
             "env/turns_mean": sum(len(e.turns) for e in episodes) / n,
             "env/tool_calls": sum(e.tool_calls for e in episodes) / n,
             "env/truncated_rate": sum(e.truncated for e in episodes) / n,
+            "env/return_mean": sum(sum(r for r in e.turn_rewards if r is not None) for e in episodes) / n,
             "env/errors": float(errors),
         }
         for turn in range(1, max(len(e.turns) for e in episodes) + 1):
