@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=None, help="directory for every stage and the report (default: runs/demo, "
                       "or runs/demo-NAME with --env NAME)")
     demo.add_argument("--env", default=None, metavar="NAME", help="the pipeline on a bundled environment instead: "
-                      "guess_number or calculator (needs ppo-core-environments)")
+                      "retry_with_feedback, calculator or guess_number (needs ppo-core-environments)")
     demo.add_argument("--quick", action="store_true", help="a few steps of each stage (what the tests run)")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing demo directory")
     demo.add_argument("--seed", type=int, default=0)

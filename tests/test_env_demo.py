@@ -28,5 +28,5 @@ def test_the_quick_environment_demo_runs_every_stage_and_writes_the_report(tmp_p
 def test_an_unknown_environment_demo_is_one_line(tmp_path, capsys):
     assert main(["demo", "--env", "chess", "--out", str(tmp_path / "demo")]) == 2
     err = capsys.readouterr().err
-    assert "--env 'chess' has no demo; choose one of calculator, guess_number" in err and "Traceback" not in err
+    assert "--env 'chess' has no demo; choose one of calculator, guess_number, retry_with_feedback" in err and "Traceback" not in err
     assert not (tmp_path / "demo").exists()

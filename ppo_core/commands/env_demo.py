@@ -13,14 +13,25 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import UserError
 from ..runtime.rundir import check_replaceable
 from .demo import REPORT_DIR, plot_panels, stage
 
-#: per environment: its section, the tokens an answer may take, the SFT steps of the warm start
+REVERSE = {"dataset": "reverse", "options": {"size": 2000, "eval_size": 200, "min_len": 2, "max_len": 4}}
+RETRY = {"max_attempts": 3, "feedback": "positions"}
+#: per environment: its section, the SFT steps of the warm start and, for an environment that wraps a dataset,
+#: the PPO data and the SFT data (its transcripts over the same dataset)
 ENVIRONMENTS: dict[str, dict[str, Any]] = {
+    "retry_with_feedback": {
+        "environment": {"name": "retry_with_feedback", "max_turns": 3, "max_turn_tokens": 6, "options": RETRY},
+        "data": REVERSE,
+        "sft_data": {"dataset": "retry_with_feedback_transcripts",
+                     "options": {**RETRY, "dataset": "reverse", "dataset_options": REVERSE["options"],
+                                 "wrong_first": 0.3}},
+        "sft_steps": 330,
+    },
     "guess_number": {
         "environment": {"name": "guess_number", "max_turns": 6, "max_turn_tokens": 4, "max_episode_tokens": 72},
         "sft_steps": 120,
@@ -46,7 +57,7 @@ def env_demo_configs(name: str, out: str, seed: int = 0) -> dict[str, dict[str, 
     generation = {"max_new_tokens": environment["max_turn_tokens"], "temperature": 1.0}
     sft = {
         "model": {"path": f"{out}/model"},
-        "data": {"dataset": f"{name}_transcripts", "options": environment.get("options", {})},
+        "data": spec.get("sft_data", {"dataset": f"{name}_transcripts", "options": environment.get("options", {})}),
         "generation": generation,
         "optim": {"lr": 3.0e-3, "schedule": "constant", "warmup_steps": 20},
         "train": {"seed": seed, "output_dir": f"{out}/sft"},
@@ -54,6 +65,7 @@ def env_demo_configs(name: str, out: str, seed: int = 0) -> dict[str, dict[str, 
     }
     ppo = {
         "model": {"path": f"{out}/sft/final", "critic": "shared"},
+        **({"data": spec["data"]} if "data" in spec else {}),
         "environment": environment,
         "rewards": [],
         "ppo": {"rollout_batch_size": 64, "minibatch_size": 16, "epochs": 4, "kl": {"coef": 0.01}},
@@ -64,8 +76,10 @@ def env_demo_configs(name: str, out: str, seed: int = 0) -> dict[str, dict[str, 
     return {"sft": sft, "ppo": ppo}
 
 
-def run_env_demo(name: str, out: str, quick: bool = False, overwrite: bool = False, seed: int = 0) -> Path:
-    """Every stage of environment ``name``'s demo; returns the report's path."""
+def run_env_demo(name: str, out: str, quick: bool = False, overwrite: bool = False, seed: int = 0,
+                 ppo_overrides: Sequence[str] = ()) -> Path:
+    """Every stage of environment ``name``'s demo (``ppo_overrides``: ``--set`` assignments for its PPO stage);
+    returns the report's path."""
     from ..config import load_config
     from ..modeling.tiny import init_model
     from .evaluate import evaluate_model
@@ -87,7 +101,7 @@ def run_env_demo(name: str, out: str, quick: bool = False, overwrite: bool = Fal
     train_sft(load_config(None, QUICK["sft"] if quick else [], base=configs["sft"]), source="demo sft config")
 
     stage(f"3/4 train: PPO on {name}'s episodes")
-    ppo_config = load_config(None, QUICK["ppo"] if quick else [], base=configs["ppo"])
+    ppo_config = load_config(None, [*(QUICK["ppo"] if quick else []), *ppo_overrides], base=configs["ppo"])
     final = train(ppo_config, source="demo ppo config")
 
     stage("4/4 eval: held-out episodes of the SFT start and the PPO result")
