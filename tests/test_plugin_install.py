@@ -174,7 +174,7 @@ def test_the_example_custom_environment_plugin_trains_two_updates(tmp_path, tiny
     pip("install", "--no-deps", "--no-build-isolation", str(REPO / "examples" / "custom-environment-plugin"))
     try:
         metrics = train_two_updates(tmp_path, tiny_model, [{"name": "repetition_penalty", "weight": 0.1}], data={},
-                                    environment={"name": "echo", "max_turns": 3, "max_turn_tokens": 8,
+                                    environment={"name": "echo", "max_turns": 3, "max_turn_tokens": 8, "max_episode_tokens": 64,
                                                  "options": {"rounds": 3, "episodes": 16}})
         assert [m["update"] for m in metrics] == [1, 2]
         assert all(0.0 <= m["env/success_rate"] <= 1.0 and 1.0 <= m["env/turns_mean"] <= 3.0 for m in metrics)
