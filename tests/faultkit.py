@@ -485,10 +485,34 @@ FAULTY_ENVIRONMENTS = '''
             return EnvStep(states=states, observations=["x" * 1000] * n, rewards=[0.0] * n, done=[False] * n)
 
 
+    class LongFirstPrompt(Plays):
+        name = "long_first_prompt"
+
+        def broken_start(self, records):
+            return EnvReset(states=[{"turn": 0} for _ in records], prompts=["y" * 500 for _ in records])
+
+
+    class OwnRecordsRaise(Plays):
+        """Makes its own episodes (no data.dataset needed), or would."""
+
+        name = "own_records_raise"
+
+        def records(self, split):
+            raise OSError("the deck is gone")
+
+
+    class OwnRecordsExit(Plays):
+        name = "own_records_exit"
+
+        def records(self, split):
+            sys.exit(7)
+
+
     @hookimpl
     def register_environments(register):
         for environment in (StepRaises, ResetRaises, StepHangs, StepExits, StepHardExit, StepSegfaults, FewerStates,
-                            FewerObservations, LiveState, NanReward, FailsToStart, NeverDone, Floods):
+                            FewerObservations, LiveState, NanReward, FailsToStart, NeverDone, Floods, LongFirstPrompt,
+                            OwnRecordsRaise, OwnRecordsExit):
             register(environment)
 '''
 

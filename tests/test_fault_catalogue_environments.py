@@ -75,6 +75,16 @@ ENVIRONMENT_FAULTS = [
                                              "environment 'step_raises' of plugin 'faulty_env'",
                                              "makes no episodes of its own"),
           {**environment("step_raises"), "data": DELETE}, plugin="faulty_env"),
+    Fault("env-first-prompt-too-long", ("the first prompt from " + label("long_first_prompt"),
+                                        "data.max_prompt_tokens", "more than 64"),
+          {**environment("long_first_prompt"), "data": {"long_prompts": "error", "max_prompt_tokens": 64}},
+          plugin="faulty_env"),
+    Fault("env-own-records-raise", ("environment 'own_records_raise'", "OwnRecordsRaise", "train split",
+                                    "OSError: the deck is gone"),
+          {**environment("own_records_raise"), "data": DELETE}, plugin="faulty_env"),
+    Fault("env-own-records-exit", ("environment 'own_records_exit'", "OwnRecordsExit", "called sys.exit(7)",
+                                   "train split"),
+          {**environment("own_records_exit"), "data": DELETE}, plugin="faulty_env"),
 ]
 
 
