@@ -186,13 +186,15 @@ def test_an_observation_overflowing_the_context_ends_the_episode_truncated(tmp_p
     assert played.stats["env/truncated_rate"] == 1.0
 
 
-@pytest.mark.parametrize("on_error, turn_reward", [("skip", None), (-1.0, -1.0)])
+@pytest.mark.parametrize("name, isolation, on_error, turn_reward", [
+    ("step_raises", "none", "skip", None), ("step_raises", "none", -1.0, -1.0),
+    ("step_segfaults", "process", "skip", None)])  # its worker dies at turn 2 and a fresh one plays update 2
 def test_on_error_lets_the_run_complete_and_counts_the_faults(tmp_path, tiny_model, make_distribution, monkeypatch,
-                                                              on_error, turn_reward):
-    """step raises at every turn 2: `on_error` ends those episodes there (no turn reward, or its number) and
+                                                              name, isolation, on_error, turn_reward):
+    """step fails at every turn 2: `on_error` ends those episodes there (no turn reward, or its number) and
     `env/errors` counts one fault per update."""
-    change = environment("step_raises", {"updates": 2}, on_error=on_error, isolation="none", options={"turn": 2})
+    change = environment(name, {"updates": 2}, on_error=on_error, isolation=isolation, options={"turn": 2})
     metrics = train_to_the_end(change, tmp_path, tiny_model, make_distribution, monkeypatch)
     assert [m["env/errors"] for m in metrics] == [1.0, 1.0]
     assert [m.get("env/turn_reward/2") for m in metrics] == [turn_reward, turn_reward]
-    assert all(m["env/turn_reward/1"] == 0.5 for m in metrics)
+    assert all(m["env/turn_reward/1"] == 0.5 and m["env/turns_mean"] == 2.0 for m in metrics)
