@@ -51,6 +51,8 @@ ENVIRONMENT_FAULTS = [
                               "the board is on fire"),
           environment("step_raises", TWO_UPDATES, options={"batch": 2, "turn": 2}), plugin="faulty_env",
           present=UPDATE_1_KEPT),
+    Fault("env-step-raises-in-eval", (label("step_raises"), "raised RuntimeError in step at turn 1", FIRST_EPISODE),
+          environment("step_raises"), plugin="faulty_env", command="eval", args=("--model", "{model}")),
     Fault("env-reset-raises", (label("reset_raises"), "raised OSError in reset", FIRST_EPISODE, "no boards left"),
           environment("reset_raises"), plugin="faulty_env"),
     Fault("env-returns-fewer-states", (label("fewer_states"), "returned 3 states from step for 4 episodes at turn 1",
