@@ -36,8 +36,10 @@ TWO_UPDATES = {"updates": 2, "save_every": 1}
 
 
 def environment(name: str, train: dict = None, **settings) -> dict:
-    """BASE with the environment ``name`` of plugin 'faulty_env': two turns of episodes with room for both."""
-    change = {"environment": {"name": name, "max_turns": 2, "max_episode_tokens": 32, **settings}}
+    """BASE with the environment ``name`` of plugin 'faulty_env': two turns of episodes with room for both (and
+    the reward in this process: a worker of its own would only cost its start)."""
+    change = {"environment": {"name": name, "max_turns": 2, "max_episode_tokens": 32, **settings},
+              "rewards": [{"name": "exact_match", "isolation": "none"}]}
     return {**change, "train": train} if train else change
 
 
@@ -52,7 +54,8 @@ ENVIRONMENT_FAULTS = [
           environment("step_raises", TWO_UPDATES, options={"batch": 2, "turn": 2}), plugin="faulty_env",
           present=UPDATE_1_KEPT),
     Fault("env-step-raises-in-eval", (label("step_raises"), "raised RuntimeError in step at turn 1", FIRST_EPISODE),
-          environment("step_raises"), plugin="faulty_env", command="eval", args=("--model", "{model}")),
+          environment("step_raises", isolation="none"), plugin="faulty_env", command="eval",
+          args=("--model", "{model}")),
     Fault("env-reset-raises", (label("reset_raises"), "raised OSError in reset", FIRST_EPISODE, "no boards left"),
           environment("reset_raises"), plugin="faulty_env"),
     Fault("env-returns-fewer-states", (label("fewer_states"), "returned 3 states from step for 4 episodes at turn 1",
@@ -60,7 +63,7 @@ ENVIRONMENT_FAULTS = [
           environment("fewer_states"), plugin="faulty_env"),
     Fault("env-returns-fewer-observations", (label("fewer_observations"), "raised ValueError in step at turn 1",
                                              "EnvStep fields differ in length", "observations: 3"),
-          environment("fewer_observations"), plugin="faulty_env"),
+          environment("fewer_observations", isolation="none"), plugin="faulty_env"),
     Fault("env-live-object-state", (label("live_state"), "raised ValueError in reset", FIRST_EPISODE,
                                     "state 0 is not plain data", "lock"),
           environment("live_state", isolation="none"), plugin="faulty_env"),
@@ -79,14 +82,14 @@ ENVIRONMENT_FAULTS = [
           {**environment("step_raises"), "data": DELETE}, plugin="faulty_env"),
     Fault("env-first-prompt-too-long", ("the first prompt from " + label("long_first_prompt"),
                                         "data.max_prompt_tokens", "more than 64"),
-          {**environment("long_first_prompt"), "data": {"long_prompts": "error", "max_prompt_tokens": 64}},
-          plugin="faulty_env"),
+          {**environment("long_first_prompt", isolation="none"),
+           "data": {"long_prompts": "error", "max_prompt_tokens": 64}}, plugin="faulty_env"),
     Fault("env-own-records-raise", ("environment 'own_records_raise'", "OwnRecordsRaise", "train split",
                                     "OSError: the deck is gone"),
-          {**environment("own_records_raise"), "data": DELETE}, plugin="faulty_env"),
+          {**environment("own_records_raise", isolation="none"), "data": DELETE}, plugin="faulty_env"),
     Fault("env-own-records-exit", ("environment 'own_records_exit'", "OwnRecordsExit", "called sys.exit(7)",
                                    "train split"),
-          {**environment("own_records_exit"), "data": DELETE}, plugin="faulty_env"),
+          {**environment("own_records_exit", isolation="none"), "data": DELETE}, plugin="faulty_env"),
 ]
 
 
@@ -169,7 +172,7 @@ def test_an_observation_overflowing_the_context_ends_the_episode_truncated(tmp_p
     from ppo_core.commands.train import build_run, next_prompt_batch
     from ppo_core.config import load_config
 
-    change = environment("floods", max_turns=4, options={"turn": 2})
+    change = environment("floods", max_turns=4, isolation="none", options={"turn": 2})
     metrics = train_to_the_end(change, tmp_path, tiny_model, make_distribution, monkeypatch)
     assert [(m["env/turns_mean"], m["env/truncated_rate"]) for m in metrics] == [(2.0, 1.0)]
     assert metrics[0]["env/success_rate"] is None  # never reported: unknown (nan, null in metrics.jsonl)
