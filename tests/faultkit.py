@@ -336,8 +336,189 @@ FAULTY_DATASETS = '''
             register(dataset)
 '''
 
+# Environments that misbehave, each one way, from the `batch`-th batch of episodes (counted by reset calls) and
+# the `turn`-th turn on: in their worker process (isolation: process, the default) or in the main one.
+FAULTY_ENVIRONMENTS = '''
+    import ctypes
+    import os
+    import sys
+    import threading
+    import time
+
+    from pydantic import BaseModel
+
+    from ppo_core import EnvReset, EnvStep, Environment, hookimpl
+
+
+    class GameOptions(BaseModel):
+        batch: int = 1  # the fault strikes from this batch of episodes on
+        turn: int = 1  # ... and from this turn on
+        first_batch_succeeds: bool = False  # never_done: the first batch's episodes end at once, solved
+
+
+    class Plays(Environment):
+        """A game that asks for another try and ends after turn 2; each subclass breaks it one way."""
+
+        name = "plays"
+        Options = GameOptions
+        batches = 0
+
+        def reset(self, records):
+            self.batches += 1
+            start = self.broken_start if self.batches >= self.options.batch else self.start
+            return start(records)
+
+        def step(self, states, responses):
+            broken = self.batches >= self.options.batch and states[0]["turn"] + 1 >= self.options.turn
+            return (self.broken_answer if broken else self.answer)(states, responses)
+
+        def start(self, records):
+            return EnvReset(states=[{"turn": 0} for _ in records], prompts=[r.prompt_text for r in records])
+
+        def answer(self, states, responses):
+            states = [{"turn": s["turn"] + 1} for s in states]
+            return EnvStep(states=states, observations=[" again:"] * len(states), rewards=[0.5] * len(states),
+                           done=[s["turn"] >= 2 for s in states])
+
+        broken_start, broken_answer = start, answer
+
+
+    class StepRaises(Plays):
+        name = "step_raises"
+
+        def broken_answer(self, states, responses):
+            raise RuntimeError("the board is on fire")
+
+
+    class ResetRaises(Plays):
+        name = "reset_raises"
+
+        def broken_start(self, records):
+            raise OSError("no boards left")
+
+
+    class StepHangs(Plays):
+        name = "step_hangs"
+
+        def broken_answer(self, states, responses):
+            time.sleep(600)
+
+
+    class StepExits(Plays):
+        name = "step_exits"
+
+        def broken_answer(self, states, responses):
+            sys.exit(3)
+
+
+    class StepHardExit(Plays):
+        name = "step_hard_exit"
+
+        def broken_answer(self, states, responses):
+            os._exit(5)
+
+
+    class StepSegfaults(Plays):
+        name = "step_segfaults"
+
+        def broken_answer(self, states, responses):
+            return ctypes.string_at(0)
+
+
+    class FewerStates(Plays):
+        name = "fewer_states"
+
+        def broken_answer(self, states, responses):
+            return self.answer(states[:-1], responses[:-1])
+
+
+    class FewerObservations(Plays):
+        name = "fewer_observations"
+
+        def broken_answer(self, states, responses):
+            n = len(states)
+            return EnvStep(states=states, observations=[None] * (n - 1), rewards=[None] * n, done=[True] * n)
+
+
+    class LiveState(Plays):
+        name = "live_state"
+
+        def broken_start(self, records):
+            return EnvReset(states=[threading.Lock() for _ in records], prompts=[r.prompt_text for r in records])
+
+
+    class NanReward(Plays):
+        name = "nan_reward"
+
+        def broken_answer(self, states, responses):
+            n = len(states)
+            return EnvStep(states=states, observations=[None] * n, rewards=[float("nan")] * n, done=[True] * n)
+
+
+    class FailsToStart(Plays):
+        name = "fails_to_start"
+
+        def __init__(self, options, context):
+            raise RuntimeError("no licence for this game")
+
+
+    class NeverDone(Plays):
+        name = "never_done"
+
+        def answer(self, states, responses):
+            n = len(states)
+            if self.options.first_batch_succeeds and self.batches == 1:
+                return EnvStep(states=states, observations=[None] * n, rewards=[1.0] * n, done=[True] * n,
+                               success=[True] * n)
+            return EnvStep(states=states, observations=[" again:"] * n, rewards=[None] * n, done=[False] * n)
+
+        broken_answer = answer
+
+
+    class Floods(Plays):
+        """Answers every turn with an observation longer than the model's whole context."""
+
+        name = "floods"
+
+        def broken_answer(self, states, responses):
+            n = len(states)
+            return EnvStep(states=states, observations=["x" * 1000] * n, rewards=[0.0] * n, done=[False] * n)
+
+
+    class LongFirstPrompt(Plays):
+        name = "long_first_prompt"
+
+        def broken_start(self, records):
+            return EnvReset(states=[{"turn": 0} for _ in records], prompts=["y" * 500 for _ in records])
+
+
+    class OwnRecordsRaise(Plays):
+        """Makes its own episodes (no data.dataset needed), or would."""
+
+        name = "own_records_raise"
+
+        def records(self, split):
+            raise OSError("the deck is gone")
+
+
+    class OwnRecordsExit(Plays):
+        name = "own_records_exit"
+
+        def records(self, split):
+            sys.exit(7)
+
+
+    @hookimpl
+    def register_environments(register):
+        for environment in (StepRaises, ResetRaises, StepHangs, StepExits, StepHardExit, StepSegfaults, FewerStates,
+                            FewerObservations, LiveState, NanReward, FailsToStart, NeverDone, Floods, LongFirstPrompt,
+                            OwnRecordsRaise, OwnRecordsExit):
+            register(environment)
+'''
+
 PLUGINS = {"faulty": FAULTY_REWARDS, "broken": BROKEN_AT_IMPORT, "isolation": ISOLATION_REWARDS,
-           "exits_at_import": EXITS_AT_IMPORT, "failing_starts": FAILING_STARTS, "faulty_data": FAULTY_DATASETS}
+           "exits_at_import": EXITS_AT_IMPORT, "failing_starts": FAILING_STARTS, "faulty_data": FAULTY_DATASETS,
+           "faulty_env": FAULTY_ENVIRONMENTS}
 RUN_MARKER = "PPO_CORE_FAULT_RUN"
 
 # a case that takes longer hangs: a config or data mistake must be found before any long work starts

@@ -9,6 +9,7 @@ from typing import Iterator, Optional
 from ..config import DataConfig
 from ..errors import DataError, PluginError, UserError
 from ..plugin.contract import Dataset, Record, Split
+from ..plugin.environment import Environment
 from .prompts import EncodedPrompt, LongPrompts, encode_record
 
 SHUFFLE_BUFFER = 10_000
@@ -109,9 +110,11 @@ def take_records(dataset: Dataset, split: str, limit: Optional[int] = None) -> l
 
 
 def plugin_records(dataset: Dataset, split: str) -> Iterator[Record]:
-    """``dataset.records(split)``, where the plugin's own failure -- an exception that is not a UserError, or
-    an item that is not a Record -- is a PluginError naming the dataset and its class, not a traceback."""
-    where = f"dataset '{getattr(dataset, 'name', '?')}' ({type(dataset).__module__}.{type(dataset).__qualname__})"
+    """``dataset.records(split)``, where the plugin's own failure -- an exception that is not a UserError, a
+    sys.exit, or an item that is not a Record -- is a PluginError naming the dataset (or the environment that
+    makes its own episodes) and its class, not a traceback or a silent exit."""
+    kind = "environment" if isinstance(dataset, Environment) else "dataset"
+    where = f"{kind} '{getattr(dataset, 'name', '?')}' ({type(dataset).__module__}.{type(dataset).__qualname__})"
     try:
         for record in dataset.records(split):
             if not isinstance(record, Record):
@@ -119,5 +122,7 @@ def plugin_records(dataset: Dataset, split: str) -> Iterator[Record]:
             yield record
     except UserError:
         raise
+    except SystemExit as exit:
+        raise PluginError(f"{where} called sys.exit({exit.code!r}) reading its {split} split") from None
     except Exception as error:
         raise PluginError(f"{where} failed reading its {split} split: {type(error).__name__}: {error}") from None

@@ -20,6 +20,7 @@ from torch import nn
 from ..config import DataConfig, EnvironmentConfig, GenerationConfig
 from ..data.prompts import EncodedPrompt, left_pad
 from ..data.turns import as_messages, encode_first_prompts, observation_ids
+from ..errors import DataError
 from ..plugin.contract import Message, Record, Sample
 from .environment import GuardedEnvironment
 from .rollout import Responses, StopStrings, generate_responses
@@ -79,7 +80,10 @@ class EpisodeRunner:
     def reset(self, records: Sequence[Record]) -> tuple[list[EncodedPrompt], list[Any]]:
         """Each record's episode: its encoded first prompt and its state."""
         started = self.environment.reset(records)
-        return encode_first_prompts(started.prompts, records, self.tokenizer, self.data), list(started.states)
+        try:
+            return encode_first_prompts(started.prompts, records, self.tokenizer, self.data), list(started.states)
+        except DataError as error:  # too long for data.max_prompt_tokens (long_prompts: error)
+            raise DataError(f"the first prompt from {self.environment.label}: {error}") from None
 
     @torch.no_grad()
     def play(self, policy: nn.Module, prompts: Sequence[EncodedPrompt], states: Sequence[Any],
