@@ -79,3 +79,32 @@ def test_sft_lays_out_a_turn_ending_at_a_stop_string_without_eos_as_the_episode_
     _, without, targets = transcript_targets(record, tokenizer, False, ["</calc>"])
     assert with_eos.count(eos) == 2 and without.count(eos) == 1 and without[-1] == eos
     assert len(without) == len(with_eos) - 1 and len(targets) == len(without)
+
+
+def test_sft_holds_a_transcripts_first_prompt_to_the_limit_not_the_whole_transcript(tiny_model, tmp_path):
+    """data.max_prompt_tokens bounds the prompt the model reads; a transcript's later turns are its response. Judged
+    on the whole transcript, a long one was cut from its start (its first prompt lost) before SFT saw it."""
+    from ppo_core.commands.sft import build_batch, encode_sft_prompts
+    from ppo_core.data.stream import PromptStream
+    from ppo_core.data.turns import first_prompt
+    from ppo_core.modeling.loading import load_tokenizer
+    from ppo_core.plugin.contract import Record
+
+    tokenizer = load_tokenizer(str(tiny_model), False)
+    record = Record.from_dict({"messages": [{"role": "user", "content": "12*3="},
+                                            {"role": "assistant", "content": "<calc>12*3</calc>"},
+                                            {"role": "tool", "content": "36"},
+                                            {"role": "assistant", "content": "<answer>36</answer>"}]})
+    config = make_config(tiny_model, tmp_path / "run", "data.max_prompt_tokens=8")
+
+    class OneRecord:
+        def records(self, split):
+            return iter([record])
+
+    streamed = PromptStream(OneRecord(), "train", 0, False, name="one").take_prompts(1, tokenizer, config.data,
+                                                                                     prompt_of=first_prompt)
+    for prompt in (*streamed, *encode_sft_prompts([record], tokenizer, config)):
+        assert tokenizer.decode(prompt.ids, skip_special_tokens=True) == "12*3=" and not prompt.truncated
+        assert prompt.record is record  # the whole transcript, for its targets
+    batch = build_batch([record], tokenizer, config)
+    assert tokenizer.decode(batch.input_ids[0, :batch.prompt_length], skip_special_tokens=True) == "12*3="

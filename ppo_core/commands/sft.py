@@ -35,9 +35,9 @@ from torch import nn
 
 from ..config import RunConfig
 from ..config.sections import stop_condition_met
-from ..data.prompts import EncodedPrompt, encode_records, left_pad, long_prompt_stats
+from ..data.prompts import EncodedPrompt, encode_record, left_pad, long_prompt_stats
 from ..data.stream import PromptStream, take_records
-from ..data.turns import assistant_turns_start, transcript_targets
+from ..data.turns import assistant_turns_start, first_prompt, transcript_targets
 from ..errors import DataError
 from ..modeling.loading import disable_dropout, fit_to_context, load_causal_lm, save_model
 from ..plugin.contract import Record
@@ -103,7 +103,19 @@ def response_ids(solution: str, tokenizer, max_tokens: Optional[int] = None) -> 
 
 def build_batch(records: Sequence[Record], tokenizer, config: RunConfig, where: str = "dataset") -> SFTBatch:
     """Tokenize records into an :class:`SFTBatch` whose prompt part is exactly the PPO rollout's prompt batch."""
-    return batch_of_prompts(encode_records(records, tokenizer, config.data), tokenizer, config, where)
+    return batch_of_prompts(encode_sft_prompts(records, tokenizer, config), tokenizer, config, where)
+
+
+def encode_sft_prompts(records: Sequence[Record], tokenizer, config: RunConfig) -> list[EncodedPrompt]:
+    """Each record's prompt encoded as the rollout encodes it (a transcript's: its first prompt, held to
+    ``data.max_prompt_tokens`` alone), keeping the whole record for its targets; skipped ones left out."""
+    encoded = []
+    for record in records:
+        prompt = encode_record(first_prompt(record), tokenizer, config.data)
+        if prompt is not None:
+            prompt.record = record
+            encoded.append(prompt)
+    return encoded
 
 
 def batch_of_prompts(encoded: Sequence[EncodedPrompt], tokenizer, config: RunConfig, where: str = "dataset"
@@ -115,10 +127,9 @@ def batch_of_prompts(encoded: Sequence[EncodedPrompt], tokenizer, config: RunCon
         if assistant_turns_start(prompt.record) is None:
             ids = response_ids(target_solution(prompt.record, where), tokenizer)
             is_target = [True] * len(ids)
-        else:  # a transcript: the prompt is the conversation before its first assistant turn
+        else:  # a transcript: its prompt was encoded from the conversation before its first assistant turn
             stops = config.environment.stop_strings if config.environment else ()
-            first, ids, is_target = transcript_targets(prompt.record, tokenizer, config.data.chat_template, stops)
-            prompt = encode_records([first], tokenizer, config.data)[0]
+            _, ids, is_target = transcript_targets(prompt.record, tokenizer, config.data.chat_template, stops)
         prompts.append(prompt)
         responses.append(ids[:max_response])
         targets.append(is_target[:max_response])
@@ -225,7 +236,7 @@ def sft_step(run: SFTRun) -> dict[str, float]:
     """One optimizer step on the next ``sft.batch_size`` records (micro-batches weighted by their tokens)."""
     config = run.config
     run.model.train()
-    records = run.records.take_prompts(config.sft.batch_size, run.tokenizer, config.data)
+    records = run.records.take_prompts(config.sft.batch_size, run.tokenizer, config.data, prompt_of=first_prompt)
     batch = batch_of_prompts(records, run.tokenizer, config, where=f"dataset '{config.data.dataset}'").to(run.device)
     tokens = max(batch.response_tokens, 1)
     micro = config.sft.micro_batch_size or config.sft.batch_size

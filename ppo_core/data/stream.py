@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from ..config import DataConfig
 from ..errors import DataError, PluginError, UserError
@@ -46,13 +46,18 @@ class PromptStream:
     def take(self, count: int) -> list[Record]:
         return [self._next() for _ in range(count)]
 
-    def take_prompts(self, count: int, tokenizer, config: DataConfig) -> list[EncodedPrompt]:
+    def take_prompts(self, count: int, tokenizer, config: DataConfig,
+                     prompt_of: Optional[Callable[[Record], Record]] = None) -> list[EncodedPrompt]:
         """The next ``count`` records encoded (:func:`~ppo_core.data.prompts.encode_record`); with
-        ``long_prompts: skip`` a skipped record is replaced by the next one."""
+        ``long_prompts: skip`` a skipped record is replaced by the next one. ``prompt_of``: encode that part of
+        each record (e.g. a transcript's first prompt); the encoded prompt keeps the whole record."""
         prompts: list[EncodedPrompt] = []
         skipped_in_a_row = 0
         while len(prompts) < count:
-            prompt = encode_record(self._next(), tokenizer, config, self.long_prompts)
+            record = self._next()
+            prompt = encode_record(prompt_of(record) if prompt_of else record, tokenizer, config, self.long_prompts)
+            if prompt is not None and prompt_of is not None:
+                prompt.record = record
             if prompt is not None:
                 prompt.skipped_before, skipped_in_a_row = skipped_in_a_row, 0
                 prompts.append(prompt)

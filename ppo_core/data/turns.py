@@ -58,6 +58,13 @@ def assistant_turns_start(record: Record) -> Optional[int]:
     return next((i for i, m in enumerate(record.messages) if m.role == "assistant" and i > 0), None)
 
 
+def first_prompt(record: Record) -> Record:
+    """What a record's prompt is for SFT: a transcript's messages before its first assistant turn (the episode's
+    first prompt); any other record itself."""
+    start = assistant_turns_start(record)
+    return record if start is None else record.model_copy(update={"messages": list(record.messages[:start])})
+
+
 def transcript_targets(record: Record, tokenizer, chat_template: bool, stop_strings: Sequence[str] = ()
                        ) -> tuple[Record, list[int], list[bool]]:
     """A multi-turn record as SFT learns it, laid out as an environment's episode: the record up to its first
