@@ -35,7 +35,7 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
     },
     "guess_number": {
         "environment": {"name": "guess_number", "max_turns": 6, "max_turn_tokens": 4, "max_episode_tokens": 72},
-        "sft_steps": 120,
+        "sft_steps": 200,
     },
     "calculator": {
         # no stop string: the transcripts end a tool call with eos, and the warm-started model does too
