@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from ..config import GenerationConfig, OptimConfig, PPOConfig
+from ..runtime.distributed import SINGLE_PROCESS, Distributed
 from ..runtime.loop import NonFiniteGuard
 from ..runtime.metrics import accumulate, timed
 from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
+from .distributed import global_masked_whiten
 from .functional import (
     AdaptiveKLController,
     FixedKLController,
@@ -37,7 +39,6 @@ from .functional import (
     leave_one_out_advantages,
     masked_mean,
     masked_sum,
-    masked_whiten,
     per_token_rewards,
     ppo_total_loss,
     sequence_to_tokens,
@@ -121,6 +122,7 @@ class PPOEngine:
         pad_token_id: int,
         generator: torch.Generator,
         max_nonfinite_steps: int = 3,
+        distributed: Distributed = SINGLE_PROCESS,
     ):
         self.model = model
         self.reference = reference
@@ -130,6 +132,7 @@ class PPOEngine:
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.generator = generator
+        self.dist = distributed  # one process: every collective is the identity
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, advice="stopping. Lower optim.lr, set "
                                         "optim.max_grad_norm, or check the rewards' scale")
         self.kl_controller = make_kl_controller(ppo)
@@ -189,8 +192,9 @@ class PPOEngine:
                           values=old_values, advantages=advantages, returns=returns)
         # R6. statistics; the KL controller sees "kl", the batch's mean k1 summed over each response (Eq. 9)
         stats = {**self._rollout_stats(rollout, scores, responses.stopped_by_eos, kl_coef), **advantage_stats}
-        self.kl_controller.update(stats["kl"], len(scores))
-        return rollout, {**score_stats, **stats, **times}
+        stats = self.dist.reduce_stats({**score_stats, **stats, **times})  # global over ranks
+        self.kl_controller.update(stats["kl"], len(scores) * self.dist.world_size)
+        return rollout, stats
 
     def _shaped_scores(self, scores: torch.Tensor, stopped_by_eos: torch.Tensor) -> torch.Tensor:
         """Eq. 11 then Eq. 12: s - p * [cut off by the length limit], then clamped to [-c, c]."""
@@ -207,7 +211,7 @@ class PPOEngine:
         in_reward_coef = kl_coef if self.ppo.kl_placement == "reward" else 0.0
         rewards = per_token_rewards(scores, kl, in_reward_coef, mask)
         if self.ppo.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = global_masked_whiten(rewards, mask, self.dist, shift_mean=False)
         return rewards
 
     def _advantages(self, rewards, old_values, mask) -> tuple[torch.Tensor, Optional[torch.Tensor], dict]:
@@ -229,7 +233,7 @@ class PPOEngine:
             advantages = sequence_to_tokens(per_response, mask)
             stats["advantage/zero_std_groups"] = float(equal_groups)
         if ppo.whitens_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = global_masked_whiten(advantages, mask, self.dist)
         return advantages, returns, stats
 
     @staticmethod
@@ -301,6 +305,7 @@ class PPOEngine:
     def _minibatch_step(self, rollout: Rollout, minibatch: torch.Tensor) -> Optional[dict[str, float]]:
         """O2-O4: one optimizer step on the rows ``minibatch``; its statistics, or None when it was skipped."""
         step_stats = self._accumulate_gradients(rollout, minibatch)
+        step_stats = self.dist.sum_gradients(self.model.parameters(), step_stats)  # the sum over ranks
         # O3. clip the global gradient norm; a non-finite loss or gradient skips the step
         grad_norm = self._clip_gradients()
         if not self.nonfinite.check(step_stats["loss/total"], grad_norm):  # the limit-th in a row stops the run
@@ -319,8 +324,8 @@ class PPOEngine:
         clipfrac, approx_kl) by the share of real tokens, so they stay token means over the minibatch."""
         micro = self.ppo.micro_batch_size or self.ppo.minibatch_size
         how, mask = self.ppo.aggregation, rollout.response_mask
-        minibatch_size = aggregation_size(mask[minibatch], how).clamp(min=1.0)
-        minibatch_tokens = mask[minibatch].sum().clamp(min=1.0)
+        minibatch_size = self.dist.all_reduce_sum(aggregation_size(mask[minibatch], how)).clamp(min=1.0)
+        minibatch_tokens = self.dist.all_reduce_sum(mask[minibatch].sum()).clamp(min=1.0)  # over every rank
         self.optimizer.zero_grad(set_to_none=True)
         step_stats: dict[str, float] = {}
         for start in range(0, len(minibatch), micro):
