@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ class Distributed:
         try:
             yield
         except RuntimeError as error:  # torch's DistBackendError is a RuntimeError too
-            detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            detail = _first_line(error)
             raise DistributedError(
                 f"rank {self.rank} of {self.world_size}: {what} failed: another rank stopped or did not answer "
                 f"within {self.timeout_s:g} s ({TIMEOUT_ENV}); see that rank's error ({detail})") from None
@@ -248,6 +249,12 @@ def combine_stats(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
 SINGLE_PROCESS = Distributed()
 
 
+def _first_line(error: BaseException) -> str:
+    """The backend's message without its source location (``[.../pair.cc:553] Connection closed by peer``)."""
+    lines = str(error).strip().splitlines()
+    return re.sub(r"^\[[^\]]*\]\s*", "", lines[0])[:160] if lines else type(error).__name__
+
+
 def _collective_device() -> torch.device:
     """nccl reduces CUDA tensors, gloo CPU ones."""
     import torch.distributed as dist
@@ -292,7 +299,7 @@ def join_process_group(device: str = "auto") -> Distributed:
             dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
         except (RuntimeError, ValueError) as error:
             raise DistributedError(f"rank {rank} of {world_size}: could not join the process group within "
-                                   f"{timeout:g} s: {str(error).strip().splitlines()[0][:200]}") from None
+                                   f"{timeout:g} s: {_first_line(error)}") from None
         atexit.register(_leave_process_group)
     return Distributed(rank=rank, world_size=world_size, timeout_s=timeout)
 
