@@ -5,6 +5,7 @@ with torchrun's environment variables (tests/dp_worker.py)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file
 
 from dp_worker import run_updates
 
+from ppo_core.runtime.metrics import read_metrics
 from ppo_core.testing import one_torch_thread
 
 WORKER = Path(__file__).with_name("dp_worker.py")
@@ -27,15 +31,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_ranks(world_size: int, *args: str, timeout_s: float = 60) -> list[subprocess.Popen]:
-    """``world_size`` processes of ``dp_worker.py args``, each with the variables torchrun would give it."""
+def start_ranks(world_size: int, *command: str, timeout_s: float = 60) -> list[subprocess.Popen]:
+    """``world_size`` processes of ``python command``, each with the variables torchrun would give it."""
     port = free_port()
     processes = []
     for rank in range(world_size):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
                "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "OMP_NUM_THREADS": "1", "PPO_CORE_DIST_TIMEOUT_S": str(timeout_s)}
-        processes.append(subprocess.Popen([sys.executable, str(WORKER), *args], env=env, text=True,
+        processes.append(subprocess.Popen([sys.executable, *command], env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     return processes
 
@@ -60,7 +64,7 @@ def max_weight_difference(a: dict, b: dict) -> float:
 
 def test_two_ranks_give_the_one_process_update(tiny_model_dir, tmp_path):
     out = tmp_path / "ranks"
-    processes = start_ranks(2, "updates", str(tiny_model_dir), str(tmp_path / "run2"), str(out))
+    processes = start_ranks(2, str(WORKER), "updates", str(tiny_model_dir), str(tmp_path / "run2"), str(out))
     with one_torch_thread():  # meanwhile, the one-process run in this process
         one = run_updates(tiny_model_dir, tmp_path / "run1")
     results = finish(processes)
@@ -82,7 +86,7 @@ def test_two_ranks_give_the_one_process_update(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_a_failing_rank_stops_every_rank_with_a_named_error(tiny_model_dir, tmp_path):
     started = time.monotonic()
-    processes = start_ranks(2, "failing", str(tiny_model_dir), str(tmp_path / "run"), timeout_s=60)
+    processes = start_ranks(2, str(WORKER), "failing", str(tiny_model_dir), str(tmp_path / "run"), timeout_s=60)
     (code0, err0), (code1, err1) = finish(processes, timeout=180)
     elapsed = time.monotonic() - started
     print(f"after {elapsed:.1f} s:\n{err0.strip()}\n{err1.strip()}")
@@ -90,3 +94,51 @@ def test_a_failing_rank_stops_every_rank_with_a_named_error(tiny_model_dir, tmp_
     assert code0 == 2 and "rank 0 of 2" in err0 and "another rank stopped" in err0, err0  # the others say why
     assert "Traceback" not in err0 + err1
     assert elapsed < 120  # well before the collectives' own time limit would have run out twice
+
+
+def cli_config(model_dir: Path, run_dir: Path, path: Path) -> Path:
+    config = {
+        "model": {"path": str(model_dir), "device": "cpu"},
+        "data": {"dataset": "reverse", "options": {"size": 64}},
+        "rewards": [{"name": "edit_distance", "isolation": "none", "normalize": True}],
+        "ppo": {"rollout_batch_size": 4, "minibatch_size": 2, "epochs": 1},
+        "generation": {"max_new_tokens": 6},
+        "train": {"updates": 8, "save_every": 2, "output_dir": str(run_dir), "progress": "none", "seed": 0},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def without_timing(lines: list[dict]) -> list[dict]:
+    return [{k: v for k, v in line.items() if not k.startswith(("time/", "tokens_per_s"))} for line in lines]
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_then_resume_gives_the_uninterrupted_run(tiny_model_dir, tmp_path):
+    """The uninterrupted run under torchrun itself; the interrupted one loses rank 1 to a SIGKILL after its first
+    checkpoint (rank 0 then stops with a named error), and --resume on 2 ranks finishes it: the same weights,
+    bit for bit, and the same metrics lines. Only rank 0 wrote into the run directory."""
+    reference = cli_config(tiny_model_dir, tmp_path / "reference", tmp_path / "reference.yaml")
+    done = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
+                           "-m", "ppo_core", "train", str(reference)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == [
+        ".ppo-core-run", ".ppo-core.lock", "checkpoints", "config.yaml", "final", "metrics.jsonl"]
+
+    config = cli_config(tiny_model_dir, tmp_path / "run", tmp_path / "run.yaml")
+    ranks = start_ranks(2, "-m", "ppo_core", "train", str(config))
+    first = tmp_path / "run" / "checkpoints" / "update-000002"
+    while not first.exists() and ranks[1].poll() is None:
+        time.sleep(0.05)
+    ranks[1].send_signal(signal.SIGKILL)
+    (code0, err0), (code1, _) = finish(ranks)
+    assert code1 == -signal.SIGKILL, "rank 1 ended before it could be killed"
+    assert code0 == 2 and "rank 0 of 2" in err0 and "Traceback" not in err0, err0
+    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) < 8
+
+    resumed = finish(start_ranks(2, "-m", "ppo_core", "train", str(config), "--resume"))
+    assert all(code == 0 for code, _ in resumed), resumed
+    final, expected = (load_file(d / "final" / "model.safetensors") for d in (tmp_path / "run", tmp_path / "reference"))
+    assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
+    assert without_timing(read_metrics(tmp_path / "run" / "metrics.jsonl")) == without_timing(
+        read_metrics(tmp_path / "reference" / "metrics.jsonl"))
