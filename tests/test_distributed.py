@@ -17,7 +17,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from dp_worker import run_updates
+from dp_worker import equivalence_sections, run_updates
+
+from ppo_core import cli
+from ppo_core.config import load_config
+from ppo_core.errors import ConfigError
+from ppo_core.runtime.distributed import SINGLE_PROCESS, Distributed, combine_stats
 
 from ppo_core.runtime.metrics import read_metrics
 from ppo_core.testing import one_torch_thread
@@ -60,6 +65,44 @@ def finish(processes: list[subprocess.Popen], timeout: float = 240) -> list[tupl
 def max_weight_difference(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_one_process_collectives_are_the_identity():
+    stats, values, tensor = {"kl": 0.5}, [1.0, 2.0], torch.ones(3)
+    assert SINGLE_PROCESS.reduce_stats(stats) is stats and SINGLE_PROCESS.gather_values(values) is values
+    assert SINGLE_PROCESS.all_reduce_sum(tensor) is tensor and SINGLE_PROCESS.shard(values) is values
+    assert SINGLE_PROCESS.generator_states(tensor) == {"generator": tensor}
+
+
+def test_statistics_combine_as_global_ones():
+    ranks = [{"kl": 1.0, "response_tokens": 30.0, "value/mean": 1.0, "time/generate_s": 2.0, "reward/x/errors": 1.0},
+             {"kl": 3.0, "response_tokens": 10.0, "value/mean": 5.0, "time/generate_s": 3.0, "reward/x/errors": 0.0}]
+    assert combine_stats(ranks) == {"kl": 2.0, "response_tokens": 40.0, "value/mean": 2.0, "time/generate_s": 3.0,
+                                    "reward/x/errors": 1.0}
+
+
+def test_batch_sizes_that_do_not_split_over_the_ranks_are_named(tiny_model_dir, tmp_path):
+    config = load_config(None, [], base=equivalence_sections(tiny_model_dir, tmp_path))
+    local = Distributed(rank=1, world_size=2).local_ppo(config.ppo)
+    assert (local.rollout_batch_size, local.minibatch_size, local.micro_batch_size) == (4, 4, 2)
+    with pytest.raises(ConfigError, match=r"ppo.rollout_batch_size \(8\) must divide by the number of ranks \(3\)"):
+        Distributed(rank=0, world_size=3).local_ppo(config.ppo)
+    with pytest.raises(ConfigError, match=r"ppo.micro_batch_size \(2\) must divide each rank's minibatch"):
+        Distributed(rank=0, world_size=8).local_ppo(config.ppo)
+
+
+def test_resuming_on_another_number_of_ranks_is_named(tmp_path):
+    states = {"generator": torch.zeros(2), "generator_rank1": torch.ones(2)}
+    assert torch.equal(Distributed(rank=1, world_size=2).own_generator_state(states, tmp_path), torch.ones(2))
+    with pytest.raises(ConfigError, match="written by 2 rank.s. and this run has 1"):
+        SINGLE_PROCESS.own_generator_state(states, tmp_path)
+
+
+def test_only_train_runs_under_torchrun(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["sft", str(tmp_path / "run.yaml")]) == 2
+    assert "only `ppo-core train` runs under torchrun" in capsys.readouterr().err
 
 
 def test_two_ranks_give_the_one_process_update(tiny_model_dir, tmp_path):

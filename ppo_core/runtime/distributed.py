@@ -280,6 +280,13 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
+def single_process_only(command: str) -> None:
+    """Only ``train`` runs data parallel: another command started by torchrun would run N times over one output."""
+    if launched_by_torchrun():
+        raise ConfigError(f"{command} runs in one process; only `ppo-core train` runs under torchrun "
+                          f"(WORLD_SIZE is {os.environ['WORLD_SIZE']})")
+
+
 def join_process_group(device: str = "auto") -> Distributed:
     """The process group torchrun started this process in (joined once), or :data:`SINGLE_PROCESS`.
 
