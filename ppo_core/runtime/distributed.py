@@ -140,8 +140,11 @@ class Distributed:
         import torch.distributed as dist
 
         params = [p for p in parameters if p.requires_grad]
+        reached = self.all_reduce_sum(torch.tensor([float(p.grad is not None) for p in params],
+                                                   device=_collective_device()), "summing gradients")
+        params = [p for p, count in zip(params, reached.tolist()) if count > 0]  # no rank's loss: stays None
         for p in params:
-            if p.grad is None:  # a parameter this rank's loss did not reach still joins the sum
+            if p.grad is None:  # a parameter this rank's loss did not reach, but another's did
                 p.grad = torch.zeros_like(p)
         for bucket in _buckets(params):
             flat = torch.cat([p.grad.reshape(-1) for p in bucket])
