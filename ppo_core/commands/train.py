@@ -276,7 +276,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
             loop = RunLoop(
                 total=config.train.updates,
                 step=lambda: run.engine.step(next_prompt_batch(run), scorer),
-                window=UpdateLine(watch), log=log, progress=progress,  # the engine guards its optimizer steps itself
+                window=UpdateLine(watch if dist.is_primary else None),  # rank 0 alone warns
+                log=log, progress=progress,  # the engine guards its optimizer steps itself
                 save_checkpoint=checkpoint, save_every=config.train.save_every,
                 directory=run_dir, write_final=lambda tmp: save_final(run, tmp) if dist.is_primary else None,
                 hooks=hooks,
