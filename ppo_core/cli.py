@@ -290,6 +290,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command not in ("plugins", "config"):
         quiet_transformers()
     try:
+        if args.command not in ("train", "plugins", "config"):
+            from .runtime.distributed import single_process_only
+
+            single_process_only(f"ppo-core {args.command}")
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"ppo-core: error: {error}", file=sys.stderr)

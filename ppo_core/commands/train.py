@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -26,6 +26,8 @@ from ..ppo.rollout import Responses
 from ..rewards.composer import Composer, build_composer
 from ..rewards.hacking import HackingWatch
 from ..runtime import checkpoints as ckpt
+from ..runtime.distributed import (SINGLE_PROCESS, Distributed, join_process_group, open_rank_run_dir,
+                                   rank_run_dir)
 from ..runtime.loop import RunLoop, open_run_dir
 from ..runtime.rundir import claim_run_dir
 from ..runtime.metrics import Progress, read_metrics
@@ -52,6 +54,7 @@ class Run:
     episodes: Optional[EpisodeRunner] = None  # the environment's episodes (config.environment)
     update: int = 0
     extra_state: dict = field(default_factory=dict)
+    dist: Distributed = SINGLE_PROCESS  # torchrun's ranks (runtime/distributed.py)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -88,13 +91,16 @@ def load_run_inputs(config: RunConfig, extra_plugins: Iterable = (), source: str
     return RunInputs(device, plugins, tokenizer, context, dataset, composer)
 
 
-def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "config") -> Run:
+def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "config",
+              dist: Distributed = SINGLE_PROCESS) -> Run:
     """Load plugins, tokenizer, models and data and put the engine together (nothing is written)."""
     generator = seed_everything(config.train.seed)
     inputs = load_run_inputs(config, extra_plugins, source)
     device, plugins, tokenizer, dataset, composer = (inputs.device, inputs.plugins, inputs.tokenizer,
                                                      inputs.dataset, inputs.composer)
     model = build_actor_critic(config.model, tokenizer, config.train.seed).to(device)
+    dist.broadcast_parameters(model)
+    dist.seed_rank(generator, config.train.seed)  # rank r > 0 samples with seed + r
     reference = frozen_reference(model.policy)  # with LoRA: the policy with its adapters off
     episodes = None
     if config.environment is not None:
@@ -104,23 +110,26 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
             composer.close()
             raise
         episodes = EpisodeRunner(environment, config.environment, config.data, config.generation, tokenizer)
-    engine = PPOEngine(model, reference, config.ppo, config.generation, config.optim, config.train.updates,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       generator=generator, max_nonfinite_steps=config.train.max_nonfinite_steps, episodes=episodes)
+    engine = PPOEngine(model, reference, dist.local_ppo(config.ppo, source), config.generation, config.optim,
+                       config.train.updates, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, generator=generator,
+                       max_nonfinite_steps=config.train.max_nonfinite_steps, episodes=episodes, distributed=dist)
     prompts = PromptStream(dataset, "train", config.train.seed, config.data.shuffle,
                            name=config.data.dataset or f"environment '{config.environment.name}'")
-    return Run(config, plugins, tokenizer, model, engine, composer, prompts, device, inputs.context, dataset, episodes)
+    return Run(config, plugins, tokenizer, model, engine, composer, prompts, device, inputs.context, dataset,
+               episodes, dist=dist)
 
 
 def next_prompt_batch(run: Run) -> PromptBatch:
     """``ppo.rollout_batch_size`` prompts, each repeated ``ppo.samples_per_prompt`` times in a row (a group); with
-    an environment, an episode for each (reset: its first prompt and state)."""
+    an environment, an episode for each (reset: its first prompt and state). Every rank reads the same prompts and
+    keeps its own 1/N."""
     size, copies, states = run.config.ppo.rollout_batch_size, run.config.ppo.samples_per_prompt, None
     if run.episodes is None:
-        prompts = run.prompts.take_prompts(size, run.tokenizer, run.config.data)
+        prompts = run.dist.shard(run.prompts.take_prompts(size, run.tokenizer, run.config.data))
         encoded = [prompt for prompt in prompts for _ in range(copies)]
     else:
-        records = run.prompts.take(size)
+        records = run.dist.shard(run.prompts.take(size))
         encoded, states = run.episodes.reset([record for record in records for _ in range(copies)])
     input_ids, attention_mask = left_pad([p.ids for p in encoded], run.tokenizer.pad_token_id)
     return PromptBatch(input_ids.to(run.device), attention_mask.to(run.device), encoded, states)
@@ -132,6 +141,7 @@ class ComposerScorer:
 
     composer: Composer
     tokenizer: Any
+    gather: Optional[Callable[[list], list]] = None  # data parallel: every rank's reward values
 
     @property
     def reads_reference_hidden(self) -> bool:
@@ -149,13 +159,13 @@ class ComposerScorer:
         return records, self.composer.start(samples)
 
     def finish(self, handles, reference_hidden=None):
-        composition = self.composer.finish([scoring for _, scoring in handles], reference_hidden)
+        composition = self.composer.finish([scoring for _, scoring in handles], reference_hidden, self.gather)
         stats = {**composition.stats, **long_prompt_stats([record for records, _ in handles for record in records])}
         return torch.tensor(composition.totals, dtype=torch.float32), stats
 
 
-def make_scorer(composer: Composer, tokenizer) -> ComposerScorer:
-    return ComposerScorer(composer, tokenizer)
+def make_scorer(composer: Composer, tokenizer, dist: Distributed = SINGLE_PROCESS) -> ComposerScorer:
+    return ComposerScorer(composer, tokenizer, dist.gather_values if dist.active else None)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------
@@ -175,13 +185,14 @@ def save_final(run: Run, directory: Path) -> None:
         save_model(merged_copy(run.model.policy), run.tokenizer, directory / MERGED_DIR)
 
 
-def save_checkpoint(run: Run, run_dir: Path, metrics_lines: int) -> Path:
+def save_checkpoint(run: Run, run_dir: Path, metrics_lines: int, generators: Optional[dict] = None) -> Path:
+    """``generators``: every rank's generator state (:meth:`Distributed.generator_states`); rank 0 writes."""
     def write(tmp: Path) -> None:
         save_policy(run, tmp / "policy")
         engine_state = run.engine.state_dict()
         ckpt.save_torch_state(tmp / "optimizer.pt", {"optimizer": engine_state["optimizer"],
                                                       "scheduler": engine_state["scheduler"]})
-        ckpt.save_tensors(tmp / "rng.safetensors", {"generator": engine_state["generator"]})
+        ckpt.save_tensors(tmp / "rng.safetensors", generators or {"generator": engine_state["generator"]})
         ckpt.write_json(tmp / ckpt.STATE_FILE, {
             "update": run.update,
             "metrics_lines": metrics_lines,
@@ -212,7 +223,7 @@ def load_checkpoint(run: Run, path: Path) -> int:
         "optimizer": torch_state["optimizer"],
         "scheduler": torch_state["scheduler"],
         "kl_controller": state["kl_controller"],
-        "generator": ckpt.load_tensors(path / "rng.safetensors")["generator"],
+        "generator": run.dist.own_generator_state(ckpt.load_tensors(path / "rng.safetensors"), path),
         "nonfinite_in_a_row": state["nonfinite_in_a_row"],
     })
     run.composer.load_state_dict(state["composer"])
@@ -274,31 +285,40 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
         raise ConfigError(f"{source}: rewards: PPO needs at least one reward or an environment's turn rewards "
                           f"(only `sft` and `eval` run without)")
     config = fit_to_context(config, config.model.path, source)
-    with claim_run_dir(config.train.output_dir, resume, overwrite) as run_dir:
+    dist = join_process_group(config.model.device)  # torchrun's ranks; rank 0 alone writes
+    with rank_run_dir(dist, lambda: claim_run_dir(config.train.output_dir, resume, overwrite),
+                      config.train.output_dir) as run_dir:
         ckpt.check_resume_progress(run_dir.work, resume, config.train.updates, "update", "train.updates")
-        run = build_run(config, extra_plugins, source)  # the old run stays in place until the new one has saved
+        run = build_run(config, extra_plugins, source, dist)  # the old run stays until the new one has saved
         with run.composer, closing_episodes(run):  # reward and environment workers stop with the run
             hooks = run_hooks(run.plugins, config, run.context, "train", run_dir.work, config.train.updates,
-                              callbacks, source)  # an unknown logger fails before anything is written
-            log = open_run_dir(run_dir, config, resume, lambda path: load_checkpoint(run, path))
-            progress = Progress(config.train.updates, config.train.progress,
+                              callbacks, source) if dist.is_primary else None  # an unknown logger fails first
+            log = open_rank_run_dir(dist, open_run_dir, run_dir, config, resume,
+                                    lambda path: load_checkpoint(run, path))
+            progress = Progress(config.train.updates, config.train.progress if dist.is_primary else "none",
                                 **({"stream": progress_stream} if progress_stream else {}))
-            scorer = make_scorer(run.composer, run.tokenizer)
+            scorer = make_scorer(run.composer, run.tokenizer, dist)
             watch = HackingWatch.for_rewards({reward.name: reward.weight for reward in config.rewards})
             for line in read_metrics(log.path):  # a resumed run's earlier updates
                 watch(line, quiet=True)
 
             def checkpoint(directory: Path, update: int, metrics_lines: int) -> Path:
                 run.update = update
-                return save_checkpoint(run, directory, metrics_lines)
+                generators = dist.generator_states(run.engine.generator.get_state()) if dist.active else None
+                return save_checkpoint(run, directory, metrics_lines, generators) if dist.is_primary else directory
 
             loop = RunLoop(
                 total=config.train.updates,
                 step=lambda: run.engine.step(next_prompt_batch(run), scorer),
-                window=UpdateLine(watch), log=log, progress=progress,  # the engine guards its optimizer steps itself
+                window=UpdateLine(watch if dist.is_primary else None),  # rank 0 alone warns
+                log=log, progress=progress,  # the engine guards its optimizer steps itself
                 save_checkpoint=checkpoint, save_every=config.train.save_every,
-                directory=run_dir, write_final=lambda tmp: save_final(run, tmp), hooks=hooks,
+                directory=run_dir, write_final=lambda tmp: save_final(run, tmp) if dist.is_primary else None,
+                hooks=hooks,
                 eval_every=config.train.eval_every,
-                evaluate=held_out_evaluation(run) if config.train.eval_every else dict,
+                evaluate=held_out_evaluation(run) if config.train.eval_every and dist.is_primary else dict,
+                agree=dist.any,
             )
-            return loop.run(start=run.update)
+            final = loop.run(start=run.update)
+            dist.barrier("waiting for rank 0's final save")
+            return final

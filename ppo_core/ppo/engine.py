@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from ..config import GenerationConfig, OptimConfig, PPOConfig
+from ..runtime.distributed import SINGLE_PROCESS, Distributed
 from ..runtime.loop import NonFiniteGuard
 from ..runtime.metrics import accumulate, timed
 from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
+from .distributed import global_masked_whiten
 from .functional import (
     AdaptiveKLController,
     FixedKLController,
@@ -32,7 +34,6 @@ from .functional import (
     kl_penalty,
     masked_mean,
     masked_sum,
-    masked_whiten,
     per_token_rewards,
     ppo_total_loss,
 )
@@ -112,6 +113,7 @@ class PPOEngine:
         generator: torch.Generator,
         max_nonfinite_steps: int = 3,
         episodes: Optional[EpisodeRunner] = None,
+        distributed: Distributed = SINGLE_PROCESS,
     ):
         self.model = model
         self.reference = reference
@@ -124,6 +126,7 @@ class PPOEngine:
         self.episodes = episodes  # plays environment episodes (batches with states)
         # the constant C of token_sum_constant (Eq. 17): the longest response (episode) an update can hold
         self.aggregation_constant = generation.max_new_tokens if episodes is None else episodes.episode_tokens
+        self.dist = distributed  # one process: every collective is the identity
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, advice="stopping. Lower optim.lr, set "
                                         "optim.max_grad_norm, or check the rewards' scale")
         self.kl_controller = make_kl_controller(ppo)
@@ -188,8 +191,9 @@ class PPOEngine:
                           ref_logprobs=ref_logprobs, values=old_values, advantages=advantages, returns=returns)
         # R6. statistics; the KL controller sees "kl", the batch's mean k1 summed over each response (Eq. 9)
         stats = {**self._rollout_stats(rollout, scores, responses.stopped_by_eos, kl_coef), **advantage_stats}
-        self.kl_controller.update(stats["kl"], len(scores))
-        return rollout, {**score_stats, **getattr(responses, "stats", {}), **stats, **times}
+        stats = self.dist.reduce_stats({**score_stats, **getattr(responses, "stats", {}), **stats, **times})
+        self.kl_controller.update(stats["kl"], len(scores) * self.dist.world_size)
+        return rollout, stats
 
     def _shaped_scores(self, scores: torch.Tensor, stopped_by_eos: torch.Tensor) -> torch.Tensor:
         """Eq. 11 then Eq. 12: s - p * [cut off by the length limit], then clamped to [-c, c]."""
@@ -210,7 +214,7 @@ class PPOEngine:
         if turn_rewards is not None:
             rewards = rewards + turn_rewards
         if self.ppo.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = global_masked_whiten(rewards, mask, self.dist, shift_mean=False)
         return rewards
 
     def _advantages(self, rewards, old_values, mask) -> tuple[torch.Tensor, Optional[torch.Tensor], dict]:
@@ -221,7 +225,7 @@ class PPOEngine:
         advantages, returns, stats = estimate_advantages(ppo.advantage, rewards, old_values, mask, ppo.gamma, ppo.lam,
                                                          ppo.samples_per_prompt)
         if ppo.whitens_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = global_masked_whiten(advantages, mask, self.dist)
         return advantages, returns, stats
 
     @staticmethod
@@ -293,6 +297,7 @@ class PPOEngine:
     def _minibatch_step(self, rollout: Rollout, minibatch: torch.Tensor) -> Optional[dict[str, float]]:
         """O2-O4: one optimizer step on the rows ``minibatch``; its statistics, or None when it was skipped."""
         step_stats = self._accumulate_gradients(rollout, minibatch)
+        step_stats = self.dist.sum_gradients(self.model.parameters(), step_stats)  # the sum over ranks
         # O3. clip the global gradient norm; a non-finite loss or gradient skips the step
         grad_norm = self._clip_gradients()
         if not self.nonfinite.check(step_stats["loss/total"], grad_norm):  # the limit-th in a row stops the run
@@ -311,8 +316,8 @@ class PPOEngine:
         clipfrac, approx_kl) by the share of real tokens, so they stay token means over the minibatch."""
         micro = self.ppo.micro_batch_size or self.ppo.minibatch_size
         how, mask = self.ppo.aggregation, rollout.action_mask
-        minibatch_size = aggregation_size(mask[minibatch], how).clamp(min=1.0)
-        minibatch_tokens = mask[minibatch].sum().clamp(min=1.0)
+        minibatch_size = self.dist.all_reduce_sum(aggregation_size(mask[minibatch], how)).clamp(min=1.0)
+        minibatch_tokens = self.dist.all_reduce_sum(mask[minibatch].sum()).clamp(min=1.0)  # over every rank
         self.optimizer.zero_grad(set_to_none=True)
         step_stats: dict[str, float] = {}
         for start in range(0, len(minibatch), micro):

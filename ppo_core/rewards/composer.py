@@ -186,9 +186,10 @@ class Composer:
         return Scoring(samples, {term.name: BackgroundCall(self._score, term, samples)
                                  for term in self.terms if _scores_in_background(term)})
 
-    def finish(self, scorings: Sequence["Scoring"], reference_hidden=None) -> Composition:
+    def finish(self, scorings: Sequence["Scoring"], reference_hidden=None, gather=None) -> Composition:
         """The composition of the chunks started with :meth:`start`, in their order, as one batch: the rewards
-        scored in the background are collected, the others are called once on the whole batch now."""
+        scored in the background are collected, the others are called once on the whole batch now. ``gather``
+        (data parallel) turns this rank's values into every rank's, so the running moments see the whole batch."""
         samples = [sample for scoring in scorings for sample in scoring.samples]
         scored: dict[str, tuple[list[Optional[float]], int]] = {}
         for term in self.terms:
@@ -197,9 +198,10 @@ class Composer:
                 scored[term.name] = [v for values, _ in parts for v in values], sum(errors for _, errors in parts)
             else:
                 scored[term.name] = self._score(term, samples, reference_hidden)
-        return self._compose(samples, scored)
+        return self._compose(samples, scored, gather)
 
-    def _compose(self, samples: list[Sample], scored: dict[str, tuple[list[Optional[float]], int]]) -> Composition:
+    def _compose(self, samples: list[Sample], scored: dict[str, tuple[list[Optional[float]], int]],
+                 gather=None) -> Composition:
         """The weighted totals and statistics from each reward's raw values and error count."""
         totals = [0.0] * len(samples)
         scored_by_any = [False] * len(samples)
@@ -211,7 +213,7 @@ class Composer:
             values[term.name] = raw
             scored_values = [v for v in resolved if v is not None]
             if term.moments is not None:
-                term.moments.update(scored_values)
+                term.moments.update(gather(scored_values) if gather else scored_values)
             for i, value in enumerate(resolved):
                 if value is None:
                     continue

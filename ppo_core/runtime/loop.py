@@ -150,6 +150,7 @@ class RunLoop:
     evaluate: Callable[[], dict[str, float]] = dict  # statistics added to the line of an evaluation step
     stop_when: Callable[[dict], bool] = lambda line: False  # on an evaluation's line: true ends the run there
     hooks: Optional[RunHooks] = None  # the callbacks' and loggers' run hooks
+    agree: Callable[[bool], bool] = bool  # data parallel: a stop on any rank is a stop on every rank
 
     def run(self, start: int) -> Path:
         """Run to ``total`` (or a callback's stop request) and save the final model atomically; returns its
@@ -174,7 +175,8 @@ class RunLoop:
                     self.window.add(stats, elapsed)
                     last = done == self.total
                     evaluate = bool(self.eval_every) and (done % self.eval_every == 0 or last)
-                    save = bool(self.save_every and done % self.save_every == 0) or bool(stop and not last)
+                    stopping = self.agree(bool(stop))
+                    save = bool(self.save_every and done % self.save_every == 0) or (stopping and not last)
                     if done % self.log_every == 0 or last or evaluate or save:
                         record = self.window.line(done)
                         if evaluate:
@@ -189,11 +191,12 @@ class RunLoop:
                     if save:
                         path = self.directory.publish(self.save_checkpoint(self.directory.work, done, self.log.lines))
                         self._hook("checkpoint", done, path)
-                        if stop:
-                            raise Interrupted(stop[0], path, done)
-                    if self.hooks is not None and self.hooks.stop_reason and not last:
+                        if stopping:
+                            raise Interrupted(stop[0] if stop else "a stop on another rank", path, done)
+                    if self.agree(self.hooks is not None and bool(self.hooks.stop_reason)) and not last:
                         self.progress.close()
-                        announce_stop(self.hooks.stop_reason)
+                        if self.hooks is not None:
+                            announce_stop(self.hooks.stop_reason)
                         break
             final = self.directory.publish(ckpt.write_atomically(self.directory.work / FINAL_DIR, self.write_final))
             return final
