@@ -72,7 +72,7 @@ class EpisodeRunner:
         self.turn_tokens = config.max_turn_tokens or generation.max_new_tokens
         self.episode_tokens = config.max_episode_tokens or config.max_turns * self.turn_tokens
         self.stop = StopStrings(tokenizer, config.stop_strings) if config.stop_strings else None
-        self.reports_success = False  # whether any episode's last step has said success or failure
+        self.reports_success = False  # whether any step has said an episode's success or failure
 
     def close(self) -> None:
         self.environment.close()
@@ -144,6 +144,7 @@ class EpisodeRunner:
         """The environment's step for the turn: states, rewards, done; the observation appended when it fits."""
         step, faulted = self.environment.step([e.state for e in running], [e.turns[-1] for e in running],
                                               [e.prompt.record for e in running], turn)
+        self.reports_success = self.reports_success or any(success is not None for success in step.success)
         for i, episode in enumerate(running):
             episode.state = step.states[i]
             episode.turn_rewards.append(step.rewards[i])
@@ -181,7 +182,6 @@ class EpisodeRunner:
         device = next(policy.parameters()).device
         stopped = torch.tensor([e.ended_by_itself for e in episodes])
         # an episode cut off (max_turns, the token limit) is unsolved, once the environment has reported a success
-        self.reports_success = self.reports_success or any(e.success is not None for e in episodes)
         successes = [False if e.success is None and e.truncated and self.reports_success else e.success
                      for e in episodes]
         return Episodes(tokens=tokens.to(device), mask=mask.to(device), stopped_by_eos=stopped.to(device),
