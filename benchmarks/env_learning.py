@@ -12,6 +12,7 @@ decoding, the mean and spread (min, max) of the success before, after and of the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -32,7 +33,8 @@ def run_once(env: str, seed: int, overrides: list[str]) -> dict:
 
     out = WORK / f"{env}-seed{seed}"
     started = time.perf_counter()
-    env_demo.run_env_demo(env, str(out), overwrite=True, seed=seed, ppo_overrides=overrides)
+    with contextlib.redirect_stdout(sys.stderr):  # the demo's stage lines: stdout holds the one JSON line
+        env_demo.run_env_demo(env, str(out), overwrite=True, seed=seed, ppo_overrides=overrides)
     seconds = time.perf_counter() - started
     report = out / env_demo.REPORT_DIR
     before = json.loads((report / "eval_sft.json").read_text())

@@ -32,6 +32,9 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
                      "options": {**RETRY, "dataset": "reverse", "dataset_options": REVERSE["options"],
                                  "wrong_first": 0.3}},
         "sft_steps": 500,
+        # the finished episode's last answer also scored by edit distance: a dense signal beside success
+        "rewards": [{"name": "edit_distance", "weight": 1.0}],
+        "lr": 1.0e-3,
     },
     "guess_number": {
         "environment": {"name": "guess_number", "max_turns": 6, "max_turn_tokens": 4, "max_episode_tokens": 72},
@@ -68,11 +71,11 @@ def env_demo_configs(name: str, out: str, seed: int = 0) -> dict[str, dict[str, 
         "model": {"path": f"{out}/sft/final", "critic": "shared"},
         **({"data": spec["data"]} if "data" in spec else {}),
         "environment": environment,
-        "rewards": [],
+        "rewards": spec.get("rewards", []),
         "ppo": {"rollout_batch_size": 64, "minibatch_size": 16, "epochs": 4, "kl": {"coef": 0.01}},
         "generation": generation,
         # 3e-4: at the demo's 1e-3 one update of 16 steps took a calculator start from 0.875 to 0 solved
-        "optim": {"lr": 3.0e-4, "schedule": "linear"},
+        "optim": {"lr": spec.get("lr", 3.0e-4), "schedule": "linear"},
         "train": {"seed": seed, "updates": 60, "output_dir": f"{out}/ppo"},
     }
     return {"sft": sft, "ppo": ppo}
