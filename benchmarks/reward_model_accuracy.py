@@ -84,8 +84,14 @@ METHODS: dict[str, dict[str, Any]] = {
         "train": {"train_backbone": True, "epochs": 60, "lr": 1e-3}},
     # substitutions drawn 3 times as often as each other kind (3/7 of the pairs), six pairs per word
     "full-x6-sub3-20ep": {
-        "data": {"corruptions": [*ALL, "substitute", "substitute"], "pairs_per_record": 6},
+        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
         "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3}},
+    # ... plus truncations and double edits (the answers a policy gaming the reward found), eight pairs per word:
+    # examples/demo-learned-reward/train-reward.yaml
+    "full-x8-sub4-trunc-25ep": {
+        "data": {"corruptions": ["substitute", "substitute", "substitute", *ALL, "truncate", "double"],
+                 "pairs_per_record": 8},
+        "train": {"train_backbone": True, "epochs": 25, "lr": 1e-3}},
     "deeper2-x4-lr3e-3": {
         "data": {"corruptions": ALL, "pairs_per_record": 4},
         "train": {"train_backbone": True, "added_layers": 2, "epochs": 5, "lr": 3e-3}},
