@@ -14,7 +14,6 @@ a summary line with the mean, min and max over the seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -26,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from ppo_core.commands.evaluate import evaluate_model  # noqa: E402
 from ppo_core.commands.train import train  # noqa: E402
 from ppo_core.config import load_config  # noqa: E402
+from reward_model_accuracy import emit  # noqa: E402  (the script's own folder is on sys.path)
 
 DECODINGS = ("greedy", "sampled")
 NUMBERS = ("exact_match", "eos_rate", "length_mean")
@@ -72,14 +72,6 @@ def main() -> None:
         lines.append(run_seed(args.config, seed, args.set))
         emit({"config": args.config, "overrides": args.set, **lines[-1]}, args.out)
     emit({"config": args.config, "overrides": args.set, "seeds": len(lines), "spread": spread(lines)}, args.out)
-
-
-def emit(line: dict[str, Any], out: str | None) -> None:
-    text = json.dumps(line)
-    print(text, flush=True)
-    if out:
-        with open(out, "a", encoding="utf-8") as stream:
-            stream.write(text + "\n")
 
 
 if __name__ == "__main__":
