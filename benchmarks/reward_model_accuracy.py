@@ -86,6 +86,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "full-x6-sub3-20ep": {
         "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
         "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3}},
+    "full-x6-sub4-35ep": {
+        "data": {"corruptions": ["substitute", "substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 35, "lr": 1e-3}},
     # ... plus truncations and double edits (the answers a policy gaming the reward found), eight pairs per word:
     # examples/demo-learned-reward/train-reward.yaml
     "full-x8-sub4-trunc-25ep": {
