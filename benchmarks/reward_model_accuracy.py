@@ -1,6 +1,7 @@
 """How well each way of training the demo's reward model ranks held-out pairs, and what it costs.
 
     python benchmarks/reward_model_accuracy.py --sft DIR [--methods NAME,...] [--out FILE]
+    python benchmarks/reward_model_accuracy.py --saved DIR[,DIR...] [--out FILE]
 
 ``--sft DIR`` is the demo's SFT start (``ppo-core init-model M --size tiny`` then ``ppo-core sft`` with the demo's
 sft config, ``examples/demo/sft.yaml``, writes ``<output_dir>/final``). Every method trains on pairs made from the
@@ -9,6 +10,8 @@ fixed test pairs: each word of the task's eval split (200 words never in the tra
 of its reversal that exists (one letter substituted; two neighbours swapped or all letters shuffled: order; one
 letter inserted or deleted: length). Prints one JSON line per method (and appends it to ``--out``): test pair
 accuracy overall and per kind, train-reward's own held-out accuracy, and the training time in seconds.
+``--saved`` scores reward models ``ppo-core train-reward`` already wrote (several: an ensemble of their mean raw
+score) on the same test pairs, with the held-out accuracy stored in each.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import random
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 # as the ppo-core command does (ppo_core/runtime/cpu.py): idle OpenMP threads sleep on a shared machine
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -33,6 +36,7 @@ from ppo_core.config.train_reward import CORRUPTIONS, TrainRewardConfig
 from ppo_core.modeling.loading import load_tokenizer
 from ppo_core.reward_model import corrupt, text_token_ids, train_reward_model
 from ppo_core.reward_model.pairs import pair_kind
+from ppo_core.reward_model.storage import load_reward_model
 from ppo_core.reward_model.training import _ranked_right, accuracy_by_kind
 
 ALL = list(CORRUPTIONS)
@@ -75,6 +79,22 @@ METHODS: dict[str, dict[str, Any]] = {
     "full-x4-30ep": {
         "data": {"corruptions": ALL, "pairs_per_record": 4},
         "train": {"train_backbone": True, "epochs": 30, "lr": 1e-3}},
+    "full-x4-60ep": {
+        "data": {"corruptions": ALL, "pairs_per_record": 4},
+        "train": {"train_backbone": True, "epochs": 60, "lr": 1e-3}},
+    # substitutions drawn 3 times as often as each other kind (3/7 of the pairs), six pairs per word
+    "full-x6-sub3-20ep": {
+        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3}},
+    "full-x6-sub4-35ep": {
+        "data": {"corruptions": ["substitute", "substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 35, "lr": 1e-3}},
+    # ... plus truncations and double edits (the answers a policy gaming the reward found), eight pairs per word:
+    # examples/demo-learned-reward/train-reward.yaml
+    "full-x8-sub4-trunc-25ep": {
+        "data": {"corruptions": ["substitute", "substitute", "substitute", *ALL, "truncate", "double"],
+                 "pairs_per_record": 8},
+        "train": {"train_backbone": True, "epochs": 25, "lr": 1e-3}},
     "deeper2-x4-lr3e-3": {
         "data": {"corruptions": ALL, "pairs_per_record": 4},
         "train": {"train_backbone": True, "added_layers": 2, "epochs": 5, "lr": 3e-3}},
@@ -137,25 +157,44 @@ def run_method(sft: str, name: str, pairs: list) -> dict[str, Any]:
             "threads": torch.get_num_threads()}
 
 
+def saved_method(directories: list[str], pairs: list) -> dict[str, Any]:
+    models = [load_reward_model(directory) for directory in directories]
+    held_out = [model.training_info["metrics"]["held_out_accuracy"] for model in models]
+    return {"method": "saved:" + ",".join(directories), "test": test_accuracy(models, pairs),
+            "train_reward_held_out": statistics.mean(held_out),
+            "train_pairs": models[0].training_info["metrics"]["train_size"]
+            + models[0].training_info["metrics"]["held_out_size"], "threads": torch.get_num_threads()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sft", required=True, help="the demo's SFT start (a checkpoint directory)")
+    parser.add_argument("--sft", help="the demo's SFT start (a checkpoint directory)")
+    parser.add_argument("--saved", default=None, help="comma-separated reward model directories to score instead")
     parser.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
     parser.add_argument("--out", default=None, help="also append each JSON line to this file")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.saved:
+        emit(saved_method(args.saved.split(","), test_pairs()), args.out)
+        return
+    if not args.sft:
+        sys.exit("give --sft (to train each method) or --saved (to score trained reward models)")
     names = args.methods.split(",") if args.methods else list(METHODS)
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         sys.exit(f"unknown method(s) {unknown}; known: {list(METHODS)}")
     pairs = test_pairs()
     for name in names:
-        line = json.dumps(run_method(args.sft, name, pairs))
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a", encoding="utf-8") as stream:
-                stream.write(line + "\n")
+        emit(run_method(args.sft, name, pairs), args.out)
+
+
+def emit(line: dict[str, Any], out: Optional[str]) -> None:
+    text = json.dumps(line)
+    print(text, flush=True)
+    if out:
+        with open(out, "a", encoding="utf-8") as stream:
+            stream.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 
 from ppo_core import Record, Sample
 from ppo_core.cli import main
-from ppo_core.config.train_reward import RewardTrainOptions
+from ppo_core.config.train_reward import RewardDataSection, RewardTrainOptions
 from ppo_core.data.prompts import left_pad
 from ppo_core.errors import DataError
 from ppo_core.modeling.heads import MLPHead
@@ -308,6 +308,26 @@ def test_bad_reward_data_names_file_line_and_field(tmp_path, lines, kind, messag
 def test_missing_data_file(tmp_path):
     with pytest.raises(DataError, match="cannot read reward data"):
         read_reward_data(tmp_path / "nope.jsonl")
+
+
+def test_a_corruption_named_twice_is_drawn_twice_as_often():
+    rng = random.Random(0)
+    kinds = [pair_kind("abcd", corrupt("abcd", rng, ["substitute", "substitute", "swap"])) for _ in range(3000)]
+    assert 0.62 < kinds.count("substitution") / len(kinds) < 0.71 and set(kinds) == {"substitution", "order"}
+    # a repeated kind that cannot change the text is dropped with all its copies
+    assert corrupt("a", rng, ["shuffle", "shuffle", "substitute"]) not in (None, "a")
+    assert corrupt("a", rng, ["shuffle", "shuffle"]) is None
+
+
+def test_truncate_keeps_the_first_letters_and_double_makes_two_edits():
+    rng = random.Random(0)
+    truncated = {corrupt("dcba", rng, ["truncate"]) for _ in range(100)}
+    assert truncated == {"d", "dc", "dcb"} and corrupt("a", rng, ["truncate"]) is None
+    doubled = [corrupt("dcba", rng, ["double"]) for _ in range(200)]
+    assert all(d not in (None, "dcba") for d in doubled) and {pair_kind("dcba", d) for d in doubled} > {"length"}
+    assert any(len(d) == 2 for d in doubled) and any(len(d) == 6 for d in doubled)  # two deletions, two insertions
+    # neither is in the default set, which the demo's reward model was trained with
+    assert RewardDataSection(dataset="reverse").corruptions == ["substitute", "delete", "shuffle", "insert", "swap"]
 
 
 def test_make_preference_pairs_is_deterministic_and_corrupts(tmp_path):

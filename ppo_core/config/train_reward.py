@@ -12,7 +12,10 @@ from .loading import apply_override, read_config_file
 from .sections import MAX_BATCH, MAX_SEED, MAX_THREADS, MAX_TOKENS, MAX_WIDTH, PluginsConfig, Section
 
 CORRUPTIONS = ("substitute", "delete", "shuffle", "insert", "swap")
-Corruption = Literal["substitute", "delete", "shuffle", "insert", "swap"]
+#: on request only (the default stays CORRUPTIONS): the solution cut after its first letters (a policy that stops
+#: early), and two of CORRUPTIONS applied one after the other (errors as a policy compounds them)
+MORE_CORRUPTIONS = ("truncate", "double")
+Corruption = Literal["substitute", "delete", "shuffle", "insert", "swap", "truncate", "double"]
 #: what a preference pair's rejected response differs by (ppo_core.reward_model.pairs.pair_kind); held-out
 #: accuracy is reported for each
 PAIR_KINDS = ("substitution", "order", "length", "other")
@@ -70,7 +73,8 @@ class RewardDataSection(Section):
     corruptions: list[Corruption] = Field(default_factory=lambda: list(CORRUPTIONS), min_length=1,
                                           description="How a rejected response is made from the solution: one "
                                           "character substituted, deleted or inserted, two neighbours swapped, "
-                                          "or all shuffled.")
+                                          "or all shuffled; on request `truncate` (the first letters only) and `double` (two of the others in "
+                                          "a row). A kind named twice is drawn twice as often.")
     pairs_per_record: int = Field(1, gt=0)
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the corruptions.")
     chat_template: bool = Field(True, description="Render `dataset` prompts with the tokenizer's chat template "

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from pydantic import ValidationError
 
-from ..config.train_reward import CORRUPTIONS
+from ..config.train_reward import CORRUPTIONS, MORE_CORRUPTIONS
 from ..data.prompts import PromptText, as_prompt_text
 from ..errors import DataError, format_validation_error
 from ..plugin.contract import Record
@@ -17,25 +17,26 @@ from .data import PreferencePair
 
 def corrupt(text: str, rng: random.Random, kinds: Sequence[str] = CORRUPTIONS,
             alphabet: str = string.ascii_lowercase, avoid: Iterable[str] = ()) -> Optional[str]:
-    """A near miss of ``text``: one character substituted, deleted or inserted, two neighbours swapped, or the
-    characters shuffled.
+    """A near miss of ``text``: one character substituted, deleted or inserted, two neighbours swapped, the
+    characters shuffled, only its first characters (``truncate``), or two of those five in a row (``double``).
 
-    The kind is drawn from ``kinds``; a kind that cannot change this text (a one-letter word cannot be
-    shuffled, an empty one cannot lose a letter) is dropped and another drawn. The result is never ``text``,
+    The kind is drawn from ``kinds`` (a kind named twice is drawn twice as often); a kind that cannot change this
+    text (a one-letter word cannot be shuffled, an empty one cannot lose a letter) is dropped and another drawn. The result is never ``text``,
     never empty, and never one of ``avoid``; ``None`` when no kind can make one.
     """
-    unknown = sorted(set(kinds) - set(CORRUPTIONS))
+    known = CORRUPTIONS + MORE_CORRUPTIONS
+    unknown = sorted(set(kinds) - set(known))
     if unknown:
-        raise ValueError(f"unknown corruption(s) {', '.join(unknown)}; known: {', '.join(CORRUPTIONS)}")
+        raise ValueError(f"unknown corruption(s) {', '.join(unknown)}; known: {', '.join(known)}")
     banned = {text, ""} | set(avoid)
-    left = list(dict.fromkeys(kinds))
+    left = list(kinds)
     while left:
         kind = rng.choice(left)
         for _attempt in range(20):
             candidate = _corrupt_once(text, kind, rng, alphabet)
             if candidate is not None and candidate not in banned:
                 return candidate
-        left.remove(kind)
+        left = [other for other in left if other != kind]
     return None
 
 
@@ -67,6 +68,11 @@ def _corrupt_once(text: str, kind: str, rng: random.Random, alphabet: str) -> Op
             return None
         index = rng.randrange(len(text) - 1)
         return text[:index] + text[index + 1] + text[index] + text[index + 2:]
+    if kind == "truncate":
+        return text[:rng.randrange(1, len(text))] if len(text) > 1 else None
+    if kind == "double":
+        once = _corrupt_once(text, rng.choice(CORRUPTIONS), rng, alphabet)
+        return None if once is None else _corrupt_once(once, rng.choice(CORRUPTIONS), rng, alphabet)
     raise ValueError(f"unknown corruption {kind!r}")
 
 
