@@ -83,7 +83,7 @@ def rollout_samples(checkpoint, tokenizer, records):
         def start(self, samples):
             return samples
 
-        def finish(self, chunks, reference_hidden=None):
+        def finish(self, chunks, reference_hidden=None, gather=None):
             seen["samples"] = samples = [sample for chunk in chunks for sample in chunk]
             return SimpleNamespace(totals=[0.0] * len(samples), stats={})
 
