@@ -24,6 +24,7 @@ from ..rewards.composer import Composer, build_composer
 from ..rewards.hacking import HackingWatch
 from ..runtime import checkpoints as ckpt
 from ..runtime.loop import RunLoop, open_run_dir
+from ..runtime.precision import Precision, check_precision
 from ..runtime.rundir import claim_run_dir
 from ..runtime.metrics import Progress, read_metrics
 
@@ -87,6 +88,7 @@ def load_run_inputs(config: RunConfig, extra_plugins: Iterable = (), source: str
 
 def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "config") -> Run:
     """Load plugins, tokenizer, models and data and put the engine together (nothing is written)."""
+    check_precision(config.train.precision, config.train.precision_force, resolve_device(config.model.device), source)
     generator = seed_everything(config.train.seed)
     inputs = load_run_inputs(config, extra_plugins, source)
     device, plugins, tokenizer, dataset, composer = (inputs.device, inputs.plugins, inputs.tokenizer,
@@ -95,7 +97,8 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
     reference = frozen_reference(model.policy)  # with LoRA: the policy with its adapters off
     engine = PPOEngine(model, reference, config.ppo, config.generation, config.optim, config.train.updates,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       generator=generator, max_nonfinite_steps=config.train.max_nonfinite_steps)
+                       generator=generator, max_nonfinite_steps=config.train.max_nonfinite_steps,
+                       precision=Precision(config.train.precision, device))
     prompts = PromptStream(dataset, "train", config.train.seed, config.data.shuffle, name=config.data.dataset)
     return Run(config, plugins, tokenizer, model, engine, composer, prompts, device, inputs.context, dataset)
 
@@ -157,7 +160,8 @@ def save_checkpoint(run: Run, run_dir: Path, metrics_lines: int) -> Path:
         save_policy(run, tmp / "policy")
         engine_state = run.engine.state_dict()
         ckpt.save_torch_state(tmp / "optimizer.pt", {"optimizer": engine_state["optimizer"],
-                                                      "scheduler": engine_state["scheduler"]})
+                                                      "scheduler": engine_state["scheduler"],
+                                                      "grad_scaler": engine_state["grad_scaler"]})
         ckpt.save_tensors(tmp / "rng.safetensors", {"generator": engine_state["generator"]})
         ckpt.write_json(tmp / ckpt.STATE_FILE, {
             "update": run.update,
@@ -188,6 +192,7 @@ def load_checkpoint(run: Run, path: Path) -> int:
     run.engine.load_state_dict({
         "optimizer": torch_state["optimizer"],
         "scheduler": torch_state["scheduler"],
+        "grad_scaler": torch_state.get("grad_scaler", {}),
         "kl_controller": state["kl_controller"],
         "generator": ckpt.load_tensors(path / "rng.safetensors")["generator"],
         "nonfinite_in_a_row": state["nonfinite_in_a_row"],

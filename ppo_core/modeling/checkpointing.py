@@ -1,9 +1,9 @@
 """Gradient checkpointing (``model.gradient_checkpointing``): a transformer layer keeps only its input for the
 backward pass and runs its forward again there, instead of keeping every intermediate activation.
 
-transformers does the recomputation (``activation_checkpointing_enable``, before 5.x ``gradient_checkpointing_enable``), non-reentrant (``use_reentrant=False``):
-that variant needs no input that requires a gradient, so it works with frozen embeddings under LoRA, and it gives
-the same gradients as the plain backward. transformers checkpoints only in training mode; sampling and the rollout's
+transformers does the recomputation (``activation_checkpointing_enable``; ``gradient_checkpointing_enable``
+before 5.x), non-reentrant (``use_reentrant=False``): that variant needs no input that requires a gradient, so it
+works with frozen embeddings under LoRA, and it gives the same gradients as the plain backward. transformers checkpoints only in training mode; sampling and the rollout's
 log-probs run in eval mode, so generation keeps its KV cache and pays nothing.
 """
 

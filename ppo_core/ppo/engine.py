@@ -22,6 +22,7 @@ from ..config import GenerationConfig, OptimConfig, PPOConfig
 from ..runtime.loop import NonFiniteGuard
 from ..runtime.metrics import accumulate, timed
 from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
+from ..runtime.precision import Precision
 from .functional import (
     AdaptiveKLController,
     FixedKLController,
@@ -121,6 +122,7 @@ class PPOEngine:
         pad_token_id: int,
         generator: torch.Generator,
         max_nonfinite_steps: int = 3,
+        precision: Optional[Precision] = None,
     ):
         self.model = model
         self.reference = reference
@@ -140,6 +142,7 @@ class PPOEngine:
         self.scheduler = make_scheduler(self.optimizer, steps_per_update * total_updates, optim.warmup_steps,
                                         optim.schedule)
         self.device = next(model.parameters()).device
+        self.precision = precision or Precision("fp32", self.device)  # train.precision: autocast, fp16 loss scale
 
     # ---- one update ---------------------------------------------------------------------------------
     def step(self, batch: PromptBatch, scorer: Scorer) -> dict[str, float]:
@@ -164,14 +167,14 @@ class PPOEngine:
             handles.append(scorer.start(chunk, batch.records[rows]))
 
         overlap = self.generation.score_while_sampling
-        with timed(times, "time/generate_s"):
+        with timed(times, "time/generate_s"), self.precision.autocast():
             responses = self.generate(batch.input_ids, batch.attention_mask,
                                       on_chunk=start_scoring if overlap else None)
         sequences = torch.cat([batch.input_ids, responses.tokens], dim=1)
         attention_mask = torch.cat([batch.attention_mask.bool(), responses.mask], dim=1)
         mask = responses.mask.float()
         # R2. log pi_old, V(s_t) from the policy and log pi_ref from the frozen reference: one code path
-        with timed(times, "time/evaluate_s"):
+        with timed(times, "time/evaluate_s"), self.precision.autocast():
             old_logprobs, old_values, ref_logprobs, ref_hidden = self._evaluate(
                 sequences, attention_mask, batch.input_ids.size(1), scorer.reads_reference_hidden, times)
         # R3. sequence scores: the scorer's total per sample, missing-eos penalty and clip (Eq. 11, 12)
@@ -302,12 +305,15 @@ class PPOEngine:
         """O2-O4: one optimizer step on the rows ``minibatch``; its statistics, or None when it was skipped."""
         step_stats = self._accumulate_gradients(rollout, minibatch)
         # O3. clip the global gradient norm; a non-finite loss or gradient skips the step
+        self.precision.unscale(self.optimizer)
         grad_norm = self._clip_gradients()
-        if not self.nonfinite.check(step_stats["loss/total"], grad_norm):  # the limit-th in a row stops the run
+        overflow = self.precision.overflowed(step_stats["loss/total"], grad_norm)  # fp16's scale search: no fault
+        if overflow or not self.nonfinite.check(step_stats["loss/total"], grad_norm):  # the limit-th in a row stops
+            self.precision.skip_step()
             self.optimizer.zero_grad(set_to_none=True)
             return None
         # O4. the optimizer and learning-rate schedule step
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         self.scheduler.step()
         step_stats["grad_norm"] = grad_norm
         return step_stats
@@ -325,9 +331,10 @@ class PPOEngine:
         step_stats: dict[str, float] = {}
         for start in range(0, len(minibatch), micro):
             rows = minibatch[start:start + micro]
-            loss, micro_stats = self._loss(rollout, rows)
+            with self.precision.autocast():
+                loss, micro_stats = self._loss(rollout, rows)
             share = aggregation_size(mask[rows], how) / minibatch_size
-            (loss * share).backward()
+            self.precision.backward(loss * share)
             token_share = float(mask[rows].sum() / minibatch_tokens)
             for key, value in micro_stats.items():
                 weight = float(share) if key.startswith("loss/") else token_share
@@ -377,6 +384,7 @@ class PPOEngine:
             "kl_controller": self.kl_controller.state_dict(),
             "generator": self.generator.get_state(),
             "nonfinite_in_a_row": self.nonfinite.in_a_row,
+            "grad_scaler": self.precision.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -385,3 +393,4 @@ class PPOEngine:
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.generator.set_state(state["generator"])
         self.nonfinite.in_a_row = int(state["nonfinite_in_a_row"])
+        self.precision.load_state_dict(state.get("grad_scaler", {}))

@@ -213,10 +213,10 @@ def response_outputs(
         if with_last_hidden:
             last = last_token_index(attention_mask)
             last_hidden = out.hidden_states[-1][torch.arange(sequences.size(0), device=sequences.device), last]
-    logits = logits[:, -predicting:-1, :]
+    logits = logits[:, -predicting:-1, :].float()  # under autocast (train.precision) too: log-probs in fp32
     responses = sequences[:, prompt_length:]
     logprobs = logprobs_from_logits(logits, responses, temperature)
     entropy = entropy_from_logits(logits, temperature) if with_entropy else None
     if values is not None:
-        values = values[:, -predicting:-1]
+        values = values[:, -predicting:-1].float()
     return TokenOutputs(logprobs=logprobs, values=values, entropy=entropy, last_hidden=last_hidden)
