@@ -67,7 +67,7 @@ def test_half_precision_on_the_cpu_is_refused_with_the_measured_speed(tiny_model
     from ppo_core.cli import main
 
     config = make_config(tiny_model_dir, tmp_path / "run", "train.precision=bf16")
-    with pytest.raises(ConfigError, match=r"train\.precision: bf16 .* runs at \d+\.\d\dx the speed of fp32 .*"
+    with pytest.raises(ConfigError, match=r"train\.precision: bf16 .* ran at \d+\.\d\dx the speed of fp32 .*"
                        r"precision_force"):
         build_run(config)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(base_config(tiny_model_dir, tmp_path / "run")))

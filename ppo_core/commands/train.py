@@ -12,7 +12,7 @@ from ..config import RunConfig
 from ..data.prompts import left_pad, long_prompt_stats, make_samples
 from ..data.stream import PromptStream, take_records
 from ..errors import ConfigError, TrainingError
-from ..modeling.loading import fit_to_context, load_tokenizer, resolve_device, save_model
+from ..modeling.loading import end_of_response_ids, fit_to_context, load_tokenizer, resolve_device, save_model
 from ..modeling.lora import MERGED_DIR, frozen_reference, is_adapter_model, load_adapter_weights, merged_copy
 from ..plugin.callbacks import RunHooks, RunInfo, attach_callbacks
 from ..plugin.contract import RunContext
@@ -96,7 +96,7 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
     model = build_actor_critic(config.model, tokenizer, config.train.seed).to(device)
     reference = frozen_reference(model.policy)  # with LoRA: the policy with its adapters off
     engine = PPOEngine(model, reference, config.ppo, config.generation, config.optim, config.train.updates,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=end_of_response_ids(tokenizer, model.policy), pad_token_id=tokenizer.pad_token_id,
                        generator=generator, max_nonfinite_steps=config.train.max_nonfinite_steps,
                        precision=Precision(config.train.precision, device))
     prompts = PromptStream(dataset, "train", config.train.seed, config.data.shuffle, name=config.data.dataset)

@@ -303,8 +303,9 @@ class TrainConfig(Section):
                                                        "autocast (weights, gradients and optimizer state stay fp32; "
                                                        "log-probs for the ratio in fp32; `fp16` scales the loss). "
                                                        "For CUDA: refused on CPU unless `precision_force`.")
-    precision_force: bool = Field(False, description="Run `bf16`/`fp16` autocast on CPU anyway (usually slower "
-                                  "than fp32 there; the refusal gives the speed measured on this machine).")
+    precision_force: bool = Field(False, description="Run `bf16`/`fp16` autocast on the CPU anyway (its speed "
+                                  "depends on the processor: bf16 is fast only with bf16 instructions, fp16 is "
+                                  "emulated; the refusal gives the speed measured on the machine).")
 
     @field_validator("loggers", mode="before")
     @classmethod

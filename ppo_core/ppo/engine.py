@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import nn
@@ -118,7 +118,7 @@ class PPOEngine:
         generation: GenerationConfig,
         optim: OptimConfig,
         total_updates: int,
-        eos_token_id: int,
+        eos_token_id: Union[int, Sequence[int]],
         pad_token_id: int,
         generator: torch.Generator,
         max_nonfinite_steps: int = 3,

@@ -18,6 +18,7 @@ from ..config import GenerationConfig
 from ..data.prompts import EncodedPrompt, left_pad, make_samples
 from ..modeling.compat import forward_argument, logits_to_keep
 from ..modeling.kv_cache import preallocated_cache
+from ..modeling.loading import end_of_response_ids
 from ..plugin.contract import Sample
 from .functional import entropy_from_logits, last_token_index, logprobs_from_logits
 
@@ -66,7 +67,7 @@ def sample_responses(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     max_new_tokens: int,
-    eos_token_id: int,
+    eos_token_id: Union[int, Sequence[int]],
     pad_token_id: int,
     generator: torch.Generator,
     temperature: float = 1.0,
@@ -74,9 +75,10 @@ def sample_responses(
     top_p: float = 1.0,
     greedy: bool = False,
 ) -> Responses:
-    """Autoregressive sampling with the model's KV cache; a row stops at its first eos."""
+    """Autoregressive sampling with the model's KV cache; a row stops at its first eos (any of ``eos_token_id``)."""
     batch_size = input_ids.size(0)
     device = input_ids.device
+    eos_ids = torch.tensor(eos_token_id, device=device).reshape(-1)
     attention_mask = attention_mask.long()
     position_ids = position_ids_from_mask(attention_mask)
     cache_argument = _cache_argument(policy)
@@ -97,7 +99,7 @@ def sample_responses(
         masks.append(~finished)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
-        finished = finished | (token == eos_token_id)
+        finished = finished | torch.isin(token, eos_ids)
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
@@ -108,7 +110,7 @@ def sample_responses(
         next_position = next_position + 1
     response = torch.stack(tokens, dim=1)
     mask = torch.stack(masks, dim=1)
-    stopped_by_eos = ((response == eos_token_id) & mask).any(dim=1)
+    stopped_by_eos = (torch.isin(response, eos_ids) & mask).any(dim=1)
     return Responses(tokens=response, mask=mask, stopped_by_eos=stopped_by_eos)
 
 
@@ -137,7 +139,7 @@ def concat_responses(parts: Sequence[Responses], pad_token_id: int) -> Responses
 
 @torch.no_grad()
 def generate_responses(policy: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       generation: GenerationConfig, eos_token_id: int, pad_token_id: int,
+                       generation: GenerationConfig, eos_token_id: Union[int, Sequence[int]], pad_token_id: int,
                        generator: Optional[torch.Generator], greedy: bool = False,
                        on_chunk: Optional[Callable[[slice, Responses], None]] = None) -> Responses:
     """:func:`sample_responses` over a left-padded batch in chunks of ``generation.batch_size`` rows (the whole
@@ -167,7 +169,7 @@ def sample_prompts(policy: nn.Module, prompts: Sequence[EncodedPrompt], tokenize
     device = device if device is not None else next(policy.parameters()).device
     input_ids, attention_mask = left_pad([p.ids for p in prompts], tokenizer.pad_token_id)
     responses = generate_responses(policy, input_ids.to(device), attention_mask.to(device), generation,
-                                   tokenizer.eos_token_id, tokenizer.pad_token_id, generator, greedy)
+                                   end_of_response_ids(tokenizer, policy), tokenizer.pad_token_id, generator, greedy)
     return make_samples(prompts, responses.tokens.cpu(), responses.mask.cpu(), responses.stopped_by_eos.cpu(),
                         tokenizer)
 

@@ -2,8 +2,10 @@
 state in fp32 (the master copy the optimizer updates), and for fp16 a loss scale (``torch.amp.GradScaler``) so that
 small gradients do not flush to zero in half precision.
 
-Autocast is for CUDA: on the CPU, bf16 matmuls are much slower than fp32 ones on most processors (the refusal
-measures it on the machine at hand), so bf16/fp16 on the CPU is refused unless ``train.precision_force``.
+Autocast is for CUDA. On the CPU its speed depends on the processor: bf16 matmuls are fast only with bf16
+instructions (AVX512-BF16, AMX) and fp16 ones are emulated (benchmarks/cpu_precision.py), and the results are no
+longer fp32's; so bf16/fp16 on the CPU is refused, with the speed measured on the machine at hand, unless
+``train.precision_force``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ def check_precision(precision: str, force: bool, device: torch.device, source: s
     if precision == "fp32" or device.type != "cpu" or force:
         return
     ratio = cpu_speed_ratio(HALF_DTYPES[precision])
-    raise ConfigError(f"{source}: train.precision: {precision} autocast is for CUDA; on this CPU a {precision} "
-                      f"matmul runs at {ratio:.2f}x the speed of fp32 (measured just now), so CPU runs stay fp32: "
-                      f"remove it, or set train.precision_force: true to run it anyway")
+    raise ConfigError(f"{source}: train.precision: {precision} autocast is for CUDA (CPU runs stay fp32); a "
+                      f"{precision} matmul ran at {ratio:.2f}x the speed of fp32 on this CPU just now; set "
+                      f"train.precision_force: true to run it on the CPU anyway")
 
 
 class Precision:
