@@ -13,7 +13,7 @@ from ..config import RunConfig
 from ..data.prompts import left_pad, long_prompt_stats, make_samples
 from ..data.stream import PromptStream, take_records
 from ..errors import ConfigError, TrainingError
-from ..modeling.loading import fit_to_context, load_tokenizer, resolve_device, save_model
+from ..modeling.loading import end_of_response_ids, fit_to_context, load_tokenizer, resolve_device, save_model
 from ..modeling.lora import MERGED_DIR, frozen_reference, is_adapter_model, load_adapter_weights, merged_copy
 from ..plugin.callbacks import RunHooks, RunInfo, attach_callbacks
 from ..plugin.contract import RunContext
@@ -29,6 +29,7 @@ from ..runtime import checkpoints as ckpt
 from ..runtime.distributed import (SINGLE_PROCESS, Distributed, join_process_group, open_rank_run_dir,
                                    rank_run_dir)
 from ..runtime.loop import RunLoop, open_run_dir
+from ..runtime.precision import Precision, check_precision
 from ..runtime.rundir import claim_run_dir
 from ..runtime.metrics import Progress, read_metrics
 
@@ -94,6 +95,7 @@ def load_run_inputs(config: RunConfig, extra_plugins: Iterable = (), source: str
 def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "config",
               dist: Distributed = SINGLE_PROCESS) -> Run:
     """Load plugins, tokenizer, models and data and put the engine together (nothing is written)."""
+    check_precision(config.train.precision, config.train.precision_force, resolve_device(config.model.device), source)
     generator = seed_everything(config.train.seed)
     inputs = load_run_inputs(config, extra_plugins, source)
     device, plugins, tokenizer, dataset, composer = (inputs.device, inputs.plugins, inputs.tokenizer,
@@ -111,9 +113,10 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
             raise
         episodes = EpisodeRunner(environment, config.environment, config.data, config.generation, tokenizer)
     engine = PPOEngine(model, reference, dist.local_ppo(config.ppo, source), config.generation, config.optim,
-                       config.train.updates, eos_token_id=tokenizer.eos_token_id,
+                       config.train.updates, eos_token_id=end_of_response_ids(tokenizer, model.policy),
                        pad_token_id=tokenizer.pad_token_id, generator=generator,
-                       max_nonfinite_steps=config.train.max_nonfinite_steps, episodes=episodes, distributed=dist)
+                       max_nonfinite_steps=config.train.max_nonfinite_steps, episodes=episodes, distributed=dist,
+                       precision=Precision(config.train.precision, device))
     prompts = PromptStream(dataset, "train", config.train.seed, config.data.shuffle,
                            name=config.data.dataset or f"environment '{config.environment.name}'")
     return Run(config, plugins, tokenizer, model, engine, composer, prompts, device, inputs.context, dataset,
@@ -191,7 +194,8 @@ def save_checkpoint(run: Run, run_dir: Path, metrics_lines: int, generators: Opt
         save_policy(run, tmp / "policy")
         engine_state = run.engine.state_dict()
         ckpt.save_torch_state(tmp / "optimizer.pt", {"optimizer": engine_state["optimizer"],
-                                                      "scheduler": engine_state["scheduler"]})
+                                                      "scheduler": engine_state["scheduler"],
+                                                      "grad_scaler": engine_state["grad_scaler"]})
         ckpt.save_tensors(tmp / "rng.safetensors", generators or {"generator": engine_state["generator"]})
         ckpt.write_json(tmp / ckpt.STATE_FILE, {
             "update": run.update,
@@ -222,6 +226,7 @@ def load_checkpoint(run: Run, path: Path) -> int:
     run.engine.load_state_dict({
         "optimizer": torch_state["optimizer"],
         "scheduler": torch_state["scheduler"],
+        "grad_scaler": torch_state.get("grad_scaler", {}),
         "kl_controller": state["kl_controller"],
         "generator": run.dist.own_generator_state(ckpt.load_tensors(path / "rng.safetensors"), path),
         "nonfinite_in_a_row": state["nonfinite_in_a_row"],

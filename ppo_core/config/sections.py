@@ -85,6 +85,10 @@ class ModelConfig(Section):
     device: str = Field("auto", description="`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:1`...")
     lora: Optional[LoRAConfig] = Field(None, description="Train LoRA adapters instead of every weight; unset: full "
                                        "fine-tuning.")
+    gradient_checkpointing: bool = Field(False, description="Keep only each layer's input for the backward pass "
+                                         "and recompute the rest (transformers' gradient checkpointing, "
+                                         "non-reentrant): less memory in training, one more forward per "
+                                         "backward. Sampling still uses the KV cache.")
 
     @field_validator("lora")
     @classmethod
@@ -295,6 +299,13 @@ class TrainConfig(Section):
     max_nonfinite_steps: int = Field(3, gt=0, description="Stop after this many non-finite steps in a row.")
     progress: Literal["auto", "bar", "lines", "none"] = Field("auto", description="`auto`: a bar on a terminal, "
                                                               "plain lines otherwise.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="`bf16`/`fp16`: forward passes under "
+                                                       "autocast (weights, gradients and optimizer state stay fp32; "
+                                                       "log-probs for the ratio in fp32; `fp16` scales the loss). "
+                                                       "For CUDA: refused on CPU unless `precision_force`.")
+    precision_force: bool = Field(False, description="Run `bf16`/`fp16` autocast on the CPU anyway (its speed "
+                                  "depends on the processor: bf16 is fast only with bf16 instructions, fp16 is "
+                                  "emulated; the refusal gives the speed measured on the machine).")
 
     @field_validator("loggers", mode="before")
     @classmethod

@@ -104,6 +104,16 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, tokenizer=None,
     return model
 
 
+def end_of_response_ids(tokenizer, model: Optional[nn.Module] = None) -> tuple[int, ...]:
+    """The ids that end a sampled response: the tokenizer's eos and every eos id the model's generation config
+    lists (chat models often list several, e.g. an end-of-turn token besides the end-of-text one)."""
+    ids = [tokenizer.eos_token_id]
+    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if listed is not None:
+        ids += [listed] if isinstance(listed, int) else list(listed)
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
 def load_backbone(path: str, trust_remote_code: bool = False, tokenizer=None) -> nn.Module:
     """The base transformer (no LM head) of a checkpoint, for a separate critic or a reward model."""
     from transformers import AutoModel

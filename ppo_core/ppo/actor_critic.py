@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import ModelConfig
+from ..modeling.checkpointing import enable_gradient_checkpointing
 from ..modeling.compat import fuse_activations, logits_to_keep
 from ..modeling.heads import MLPHead
 from ..modeling.lora import add_lora
@@ -112,6 +113,10 @@ def build_actor_critic(config: ModelConfig, tokenizer, seed: int) -> ActorCritic
             torch.manual_seed(seed)
             value_head = MLPHead(hidden, config.value_head_hidden, init="zero_output")
     model = ActorCritic(policy, value_head, critic_backbone)
+    if config.gradient_checkpointing:
+        for backbone in (policy, critic_backbone):
+            if backbone is not None:
+                enable_gradient_checkpointing(backbone)
     disable_dropout(model)
     fuse_activations(model)
     return model

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from ..runtime.distributed import SINGLE_PROCESS, Distributed
 from ..runtime.loop import NonFiniteGuard
 from ..runtime.metrics import accumulate, timed
 from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
+from ..runtime.precision import Precision
 from .distributed import global_masked_whiten
 from .functional import (
     AdaptiveKLController,
@@ -108,12 +109,13 @@ class PPOEngine:
         generation: GenerationConfig,
         optim: OptimConfig,
         total_updates: int,
-        eos_token_id: int,
+        eos_token_id: Union[int, Sequence[int]],
         pad_token_id: int,
         generator: torch.Generator,
         max_nonfinite_steps: int = 3,
         episodes: Optional[EpisodeRunner] = None,
         distributed: Distributed = SINGLE_PROCESS,
+        precision: Optional[Precision] = None,
     ):
         self.model = model
         self.reference = reference
@@ -137,6 +139,7 @@ class PPOEngine:
         self.scheduler = make_scheduler(self.optimizer, steps_per_update * total_updates, optim.warmup_steps,
                                         optim.schedule)
         self.device = next(model.parameters()).device
+        self.precision = precision or Precision("fp32", self.device)  # train.precision: autocast, fp16 loss scale
 
     # ---- one update ---------------------------------------------------------------------------------
     def step(self, batch: PromptBatch, scorer: Scorer) -> dict[str, float]:
@@ -161,7 +164,7 @@ class PPOEngine:
             handles.append(scorer.start(chunk, batch.records[rows]))
 
         overlap = self.generation.score_while_sampling
-        with timed(times, "time/generate_s"):
+        with timed(times, "time/generate_s"), self.precision.autocast():
             if batch.states is None:
                 responses = self.generate(batch.input_ids, batch.attention_mask,
                                           on_chunk=start_scoring if overlap else None)
@@ -171,7 +174,7 @@ class PPOEngine:
         attention_mask = torch.cat([batch.attention_mask.bool(), responses.mask], dim=1)
         mask = (responses.mask if responses.action_mask is None else responses.action_mask).float()
         # R2. log pi_old, V(s_t) from the policy and log pi_ref from the frozen reference: one code path
-        with timed(times, "time/evaluate_s"):
+        with timed(times, "time/evaluate_s"), self.precision.autocast():
             old_logprobs, old_values, ref_logprobs, ref_hidden = self._evaluate(
                 sequences, attention_mask, batch.input_ids.size(1), scorer.reads_reference_hidden, times)
         # R3. sequence scores: the scorer's total per sample, missing-eos penalty and clip (Eq. 11, 12)
@@ -299,12 +302,15 @@ class PPOEngine:
         step_stats = self._accumulate_gradients(rollout, minibatch)
         step_stats = self.dist.sum_gradients(self.model.parameters(), step_stats)  # the sum over ranks
         # O3. clip the global gradient norm; a non-finite loss or gradient skips the step
+        self.precision.unscale(self.optimizer)
         grad_norm = self._clip_gradients()
-        if not self.nonfinite.check(step_stats["loss/total"], grad_norm):  # the limit-th in a row stops the run
+        overflow = self.precision.overflowed(step_stats["loss/total"], grad_norm)  # fp16's scale search: no fault
+        if overflow or not self.nonfinite.check(step_stats["loss/total"], grad_norm):  # the limit-th in a row stops
+            self.precision.skip_step()
             self.optimizer.zero_grad(set_to_none=True)
             return None
         # O4. the optimizer and learning-rate schedule step
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         self.scheduler.step()
         step_stats["grad_norm"] = grad_norm
         return step_stats
@@ -322,9 +328,10 @@ class PPOEngine:
         step_stats: dict[str, float] = {}
         for start in range(0, len(minibatch), micro):
             rows = minibatch[start:start + micro]
-            loss, micro_stats = self._loss(rollout, rows)
+            with self.precision.autocast():
+                loss, micro_stats = self._loss(rollout, rows)
             share = aggregation_size(mask[rows], how) / minibatch_size
-            (loss * share).backward()
+            self.precision.backward(loss * share)
             token_share = float(mask[rows].sum() / minibatch_tokens)
             for key, value in micro_stats.items():
                 weight = float(share) if key.startswith("loss/") else token_share
@@ -374,6 +381,7 @@ class PPOEngine:
             "kl_controller": self.kl_controller.state_dict(),
             "generator": self.generator.get_state(),
             "nonfinite_in_a_row": self.nonfinite.in_a_row,
+            "grad_scaler": self.precision.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -382,3 +390,4 @@ class PPOEngine:
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.generator.set_state(state["generator"])
         self.nonfinite.in_a_row = int(state["nonfinite_in_a_row"])
+        self.precision.load_state_dict(state.get("grad_scaler", {}))

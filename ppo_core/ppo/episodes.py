@@ -20,6 +20,7 @@ from torch import nn
 from ..config import DataConfig, EnvironmentConfig, GenerationConfig
 from ..data.prompts import EncodedPrompt, left_pad
 from ..data.turns import as_messages, encode_first_prompts, observation_ids
+from ..modeling.loading import end_of_response_ids
 from ..errors import DataError
 from ..plugin.contract import Message, Record, Sample
 from .environment import GuardedEnvironment
@@ -120,17 +121,21 @@ class EpisodeRunner:
         input_ids, attention_mask = left_pad(inputs, self.tokenizer.pad_token_id)
         generation = self.generation.model_copy(update={"max_new_tokens": max(limit.values())})
         responses = generate_responses(
-            policy, input_ids.to(device), attention_mask.to(device), generation, self.tokenizer.eos_token_id,
+            policy, input_ids.to(device), attention_mask.to(device), generation, self.end_ids(policy),
             self.tokenizer.pad_token_id, generator, greedy, self.stop, states=states if self.reuse_cache else None,
             running=None if running_rows is None else running_rows.to(device), keep_states=self.reuse_cache)
         lengths = responses.mask.sum(1).tolist()
         for episode, row, length in zip(rows, responses.tokens.tolist(), lengths):
             if not episode.done:
-                self._record_answer(episode, row[:min(int(length), limit[id(episode)])])
+                self._record_answer(episode, row[:min(int(length), limit[id(episode)])], self.end_ids(policy))
         return responses.states
 
-    def _record_answer(self, episode: Episode, ids: list[int]) -> None:
-        eos = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
+    def end_ids(self, policy: nn.Module) -> tuple[int, ...]:
+        """The ids that end an answer: the tokenizer's eos and the policy's generation config's."""
+        return end_of_response_ids(self.tokenizer, policy)
+
+    def _record_answer(self, episode: Episode, ids: list[int], end_ids: tuple[int, ...]) -> None:
+        eos = bool(ids) and ids[-1] in end_ids
         text = self.tokenizer.decode(ids[:-1] if eos else ids, skip_special_tokens=True)
         episode.ended_by_itself = eos or any(stop in text for stop in self.config.stop_strings)
         episode.tokens += ids

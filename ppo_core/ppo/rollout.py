@@ -18,6 +18,7 @@ from ..config import GenerationConfig
 from ..data.prompts import EncodedPrompt, left_pad, make_samples
 from ..modeling.compat import forward_argument, logits_to_keep
 from ..modeling.kv_cache import preallocated_cache, reserve
+from ..modeling.loading import end_of_response_ids
 from ..plugin.contract import Sample
 from .functional import entropy_from_logits, last_token_index, logprobs_from_logits
 
@@ -106,7 +107,7 @@ def sample_responses(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     max_new_tokens: int,
-    eos_token_id: int,
+    eos_token_id: Union[int, Sequence[int]],
     pad_token_id: int,
     generator: torch.Generator,
     temperature: float = 1.0,
@@ -117,7 +118,8 @@ def sample_responses(
     state: Optional[SamplerState] = None,
     running: Optional[torch.Tensor] = None,
 ) -> Responses:
-    """Autoregressive sampling with the model's KV cache; a row stops at its first eos (or when ``stop`` says).
+    """Autoregressive sampling with the model's KV cache; a row stops at its first eos (any of ``eos_token_id``)
+    or when ``stop`` says.
 
     ``input_ids`` (left-padded) are the prompts, or, with ``state``, the tokens to append to what ``state``
     holds (an episode's observations; a row may append none). Rows outside ``running`` [B] bool sample nothing.
@@ -125,6 +127,7 @@ def sample_responses(
     """
     batch_size = input_ids.size(0)
     device = input_ids.device
+    eos_ids = torch.tensor(eos_token_id, device=device).reshape(-1)
     feed_ids, feed_mask = input_ids, attention_mask.long()
     if state is None:
         full_mask = feed_mask
@@ -157,7 +160,7 @@ def sample_responses(
         masks.append(~finished)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
-        finished = finished | (token == eos_token_id)
+        finished = finished | torch.isin(token, eos_ids)
         if stop is not None:
             finished = finished | stop(tokens, masks[-1] & ~finished)
         if step == max_new_tokens - 1 or bool(finished.all()):
@@ -172,7 +175,7 @@ def sample_responses(
         next_position = next_position + masks[-1].long()[:, None]
     response = torch.stack(tokens, dim=1)
     mask = torch.stack(masks, dim=1)
-    stopped_by_eos = ((response == eos_token_id) & mask).any(dim=1)
+    stopped_by_eos = (torch.isin(response, eos_ids) & mask).any(dim=1)
     return Responses(tokens=response, mask=mask, stopped_by_eos=stopped_by_eos,
                      states=[SamplerState(cache, attention_mask, tokens[-1], masks[-1], row_logits)])
 
@@ -202,7 +205,7 @@ def concat_responses(parts: Sequence[Responses], pad_token_id: int) -> Responses
 
 @torch.no_grad()
 def generate_responses(policy: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       generation: GenerationConfig, eos_token_id: int, pad_token_id: int,
+                       generation: GenerationConfig, eos_token_id: Union[int, Sequence[int]], pad_token_id: int,
                        generator: Optional[torch.Generator], greedy: bool = False,
                        stop: Optional[StopRule] = None, states: Optional[list[SamplerState]] = None,
                        running: Optional[torch.Tensor] = None, keep_states: bool = False,
@@ -246,7 +249,7 @@ def sample_prompts(policy: nn.Module, prompts: Sequence[EncodedPrompt], tokenize
     device = device if device is not None else next(policy.parameters()).device
     input_ids, attention_mask = left_pad([p.ids for p in prompts], tokenizer.pad_token_id)
     responses = generate_responses(policy, input_ids.to(device), attention_mask.to(device), generation,
-                                   tokenizer.eos_token_id, tokenizer.pad_token_id, generator, greedy)
+                                   end_of_response_ids(tokenizer, policy), tokenizer.pad_token_id, generator, greedy)
     return make_samples(prompts, responses.tokens.cpu(), responses.mask.cpu(), responses.stopped_by_eos.cpu(),
                         tokenizer)
 
@@ -292,10 +295,10 @@ def response_outputs(
         if with_last_hidden:
             last = last_token_index(attention_mask)
             last_hidden = out.hidden_states[-1][torch.arange(sequences.size(0), device=sequences.device), last]
-    logits = logits[:, -predicting:-1, :]
+    logits = logits[:, -predicting:-1, :].float()  # under autocast (train.precision) too: log-probs in fp32
     responses = sequences[:, prompt_length:]
     logprobs = logprobs_from_logits(logits, responses, temperature)
     entropy = entropy_from_logits(logits, temperature) if with_entropy else None
     if values is not None:
-        values = values[:, -predicting:-1]
+        values = values[:, -predicting:-1].float()
     return TokenOutputs(logprobs=logprobs, values=values, entropy=entropy, last_hidden=last_hidden)
