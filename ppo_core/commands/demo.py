@@ -78,17 +78,11 @@ def run_demo(out: str = "runs/demo", quick: bool = False, overwrite: bool = Fals
     from ..config import load_config
     from ..config.train_reward import TrainRewardConfig
     from ..modeling.tiny import init_model
-    from .evaluate import evaluate_model
     from .sft import train_sft
     from .train import train
     from .train_reward import run_train_reward
 
-    root = Path(out)
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise UserError(f"demo: {root} already holds a demo run; pass --overwrite to start over")
-        check_replaceable(root, DEMO_ENTRIES, "demo: --out")
-        shutil.rmtree(root)
+    root = clear_demo_dir(out, overwrite, DEMO_ENTRIES)
     configs = demo_configs(out, seed)
 
     stage("1/5 init-model: a character-level tokenizer and a tiny GPT-2")
@@ -112,15 +106,35 @@ def run_demo(out: str = "runs/demo", quick: bool = False, overwrite: bool = Fals
 
     stage("5/5 eval: held-out numbers for the SFT start and the PPO result")
     report_dir = root / REPORT_DIR
-    limit = QUICK["eval_records"] if quick else None
-    before = evaluate_model(ppo_config, configs["ppo"]["model"]["path"], samples=limit,
-                            out=report_dir / "samples_sft.jsonl", numbers_out=report_dir / "eval_sft.json")
-    after = evaluate_model(ppo_config, final, samples=limit, out=report_dir / "samples_ppo.jsonl",
-                           numbers_out=report_dir / "eval_ppo.json")
-    metrics = [json.loads(line) for line in (Path(ppo_config.train.output_dir) / "metrics.jsonl").open()]
+    before, after, metrics = evaluate_start_and_result(ppo_config, configs["ppo"]["model"]["path"], final,
+                                                       report_dir, QUICK["eval_records"] if quick else None)
     report = write_report(report_dir, metrics, before, after, accuracy, ppo_config, seed, kinds)
     print(f"\nreport: {report}")
     return report
+
+
+def clear_demo_dir(out: str, overwrite: bool, entries: set[str]) -> Path:
+    """The demo's directory, emptied with --overwrite when it holds a demo's ``entries`` only."""
+    root = Path(out)
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise UserError(f"demo: {root} already holds a demo run; pass --overwrite to start over")
+        check_replaceable(root, entries, "demo: --out")
+        shutil.rmtree(root)
+    return root
+
+
+def evaluate_start_and_result(ppo_config, start: str, final: Path, report_dir: Path, limit: Optional[int]):
+    """The held-out numbers of the SFT start and of the PPO result (their samples and numbers files written to
+    ``report_dir``) and the PPO run's metrics lines."""
+    from .evaluate import evaluate_model
+
+    before = evaluate_model(ppo_config, start, samples=limit, out=report_dir / "samples_sft.jsonl",
+                            numbers_out=report_dir / "eval_sft.json")
+    after = evaluate_model(ppo_config, final, samples=limit, out=report_dir / "samples_ppo.jsonl",
+                           numbers_out=report_dir / "eval_ppo.json")
+    metrics = [json.loads(line) for line in (Path(ppo_config.train.output_dir) / "metrics.jsonl").open()]
+    return before, after, metrics
 
 
 def stage(title: str) -> None:

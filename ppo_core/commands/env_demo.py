@@ -11,13 +11,11 @@ The SFT start is deliberately short: a start that already solves every episode l
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserError
-from ..runtime.rundir import check_replaceable
-from .demo import REPORT_DIR, plot_panels, stage
+from .demo import REPORT_DIR, clear_demo_dir, evaluate_start_and_result, plot_panels, stage
 
 REVERSE = {"dataset": "reverse", "options": {"size": 2000, "eval_size": 200, "min_len": 2, "max_len": 4}}
 RETRY = {"max_attempts": 2, "feedback": "count"}
@@ -87,17 +85,11 @@ def run_env_demo(name: str, out: str, quick: bool = False, overwrite: bool = Fal
     returns the report's path."""
     from ..config import load_config
     from ..modeling.tiny import init_model
-    from .evaluate import evaluate_model
     from .sft import train_sft
     from .train import train
 
     configs = env_demo_configs(name, out, seed)
-    root = Path(out)
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise UserError(f"demo: {root} already holds a demo run; pass --overwrite to start over")
-        check_replaceable(root, DEMO_ENTRIES, "demo: --out")
-        shutil.rmtree(root)
+    root = clear_demo_dir(out, overwrite, DEMO_ENTRIES)
 
     stage("1/4 init-model: a character-level tokenizer and a tiny GPT-2")
     init_model(configs["sft"]["model"]["path"], "tiny", seed=seed)
@@ -111,12 +103,8 @@ def run_env_demo(name: str, out: str, quick: bool = False, overwrite: bool = Fal
 
     stage("4/4 eval: held-out episodes of the SFT start and the PPO result")
     report_dir = root / REPORT_DIR
-    limit = QUICK["eval_records"] if quick else None
-    before = evaluate_model(ppo_config, configs["ppo"]["model"]["path"], samples=limit,
-                            out=report_dir / "samples_sft.jsonl", numbers_out=report_dir / "eval_sft.json")
-    after = evaluate_model(ppo_config, final, samples=limit, out=report_dir / "samples_ppo.jsonl",
-                           numbers_out=report_dir / "eval_ppo.json")
-    metrics = [json.loads(line) for line in (Path(ppo_config.train.output_dir) / "metrics.jsonl").open()]
+    before, after, metrics = evaluate_start_and_result(ppo_config, configs["ppo"]["model"]["path"], final,
+                                                       report_dir, QUICK["eval_records"] if quick else None)
     report = write_env_report(report_dir, name, metrics, before, after, ppo_config, seed)
     print(f"\nreport: {report}")
     return report
