@@ -115,7 +115,7 @@ def test_zero_extra_forward_in_a_real_rollout(trained_reward_model, tiny_model_d
         def start(self, samples):
             return samples
 
-        def finish(self, chunks, reference_hidden=None):
+        def finish(self, chunks, reference_hidden=None, gather=None):
             samples = [sample for chunk in chunks for sample in chunk]
             seen["samples"], seen["hidden"] = samples, reference_hidden
             seen["composition"] = composition = composer(samples, reference_hidden)
