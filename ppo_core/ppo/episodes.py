@@ -120,19 +120,16 @@ class EpisodeRunner:
         device = next(policy.parameters()).device
         input_ids, attention_mask = left_pad(inputs, self.tokenizer.pad_token_id)
         generation = self.generation.model_copy(update={"max_new_tokens": max(limit.values())})
+        end_ids = end_of_response_ids(self.tokenizer, policy)  # the tokenizer's eos and the generation config's
         responses = generate_responses(
-            policy, input_ids.to(device), attention_mask.to(device), generation, self.end_ids(policy),
+            policy, input_ids.to(device), attention_mask.to(device), generation, end_ids,
             self.tokenizer.pad_token_id, generator, greedy, self.stop, states=states if self.reuse_cache else None,
             running=None if running_rows is None else running_rows.to(device), keep_states=self.reuse_cache)
         lengths = responses.mask.sum(1).tolist()
         for episode, row, length in zip(rows, responses.tokens.tolist(), lengths):
             if not episode.done:
-                self._record_answer(episode, row[:min(int(length), limit[id(episode)])], self.end_ids(policy))
+                self._record_answer(episode, row[:min(int(length), limit[id(episode)])], end_ids)
         return responses.states
-
-    def end_ids(self, policy: nn.Module) -> tuple[int, ...]:
-        """The ids that end an answer: the tokenizer's eos and the policy's generation config's."""
-        return end_of_response_ids(self.tokenizer, policy)
 
     def _record_answer(self, episode: Episode, ids: list[int], end_ids: tuple[int, ...]) -> None:
         eos = bool(ids) and ids[-1] in end_ids
