@@ -23,7 +23,8 @@ from .episodes import check_split
 from .guess_number import GuessNumber, GuessNumberOptions
 from .retry import RetryOptions, RetryWithFeedback
 
-__all__ = ["CalculatorTranscripts", "GuessNumberTranscripts", "RetryTranscripts", "RetryTranscriptOptions", "play"]
+__all__ = ["CalculatorTranscriptOptions", "CalculatorTranscripts", "GuessNumberTranscripts", "RetryTranscripts",
+           "RetryTranscriptOptions", "play"]
 
 MAX_TURNS = 1000  # a good policy ends long before; this only stops an environment that never says done
 
@@ -78,12 +79,28 @@ class _Transcripts(Dataset):
             yield Record(messages=[Message(**message) for message in messages], fields={"success": success})
 
 
+class CalculatorTranscriptOptions(CalculatorOptions):
+    direct_answers: float = Field(0.0, ge=0, le=1, description="share of episodes answered at once, without the "
+                                  "tool (the right answer, as ordinary text states a product): a start taught on "
+                                  "them has not learned when the tool is needed")
+
+
 class CalculatorTranscripts(_Transcripts):
-    """``calculator`` episodes: call the tool, answer its result."""
+    """``calculator`` episodes: call the tool, answer its result; or (``direct_answers``) answer at once."""
 
     name = "calculator_transcripts"
-    Options = CalculatorOptions
+    Options = CalculatorTranscriptOptions
     environment = Calculator
+
+    def environment_options(self) -> CalculatorOptions:
+        return CalculatorOptions.model_validate(self.options.model_dump(include=set(CalculatorOptions.model_fields)))
+
+    def respond(self, record: Record, index: int, split: Split) -> Callable[[Any], str]:
+        # which episodes answer directly: seeded by the episodes' seed, split and index, like retry's wrong_first
+        direct = random.Random(f"{self.options.seed}/{split}/{index}").random() < self.options.direct_answers
+        if direct:
+            return lambda state: f"<answer>{record.solution}</answer>"
+        return super().respond(record, index, split)
 
 
 class GuessNumberTranscripts(_Transcripts):

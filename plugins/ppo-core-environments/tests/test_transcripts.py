@@ -95,6 +95,24 @@ def test_what_each_transcript_shows(registry):
     assert [t.messages for t in again] == [t.messages for t in retried]  # seeded
 
 
+def test_calculator_direct_answers_skip_the_tool_on_a_seeded_share_of_episodes(registry):
+    """``direct_answers``: that share answers the right result at once (no tool call) and still succeeds; the
+    episodes are the same as without it, and the default keeps every transcript a tool call."""
+    environment, episodes = environment_and_episodes(registry, "calculator", "train")
+    options = {**SMALL["calculator"], "direct_answers": 0.5}
+    played = list(registry.build("dataset", "calculator_transcripts", options, RunContext()).records("train"))
+    direct = [(record, t) for record, t in zip(episodes, played) if len(t.messages) == 2]
+    assert 16 < len(direct) < 48 and len(direct) + sum(len(t.messages) == 4 for t in played) == 64
+    for record, transcript in direct:
+        assert transcript.messages[1].content == f"<answer>{record.solution}</answer>"
+        assert replay(environment, record, transcript)[1] is True and transcript.fields == {"success": True}
+    again = registry.build("dataset", "calculator_transcripts", options, RunContext()).records("train")
+    assert [t.messages for t in again] == [t.messages for t in played]  # seeded
+    assert all(len(t.messages) == 4 for t in transcripts(registry, "calculator", "train"))
+    with pytest.raises(ConfigError, match="direct_answers"):
+        registry.build("dataset", "calculator_transcripts", {"direct_answers": 1.5}, RunContext())
+
+
 def test_every_character_is_in_the_tiny_vocabulary_and_every_transcript_fits_the_context(registry):
     """The tiny models' tokenizer has printable ASCII only (no newline): no prompt, observation, error or
     transcript may fall back to <unk>; a whole transcript, one separator per message plus bos/eos, must leave a
