@@ -42,7 +42,11 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
         # no stop string: the transcripts end a tool call with eos, and the warm-started model does too
         "environment": {"name": "calculator", "max_turns": 3, "max_turn_tokens": 24,
                         "options": {"min_digits": 2, "max_digits": 2}},
-        "sft_steps": 125,
+        # 70% of the transcripts answer at once without the tool: the start has the format and the copy but
+        # answers directly when greedy (and cannot multiply); PPO must learn when to call the tool
+        "sft_data": {"dataset": "calculator_transcripts",
+                     "options": {"min_digits": 2, "max_digits": 2, "direct_answers": 0.7}},
+        "sft_steps": 300,
     },
 }
 QUICK = {"sft": ["sft.steps=10"], "ppo": ["train.updates=2", "ppo.rollout_batch_size=8", "ppo.minibatch_size=4"],
