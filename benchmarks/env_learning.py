@@ -4,7 +4,9 @@ Each seed runs the environment demo's whole pipeline (``ppo_core.commands.env_de
 the short SFT warm start on the environment's transcripts, PPO on its episodes, held-out evaluation of the SFT
 start and the PPO result, greedy and sampled) and reads its report's numbers. Progress on stderr; ONE JSON line
 on stdout: every run (success and return before/after per decoding, wall seconds) and, per environment and
-decoding, the mean and spread (min, max) of the success before, after and of the gain.
+decoding, the mean and spread (min, max) of the success before, after and of the gain. ``later_turns`` counts,
+per model and decoding, the held-out episodes that went past their first turn (``played``; on
+``retry_with_feedback``: a wrong first answer) and how many of those still succeeded (``solved``).
 
     python benchmarks/env_learning.py --envs calculator retry_with_feedback --seeds 0 1 2
 """
@@ -45,7 +47,18 @@ def run_once(env: str, seed: int, overrides: list[str]) -> dict:
                          "success_after": after[decoding]["success_rate"],
                          "return_before": before[decoding]["return_mean"],
                          "return_after": after[decoding]["return_mean"]}
+    row["later_turns"] = {model: later_turns(report / f"samples_{model}.jsonl") for model in ("sft", "ppo")}
     return row
+
+
+def later_turns(samples: Path) -> dict:
+    """Per decoding: the episodes that went past their first turn, and how many of them succeeded."""
+    counts = {decoding: {"played": 0, "solved": 0} for decoding in DECODINGS}
+    for row in map(json.loads, samples.open(encoding="utf-8")):
+        if len(row["turns"]) > 1:
+            counts[row["decoding"]]["played"] += 1
+            counts[row["decoding"]]["solved"] += bool(row["success"])
+    return counts
 
 
 def spread(values: list[float]) -> dict:

@@ -30,3 +30,23 @@ def test_an_unknown_environment_demo_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--env 'chess' has no demo; choose one of calculator, guess_number, retry_with_feedback" in err and "Traceback" not in err
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_retry_demo_stops_its_sft_on_train_words_and_never_sees_the_held_out_ones():
+    from ppo_core import RunContext
+    from ppo_core.commands.env_demo import env_demo_configs
+    from ppo_core.plugin.loading import load_plugins
+
+    configs = env_demo_configs("retry_with_feedback", "demo")
+    assert configs["sft"]["sft"]["stop_at"] == "eval/loss <= 0.9" and configs["sft"]["sft"]["eval_every"] > 0
+    registry = load_plugins().registry
+
+    def words(data: dict) -> dict[str, set]:
+        dataset = registry.build("dataset", data["dataset"], data["options"], RunContext())
+        return {split: {record.messages[0].content for record in dataset.records(split)} for split in ("train", "eval")}
+
+    transcripts = configs["sft"]["data"]["options"]
+    sft, ppo = words({"dataset": transcripts["dataset"], "options": transcripts["dataset_options"]}), \
+        words(configs["ppo"]["data"])
+    assert sft["train"] <= ppo["train"] and not sft["train"] & sft["eval"]
+    assert sft["eval"] <= ppo["train"] and not (sft["train"] | sft["eval"]) & ppo["eval"] and len(ppo["eval"]) == 200
