@@ -66,6 +66,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     timeout_s: float = DEFAULT_TIMEOUT_S
+    sharded: bool = False  # train.parallel fsdp: FSDP sums the gradients itself (runtime/fsdp.py)
 
     @property
     def is_primary(self) -> bool:
@@ -137,6 +138,14 @@ class Distributed:
         weighted its losses by the global size of the minibatch, so the sum is the one-process gradient)."""
         if not self.active:
             return stats
+        if not self.sharded:  # FSDP reduce-scattered them in the backward pass
+            self._all_reduce_gradients(parameters)
+        keys = sorted(stats)
+        summed = self.all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64,
+                                                  device=_collective_device()), "summing step statistics")
+        return dict(zip(keys, summed.tolist()))
+
+    def _all_reduce_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
         import torch.distributed as dist
 
         params = [p for p in parameters if p.requires_grad]
@@ -154,10 +163,6 @@ class Distributed:
             for p in bucket:
                 p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
                 offset += p.numel()
-        keys = sorted(stats)
-        summed = self.all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64,
-                                                  device=_collective_device()), "summing step statistics")
-        return dict(zip(keys, summed.tolist()))
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
         """Every rank starts from rank 0's weights (they are built from the same seed; this makes sure)."""
@@ -290,11 +295,12 @@ def single_process_only(command: str) -> None:
                           f"(WORLD_SIZE is {os.environ['WORLD_SIZE']})")
 
 
-def join_process_group(device: str = "auto") -> Distributed:
+def join_process_group(device: str = "auto", parallel: str = "ddp") -> Distributed:
     """The process group torchrun started this process in (joined once), or :data:`SINGLE_PROCESS`.
 
     ``device`` is the config's ``model.device``: on CUDA each process takes the device ``LOCAL_RANK`` and the nccl
-    backend; otherwise gloo. (nccl is written to the same contract but has not run in this project's tests.)"""
+    backend; otherwise gloo. (nccl is written to the same contract but has not run in this project's tests.)
+    ``parallel`` is ``train.parallel``: ``fsdp`` makes the ranks :attr:`Distributed.sharded`."""
     if not launched_by_torchrun():
         return SINGLE_PROCESS
     import torch.distributed as dist
@@ -311,7 +317,7 @@ def join_process_group(device: str = "auto") -> Distributed:
             raise DistributedError(f"rank {rank} of {world_size}: could not join the process group within "
                                    f"{timeout:g} s: {_first_line(error)}") from None
         atexit.register(_leave_process_group)
-    return Distributed(rank=rank, world_size=world_size, timeout_s=timeout)
+    return Distributed(rank=rank, world_size=world_size, timeout_s=timeout, sharded=parallel == "fsdp")
 
 
 def _leave_process_group() -> None:
