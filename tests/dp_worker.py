@@ -4,7 +4,8 @@
 (OUT.rank<r>);
 ``python tests/dp_worker.py fsdp MODEL RUN_DIR OUT`` does the same with ``train.parallel: fsdp`` (rank 0 saves the
 gathered weights and writes the final model into OUT.final);
-``python tests/dp_worker.py failing MODEL RUN_DIR`` trains with a reward that fails on rank 1 only. Started with
+``python tests/dp_worker.py failing MODEL RUN_DIR`` trains with a reward that fails on rank 1 only (``failing_fsdp``:
+with ``train.parallel: fsdp``). Started with
 torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) it is one rank of a process group; without them
 (or through :func:`run_updates` in the test process) it is the one-process run.
 """
@@ -134,14 +135,14 @@ def failing_reward(samples):
     return [float(len(sample.response)) for sample in samples]
 
 
-def run_failing(model_dir, run_dir) -> int:
+def run_failing(model_dir, run_dir, parallel: str = "ddp") -> int:
     from ppo_core import api
     from ppo_core.errors import UserError
 
     config = equivalence_sections(model_dir, run_dir)
     config["rewards"] = [{"name": "failing_reward", "isolation": "none"}]
     config["plugins"] = {}
-    config["train"]["updates"] = 4
+    config["train"].update(updates=4, parallel=parallel)
     try:
         api.train(config, rewards=[failing_reward])
     except UserError as error:  # as the CLI does it
@@ -158,7 +159,7 @@ def main(argv) -> int:
         result = run_updates(model_dir, run_dir, parallel=parallel, final=final)
         torch.save(result, f"{argv[3]}.rank{os.environ.get('RANK', '0')}")
         return 0
-    return run_failing(model_dir, run_dir)
+    return run_failing(model_dir, run_dir, "fsdp" if mode == "failing_fsdp" else "ddp")
 
 
 if __name__ == "__main__":

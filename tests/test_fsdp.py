@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from dp_worker import equivalence_sections, run_updates
-from test_distributed import WORKER, finish, max_weight_difference, start_ranks
+from dp_worker import equivalence_sections
+from test_distributed import max_weight_difference, two_ranks_and_one_process
 
 from ppo_core.config import load_config
 from ppo_core.errors import ConfigError
+from ppo_core.runtime.distributed import SINGLE_PROCESS, Distributed, DistributedError
 from ppo_core.runtime.fsdp import (block_units, check_fsdp, full_optimizer_state, full_state_dict, is_sharded,
-                                   load_optimizer_state, load_weights, shard_modules)
-from ppo_core.testing import one_torch_thread
+                                   load_optimizer_state, load_weights, shard_modules, sharded_step)
 
 
 def fsdp_config(model_dir, tmp_path, **train):
@@ -43,6 +43,23 @@ def test_fsdp_needs_torchrun_and_names_what_it_does_not_support(tiny_model_dir, 
     separate.model.critic = "separate"
     with pytest.raises(ConfigError, match=r"fsdp does not support model.critic separate"):
         check_fsdp(separate, "run.yaml")
+
+
+def test_a_peer_lost_inside_fsdp_collectives_is_named_and_other_errors_pass():
+    def lost_peer():
+        raise RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer")
+
+    def own_fault():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    step = lambda: {"kl": 0.0}  # noqa: E731
+    assert sharded_step(SINGLE_PROCESS, step) is step and sharded_step(Distributed(0, 2), step) is step
+    sharded = Distributed(rank=1, world_size=2, sharded=True)
+    with pytest.raises(DistributedError, match=r"^rank 1 of 2: a sharded forward or backward pass failed: another "
+                                               r"rank stopped .*\(Connection closed by peer\)$"):
+        sharded_step(sharded, lost_peer)()
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        sharded_step(sharded, own_fault)()
 
 
 class Block(nn.Module):
@@ -112,14 +129,8 @@ def test_sharded_state_dicts_gather_and_load_back(one_rank_group):
 def test_two_fsdp_ranks_give_the_one_process_update_and_a_loadable_model(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    out = tmp_path / "ranks"
-    processes = start_ranks(2, str(WORKER), "fsdp", str(tiny_model_dir), str(tmp_path / "run2"), str(out))
-    with one_torch_thread():  # meanwhile, the one-process run in this process
-        one = run_updates(tiny_model_dir, tmp_path / "run1")
-    results = finish(processes)
-    assert all(code == 0 for code, _ in results), results
-    sharded = torch.load(f"{out}.rank0", weights_only=False)
-    assert torch.load(f"{out}.rank1", weights_only=False)["weights"] == {}  # rank 0 alone holds the full weights
+    one, (sharded, other), out = two_ranks_and_one_process("fsdp", tiny_model_dir, tmp_path)
+    assert other["weights"] == {}  # rank 0 alone holds the full weights
 
     difference = max_weight_difference(one["weights"], sharded["weights"])
     print(f"max |w_1 process - w_2 fsdp ranks| after 3 updates: {difference:.3g}")

@@ -28,7 +28,8 @@ from ..rewards.hacking import HackingWatch
 from ..runtime import checkpoints as ckpt
 from ..runtime.distributed import (SINGLE_PROCESS, Distributed, join_process_group, open_rank_run_dir,
                                    rank_run_dir)
-from ..runtime.fsdp import check_fsdp, gathered_training_state, load_optimizer_state, load_weights, shard_modules
+from ..runtime.fsdp import (check_fsdp, gathered_training_state, load_optimizer_state, load_weights, peer_failures,
+                            shard_modules, sharded_step)
 from ..runtime.loop import RunLoop, open_run_dir
 from ..runtime.precision import Precision, check_precision
 from ..runtime.rundir import claim_run_dir
@@ -189,7 +190,8 @@ def gathered_state(run: Run, with_optimizer: bool = True) -> Optional[dict]:
     """FSDP: the full weights (and optimizer state) on rank 0 (a collective: every rank calls it); else None."""
     if not run.dist.sharded:
         return None
-    return gathered_training_state(run.model, run.engine.optimizer if with_optimizer else None)
+    with peer_failures(run.dist, "gathering the shards to rank 0"):
+        return gathered_training_state(run.model, run.engine.optimizer if with_optimizer else None)
 
 
 def save_final(run: Run, directory: Path, full: Optional[dict] = None) -> None:
@@ -341,7 +343,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
 
             loop = RunLoop(
                 total=config.train.updates,
-                step=lambda: run.engine.step(next_prompt_batch(run), scorer),
+                step=sharded_step(dist, lambda: run.engine.step(next_prompt_batch(run), scorer)),
                 window=UpdateLine(watch if dist.is_primary else None),  # rank 0 alone warns
                 log=log, progress=progress,  # the engine guards its optimizer steps itself
                 save_checkpoint=checkpoint, save_every=config.train.save_every,

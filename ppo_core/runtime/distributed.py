@@ -78,7 +78,7 @@ class Distributed:
 
     # ---- collectives ---------------------------------------------------------------------------------
     @contextmanager
-    def _collective(self, what: str) -> Iterator[None]:
+    def collective(self, what: str) -> Iterator[None]:
         """Turns the backend's failure (a closed connection, a time-out) into one line naming this rank."""
         try:
             yield
@@ -95,7 +95,7 @@ class Distributed:
         import torch.distributed as dist
 
         total = tensor.detach().clone()
-        with self._collective(what):
+        with self.collective(what):
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
 
@@ -106,7 +106,7 @@ class Distributed:
         import torch.distributed as dist
 
         gathered: list = [None] * self.world_size
-        with self._collective(what):
+        with self.collective(what):
             dist.all_gather_object(gathered, value)
         return gathered
 
@@ -117,7 +117,7 @@ class Distributed:
         import torch.distributed as dist
 
         box = [value if self.is_primary else None]
-        with self._collective(what):
+        with self.collective(what):
             dist.broadcast_object_list(box, src=0)
         return box[0]
 
@@ -157,7 +157,7 @@ class Distributed:
                 p.grad = torch.zeros_like(p)
         for bucket in _buckets(params):
             flat = torch.cat([p.grad.reshape(-1) for p in bucket])
-            with self._collective("summing gradients"):
+            with self.collective("summing gradients"):
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             offset = 0
             for p in bucket:
@@ -170,7 +170,7 @@ class Distributed:
             return
         import torch.distributed as dist
 
-        with self._collective("receiving rank 0's weights"), torch.no_grad():
+        with self.collective("receiving rank 0's weights"), torch.no_grad():
             for tensor in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(tensor.data, src=0)
 
@@ -371,16 +371,19 @@ def rank_run_dir(dist: Distributed, claim: Callable[[], Any], output_dir: Path):
 def open_rank_run_dir(dist: Distributed, open_run_dir: Callable, run_dir, config, resume: bool,
                       load: Callable[[Path], int]):
     """Rank 0 opens the run directory (:func:`ppo_core.runtime.loop.open_run_dir`) and tells the others which
-    checkpoint it resumed from; they load the same one (the run directory is on a file system they share)."""
+    checkpoint it resumes from before loading it; they load the same one at the same time (the run directory is on
+    a file system they share; FSDP's loading is a collective)."""
     if dist.is_primary:
-        loaded: list[Path] = []
+        told: list[Path] = []
 
-        def load_and_tell(path: Path) -> int:
-            loaded.append(path)
+        def tell_and_load(path: Path) -> int:
+            told.append(path)
+            dist.broadcast_object(str(path), "telling the ranks the checkpoint")
             return load(path)
 
-        log = open_run_dir(run_dir, config, resume, load_and_tell)
-        dist.broadcast_object(str(loaded[0]) if loaded else None, "telling the ranks the checkpoint")
+        log = open_run_dir(run_dir, config, resume, tell_and_load)
+        if not told:
+            dist.broadcast_object(None, "telling the ranks there is no checkpoint")
         return log
     path: Optional[str] = dist.broadcast_object(None, "waiting for rank 0 to open the run directory")
     return NullMetricsLog(run_dir.work / METRICS_FILE, load(Path(path)) if path else 0)

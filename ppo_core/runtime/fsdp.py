@@ -19,12 +19,15 @@ In one process nothing here runs: the modules stay plain and :func:`load_weights
 from __future__ import annotations
 
 import os
-from typing import Iterable, Optional
+import re
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .distributed import Distributed
 
 # what fully sharding does not support in this project (yet): config field -> why, in the refusal's words
 UNSUPPORTED = {
@@ -55,6 +58,36 @@ def check_fsdp(config, source: str = "config") -> None:
     refused = unsupported_fields(config)
     if refused:
         raise ConfigError(f"{source}: train.parallel: fsdp does not support {refused[0]}: {UNSUPPORTED[refused[0]]}")
+
+
+# the backend's errors start with its source location: "[.../gloo/transport/tcp/pair.cc:553] Connection closed..."
+BACKEND_ERROR = re.compile(r"^\[[^\]]*(gloo|nccl|c10d)[^\]]*\]")
+
+
+@contextmanager
+def peer_failures(dist: Distributed, what: str) -> Iterator[None]:
+    """FSDP's own collectives (a forward's all-gathers, a backward's reduce-scatters, a checkpoint's gathers) raise
+    the backend's RuntimeError when another rank stopped: that one becomes the DistributedError naming this rank,
+    as the data-parallel collectives' failures do; any other error passes unchanged."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not (dist.sharded and BACKEND_ERROR.match(str(error))):
+            raise
+        with dist.collective(what):
+            raise
+
+
+def sharded_step(dist: Distributed, step: Callable[[], dict]) -> Callable[[], dict]:
+    """``step`` inside :func:`peer_failures` under FSDP; ``step`` itself otherwise (nothing added elsewhere)."""
+    if not dist.sharded:
+        return step
+
+    def guarded() -> dict:
+        with peer_failures(dist, "a sharded forward or backward pass"):
+            return step()
+
+    return guarded
 
 
 # ---- sharding --------------------------------------------------------------------------------------------
