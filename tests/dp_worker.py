@@ -2,7 +2,10 @@
 
 ``python tests/dp_worker.py updates MODEL RUN_DIR OUT`` runs 3 PPO updates on fixed responses and saves the weights
 (OUT.rank<r>);
-``python tests/dp_worker.py failing MODEL RUN_DIR`` trains with a reward that fails on rank 1 only. Started with
+``python tests/dp_worker.py fsdp MODEL RUN_DIR OUT`` does the same with ``train.parallel: fsdp`` (rank 0 saves the
+gathered weights and writes the final model into OUT.final);
+``python tests/dp_worker.py failing MODEL RUN_DIR`` trains with a reward that fails on rank 1 only (``failing_fsdp``:
+with ``train.parallel: fsdp``). Started with
 torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) it is one rank of a process group; without them
 (or through :func:`run_updates` in the test process) it is the one-process run.
 """
@@ -17,11 +20,12 @@ import torch
 from pydantic import BaseModel
 
 from ppo_core import Reward, hookimpl
-from ppo_core.commands.train import build_run, make_scorer, next_prompt_batch
+from ppo_core.commands.train import build_run, make_scorer, next_prompt_batch, write_final
 from ppo_core.config import load_config
 from ppo_core.modeling.loading import fit_to_context
 from ppo_core.ppo.rollout import Responses
 from ppo_core.runtime.distributed import join_process_group
+from ppo_core.runtime.fsdp import full_state_dict, is_sharded
 
 ROWS = 8  # the global rollout batch
 LENGTH = 8  # generation.max_new_tokens
@@ -85,15 +89,24 @@ def fixed_responses(update: int, tokenizer) -> Responses:
     return Responses(tokens=tokens, mask=mask, stopped_by_eos=stopped)
 
 
-def run_updates(model_dir, run_dir, updates: int = 3) -> dict:
+def weights(model) -> dict:
+    """Every weight, unsharded (FSDP: on rank 0; the other ranks get an empty dict)."""
+    if is_sharded(model):
+        return full_state_dict(model)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def run_updates(model_dir, run_dir, updates: int = 3, parallel: str = "ddp", final=None) -> dict:
     """``updates`` PPO updates whose sampling returns this rank's rows of :func:`fixed_responses`; the weights, β
-    and each update's statistics."""
-    dist = join_process_group("cpu")
-    config = load_config(None, [], base=equivalence_sections(model_dir, run_dir))
+    and each update's statistics; with ``final``, the final model written there."""
+    dist = join_process_group("cpu", parallel)
+    sections = equivalence_sections(model_dir, run_dir)
+    sections["train"]["parallel"] = parallel
+    config = load_config(None, [], base=sections)
     run = build_run(fit_to_context(config, config.model.path), PLUGINS, dist=dist)
     rows = dist.shard(list(range(ROWS)))
     history = []
-    initial = {k: v.clone() for k, v in run.model.state_dict().items()}
+    initial = weights(run.model)
     with run.composer:
         scorer = make_scorer(run.composer, run.tokenizer, dist)
         for update in range(updates):
@@ -107,7 +120,9 @@ def run_updates(model_dir, run_dir, updates: int = 3) -> dict:
 
             run.engine.generate = sample
             history.append(run.engine.step(next_prompt_batch(run), scorer))
-    return {"weights": {k: v.clone() for k, v in run.model.state_dict().items()},
+    if final is not None:
+        write_final(run, Path(final))
+    return {"weights": weights(run.model),
             "initial": initial,
             "kl_coef": run.engine.kl_controller.value, "stats": history}
 
@@ -120,14 +135,14 @@ def failing_reward(samples):
     return [float(len(sample.response)) for sample in samples]
 
 
-def run_failing(model_dir, run_dir) -> int:
+def run_failing(model_dir, run_dir, parallel: str = "ddp") -> int:
     from ppo_core import api
     from ppo_core.errors import UserError
 
     config = equivalence_sections(model_dir, run_dir)
     config["rewards"] = [{"name": "failing_reward", "isolation": "none"}]
     config["plugins"] = {}
-    config["train"]["updates"] = 4
+    config["train"].update(updates=4, parallel=parallel)
     try:
         api.train(config, rewards=[failing_reward])
     except UserError as error:  # as the CLI does it
@@ -138,11 +153,13 @@ def run_failing(model_dir, run_dir) -> int:
 
 def main(argv) -> int:
     mode, model_dir, run_dir = argv[0], Path(argv[1]), Path(argv[2])
-    if mode == "updates":
-        result = run_updates(model_dir, run_dir)
+    if mode in ("updates", "fsdp"):
+        parallel = "fsdp" if mode == "fsdp" else "ddp"
+        final = f"{argv[3]}.final" if mode == "fsdp" else None  # every rank gathers, rank 0 writes
+        result = run_updates(model_dir, run_dir, parallel=parallel, final=final)
         torch.save(result, f"{argv[3]}.rank{os.environ.get('RANK', '0')}")
         return 0
-    return run_failing(model_dir, run_dir)
+    return run_failing(model_dir, run_dir, "fsdp" if mode == "failing_fsdp" else "ddp")
 
 
 if __name__ == "__main__":

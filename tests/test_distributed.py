@@ -105,14 +105,20 @@ def test_only_train_runs_under_torchrun(monkeypatch, tmp_path, capsys):
     assert "only `ppo-core train` runs under torchrun" in capsys.readouterr().err
 
 
-def test_two_ranks_give_the_one_process_update(tiny_model_dir, tmp_path):
+def two_ranks_and_one_process(mode: str, model_dir: Path, tmp_path: Path) -> tuple[dict, list[dict], Path]:
+    """The worker's ``mode`` on 2 ranks and, meanwhile, the one-process run in this process: its result, the
+    ranks' (OUT.rank<r>) and OUT."""
     out = tmp_path / "ranks"
-    processes = start_ranks(2, str(WORKER), "updates", str(tiny_model_dir), str(tmp_path / "run2"), str(out))
-    with one_torch_thread():  # meanwhile, the one-process run in this process
-        one = run_updates(tiny_model_dir, tmp_path / "run1")
+    processes = start_ranks(2, str(WORKER), mode, str(model_dir), str(tmp_path / "run2"), str(out))
+    with one_torch_thread():
+        one = run_updates(model_dir, tmp_path / "run1")
     results = finish(processes)
     assert all(code == 0 for code, _ in results), results
-    ranks = [torch.load(f"{out}.rank{r}", weights_only=False) for r in range(2)]
+    return one, [torch.load(f"{out}.rank{r}", weights_only=False) for r in range(2)], out
+
+
+def test_two_ranks_give_the_one_process_update(tiny_model_dir, tmp_path):
+    one, ranks, _ = two_ranks_and_one_process("updates", tiny_model_dir, tmp_path)
 
     assert max_weight_difference(ranks[0]["weights"], ranks[1]["weights"]) == 0.0  # the ranks agree exactly
     difference = max_weight_difference(one["weights"], ranks[0]["weights"])
@@ -127,9 +133,10 @@ def test_two_ranks_give_the_one_process_update(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failing_rank_stops_every_rank_with_a_named_error(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["failing", "failing_fsdp"])
+def test_a_failing_rank_stops_every_rank_with_a_named_error(tiny_model_dir, tmp_path, mode):
     started = time.monotonic()
-    processes = start_ranks(2, str(WORKER), "failing", str(tiny_model_dir), str(tmp_path / "run"), timeout_s=60)
+    processes = start_ranks(2, str(WORKER), mode, str(tiny_model_dir), str(tmp_path / "run"), timeout_s=60)
     (code0, err0), (code1, err1) = finish(processes, timeout=180)
     elapsed = time.monotonic() - started
     print(f"after {elapsed:.1f} s:\n{err0.strip()}\n{err1.strip()}")
@@ -139,14 +146,15 @@ def test_a_failing_rank_stops_every_rank_with_a_named_error(tiny_model_dir, tmp_
     assert elapsed < 120  # well before the collectives' own time limit would have run out twice
 
 
-def cli_config(model_dir: Path, run_dir: Path, path: Path) -> Path:
+def cli_config(model_dir: Path, run_dir: Path, path: Path, parallel: str = "ddp") -> Path:
     config = {
         "model": {"path": str(model_dir), "device": "cpu"},
         "data": {"dataset": "reverse", "options": {"size": 64}},
         "rewards": [{"name": "edit_distance", "isolation": "none", "normalize": True}],
         "ppo": {"rollout_batch_size": 4, "minibatch_size": 2, "epochs": 1},
         "generation": {"max_new_tokens": 6},
-        "train": {"updates": 8, "save_every": 2, "output_dir": str(run_dir), "progress": "none", "seed": 0},
+        "train": {"updates": 8, "save_every": 2, "output_dir": str(run_dir), "progress": "none", "seed": 0,
+                  "parallel": parallel},
     }
     path.write_text(yaml.safe_dump(config))
     return path
@@ -157,18 +165,20 @@ def without_timing(lines: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_of_one_rank_then_resume_gives_the_uninterrupted_run(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_sigkill_of_one_rank_then_resume_gives_the_uninterrupted_run(tiny_model_dir, tmp_path, parallel):
     """The uninterrupted run under torchrun itself; the interrupted one loses rank 1 to a SIGKILL after its first
     checkpoint (rank 0 then stops with a named error), and --resume on 2 ranks finishes it: the same weights,
-    bit for bit, and the same metrics lines. Only rank 0 wrote into the run directory."""
-    reference = cli_config(tiny_model_dir, tmp_path / "reference", tmp_path / "reference.yaml")
+    bit for bit, and the same metrics lines. Only rank 0 wrote into the run directory. ``fsdp``: the same with
+    sharded modules (its checkpoints are full, gathered to rank 0)."""
+    reference = cli_config(tiny_model_dir, tmp_path / "reference", tmp_path / "reference.yaml", parallel)
     done = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
                            "-m", "ppo_core", "train", str(reference)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == [
         ".ppo-core-run", ".ppo-core.lock", "checkpoints", "config.yaml", "final", "metrics.jsonl"]
 
-    config = cli_config(tiny_model_dir, tmp_path / "run", tmp_path / "run.yaml")
+    config = cli_config(tiny_model_dir, tmp_path / "run", tmp_path / "run.yaml", parallel)
     ranks = start_ranks(2, "-m", "ppo_core", "train", str(config))
     first = tmp_path / "run" / "checkpoints" / "update-000002"
     while not first.exists() and ranks[1].poll() is None:

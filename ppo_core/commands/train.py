@@ -28,6 +28,8 @@ from ..rewards.hacking import HackingWatch
 from ..runtime import checkpoints as ckpt
 from ..runtime.distributed import (SINGLE_PROCESS, Distributed, join_process_group, open_rank_run_dir,
                                    rank_run_dir)
+from ..runtime.fsdp import (check_fsdp, gathered_training_state, load_optimizer_state, load_weights, peer_failures,
+                            shard_modules, sharded_step)
 from ..runtime.loop import RunLoop, open_run_dir
 from ..runtime.precision import Precision, check_precision
 from ..runtime.rundir import claim_run_dir
@@ -104,6 +106,8 @@ def build_run(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
     dist.broadcast_parameters(model)
     dist.seed_rank(generator, config.train.seed)  # rank r > 0 samples with seed + r
     reference = frozen_reference(model.policy)  # with LoRA: the policy with its adapters off
+    if dist.sharded:  # train.parallel fsdp: the trained modules and the reference in 1/N shards, before the optimizer
+        shard_modules([model.policy, model.value_head, reference], device)
     episodes = None
     if config.environment is not None:
         try:
@@ -172,28 +176,48 @@ def make_scorer(composer: Composer, tokenizer, dist: Distributed = SINGLE_PROCES
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------
-def save_policy(run: Run, directory: Path) -> None:
-    """The policy with save_pretrained (transformers alone loads it), its tokenizer, and the critic."""
-    if not all(torch.isfinite(p).all() for p in run.model.critic_parameters()):
+def save_policy(run: Run, directory: Path, full: Optional[dict] = None) -> None:
+    """The policy with save_pretrained (transformers alone loads it), its tokenizer, and the critic. ``full``: the
+    weights gathered from FSDP's shards (:func:`gathered_training_state`)."""
+    critic = full["value_head"].values() if full and full["value_head"] else run.model.critic_parameters()
+    if not all(torch.isfinite(p).all() for p in critic):
         raise TrainingError("refusing to save non-finite critic weights; the run diverged")
-    save_model(run.model.policy, run.tokenizer, directory)
-    run.model.save_critic(directory)
+    save_model(run.model.policy, run.tokenizer, directory, full and full["policy"])
+    run.model.save_critic(directory, full and full["value_head"])
 
 
-def save_final(run: Run, directory: Path) -> None:
+def gathered_state(run: Run, with_optimizer: bool = True) -> Optional[dict]:
+    """FSDP: the full weights (and optimizer state) on rank 0 (a collective: every rank calls it); else None."""
+    if not run.dist.sharded:
+        return None
+    with peer_failures(run.dist, "gathering the shards to rank 0"):
+        return gathered_training_state(run.model, run.engine.optimizer if with_optimizer else None)
+
+
+def save_final(run: Run, directory: Path, full: Optional[dict] = None) -> None:
     """The final output: the policy as checkpoints hold it and, for LoRA with save_merged, the merged model."""
-    save_policy(run, directory)
+    save_policy(run, directory, full)
     lora = run.config.model.lora
     if lora is not None and lora.save_merged:
         save_model(merged_copy(run.model.policy), run.tokenizer, directory / MERGED_DIR)
 
 
-def save_checkpoint(run: Run, run_dir: Path, metrics_lines: int, generators: Optional[dict] = None) -> Path:
-    """``generators``: every rank's generator state (:meth:`Distributed.generator_states`); rank 0 writes."""
+def write_final(run: Run, directory: Path) -> None:
+    """Rank 0 writes the final model (every rank calls it: FSDP gathers the shards first)."""
+    full = gathered_state(run, with_optimizer=False)
+    if run.dist.is_primary:
+        save_final(run, directory, full)
+
+
+def save_checkpoint(run: Run, run_dir: Path, metrics_lines: int, generators: Optional[dict] = None,
+                    full: Optional[dict] = None) -> Path:
+    """``generators``: every rank's generator state (:meth:`Distributed.generator_states`); ``full``: FSDP's
+    gathered weights and optimizer state (:func:`gathered_state`); rank 0 writes."""
     def write(tmp: Path) -> None:
-        save_policy(run, tmp / "policy")
+        save_policy(run, tmp / "policy", full)
         engine_state = run.engine.state_dict()
-        ckpt.save_torch_state(tmp / "optimizer.pt", {"optimizer": engine_state["optimizer"],
+        optimizer = full["optimizer"] if full else engine_state["optimizer"]
+        ckpt.save_torch_state(tmp / "optimizer.pt", {"optimizer": optimizer,
                                                       "scheduler": engine_state["scheduler"],
                                                       "grad_scaler": engine_state["grad_scaler"]})
         ckpt.save_tensors(tmp / "rng.safetensors", generators or {"generator": engine_state["generator"]})
@@ -220,9 +244,11 @@ def load_checkpoint(run: Run, path: Path) -> int:
         load_adapter_weights(run.model.policy, path / "policy")
     else:
         saved = AutoModelForCausalLM.from_pretrained(path / "policy", dtype=torch.float32)
-        run.model.policy.load_state_dict(saved.state_dict())
+        load_weights(run.model.policy, saved.state_dict())  # FSDP: into this rank's shards
     run.model.load_critic(path / "policy")
     torch_state = ckpt.load_torch_state(path / "optimizer.pt")
+    if run.dist.sharded:  # the checkpoint holds the full optimizer state: this rank's shards of it
+        torch_state["optimizer"] = load_optimizer_state(run.model, run.engine.optimizer, torch_state["optimizer"])
     run.engine.load_state_dict({
         "optimizer": torch_state["optimizer"],
         "scheduler": torch_state["scheduler"],
@@ -290,7 +316,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
         raise ConfigError(f"{source}: rewards: PPO needs at least one reward or an environment's turn rewards "
                           f"(only `sft` and `eval` run without)")
     config = fit_to_context(config, config.model.path, source)
-    dist = join_process_group(config.model.device)  # torchrun's ranks; rank 0 alone writes
+    check_fsdp(config, source)
+    dist = join_process_group(config.model.device, config.train.parallel)  # torchrun's ranks; rank 0 alone writes
     with rank_run_dir(dist, lambda: claim_run_dir(config.train.output_dir, resume, overwrite),
                       config.train.output_dir) as run_dir:
         ckpt.check_resume_progress(run_dir.work, resume, config.train.updates, "update", "train.updates")
@@ -310,15 +337,17 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, extr
             def checkpoint(directory: Path, update: int, metrics_lines: int) -> Path:
                 run.update = update
                 generators = dist.generator_states(run.engine.generator.get_state()) if dist.active else None
-                return save_checkpoint(run, directory, metrics_lines, generators) if dist.is_primary else directory
+                full = gathered_state(run)  # FSDP: every rank sends its shards to rank 0
+                return save_checkpoint(run, directory, metrics_lines, generators, full) if dist.is_primary \
+                    else directory
 
             loop = RunLoop(
                 total=config.train.updates,
-                step=lambda: run.engine.step(next_prompt_batch(run), scorer),
+                step=sharded_step(dist, lambda: run.engine.step(next_prompt_batch(run), scorer)),
                 window=UpdateLine(watch if dist.is_primary else None),  # rank 0 alone warns
                 log=log, progress=progress,  # the engine guards its optimizer steps itself
                 save_checkpoint=checkpoint, save_every=config.train.save_every,
-                directory=run_dir, write_final=lambda tmp: save_final(run, tmp) if dist.is_primary else None,
+                directory=run_dir, write_final=lambda tmp: write_final(run, tmp),
                 hooks=hooks,
                 eval_every=config.train.eval_every,
                 evaluate=held_out_evaluation(run) if config.train.eval_every and dist.is_primary else dict,

@@ -299,6 +299,8 @@ class TrainConfig(Section):
     max_nonfinite_steps: int = Field(3, gt=0, description="Stop after this many non-finite steps in a row.")
     progress: Literal["auto", "bar", "lines", "none"] = Field("auto", description="`auto`: a bar on a terminal, "
                                                               "plain lines otherwise.")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="Under torchrun: `ddp` keeps a whole model on "
+                                             "each rank, `fsdp` shards weights, gradients and optimizer state.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="`bf16`/`fp16`: forward passes under "
                                                        "autocast (weights, gradients and optimizer state stay fp32; "
                                                        "log-probs for the ratio in fp32; `fp16` scales the loss). "

@@ -146,12 +146,14 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
-def save_model(model: nn.Module, tokenizer, directory: Path) -> None:
-    """``save_pretrained`` (transformers alone loads it) and the tokenizer; non-finite weights are refused."""
-    for name, param in model.named_parameters():
+def save_model(model: nn.Module, tokenizer, directory: Path, state_dict: Optional[dict] = None) -> None:
+    """``save_pretrained`` (transformers alone loads it) and the tokenizer; non-finite weights are refused.
+    ``state_dict``: the weights to write instead of the model's own (a sharded model's, gathered)."""
+    weights = state_dict.items() if state_dict is not None else model.named_parameters()
+    for name, param in weights:
         if not torch.isfinite(param).all():
             raise TrainingError(f"refusing to save non-finite weights ({name}); the run diverged")
-    model.save_pretrained(directory, safe_serialization=True)
+    model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
 
 

@@ -21,6 +21,7 @@ from ..modeling.loading import (
     load_backbone,
     load_causal_lm,
 )
+from ..runtime.fsdp import load_weights
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"
@@ -76,13 +77,14 @@ class ActorCritic(nn.Module):
         if not self.shared:
             yield from self.critic_backbone.parameters()
 
-    def save_critic(self, directory: Path) -> None:
-        """The value head in safetensors, and a separate critic's backbone with save_pretrained (nothing without a
-        critic)."""
+    def save_critic(self, directory: Path, value_head_state: Optional[dict] = None) -> None:
+        """The value head in safetensors (``value_head_state``: a sharded head's, gathered), and a separate critic's
+        backbone with save_pretrained (nothing without a critic)."""
         if not self.has_critic:
             return
         directory = Path(directory)
-        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, directory / VALUE_HEAD_FILE,
+        state = value_head_state if value_head_state is not None else self.value_head.state_dict()
+        save_file({k: v.contiguous() for k, v in state.items()}, directory / VALUE_HEAD_FILE,
                   metadata={"critic": "shared" if self.shared else "separate"})
         if not self.shared:
             self.critic_backbone.save_pretrained(directory / CRITIC_DIR, safe_serialization=True)
@@ -91,7 +93,7 @@ class ActorCritic(nn.Module):
         if not self.has_critic:
             return
         directory = Path(directory)
-        self.value_head.load_state_dict(load_file(directory / VALUE_HEAD_FILE))
+        load_weights(self.value_head, load_file(directory / VALUE_HEAD_FILE))  # into its shards under FSDP
         if not self.shared:
             from transformers import AutoModel
 

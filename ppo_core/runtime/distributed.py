@@ -66,6 +66,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     timeout_s: float = DEFAULT_TIMEOUT_S
+    sharded: bool = False  # train.parallel fsdp: FSDP sums the gradients itself (runtime/fsdp.py)
 
     @property
     def is_primary(self) -> bool:
@@ -77,7 +78,7 @@ class Distributed:
 
     # ---- collectives ---------------------------------------------------------------------------------
     @contextmanager
-    def _collective(self, what: str) -> Iterator[None]:
+    def collective(self, what: str) -> Iterator[None]:
         """Turns the backend's failure (a closed connection, a time-out) into one line naming this rank."""
         try:
             yield
@@ -94,7 +95,7 @@ class Distributed:
         import torch.distributed as dist
 
         total = tensor.detach().clone()
-        with self._collective(what):
+        with self.collective(what):
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
 
@@ -105,7 +106,7 @@ class Distributed:
         import torch.distributed as dist
 
         gathered: list = [None] * self.world_size
-        with self._collective(what):
+        with self.collective(what):
             dist.all_gather_object(gathered, value)
         return gathered
 
@@ -116,7 +117,7 @@ class Distributed:
         import torch.distributed as dist
 
         box = [value if self.is_primary else None]
-        with self._collective(what):
+        with self.collective(what):
             dist.broadcast_object_list(box, src=0)
         return box[0]
 
@@ -137,6 +138,14 @@ class Distributed:
         weighted its losses by the global size of the minibatch, so the sum is the one-process gradient)."""
         if not self.active:
             return stats
+        if not self.sharded:  # FSDP reduce-scattered them in the backward pass
+            self._all_reduce_gradients(parameters)
+        keys = sorted(stats)
+        summed = self.all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64,
+                                                  device=_collective_device()), "summing step statistics")
+        return dict(zip(keys, summed.tolist()))
+
+    def _all_reduce_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
         import torch.distributed as dist
 
         params = [p for p in parameters if p.requires_grad]
@@ -148,16 +157,12 @@ class Distributed:
                 p.grad = torch.zeros_like(p)
         for bucket in _buckets(params):
             flat = torch.cat([p.grad.reshape(-1) for p in bucket])
-            with self._collective("summing gradients"):
+            with self.collective("summing gradients"):
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             offset = 0
             for p in bucket:
                 p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
                 offset += p.numel()
-        keys = sorted(stats)
-        summed = self.all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64,
-                                                  device=_collective_device()), "summing step statistics")
-        return dict(zip(keys, summed.tolist()))
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
         """Every rank starts from rank 0's weights (they are built from the same seed; this makes sure)."""
@@ -165,7 +170,7 @@ class Distributed:
             return
         import torch.distributed as dist
 
-        with self._collective("receiving rank 0's weights"), torch.no_grad():
+        with self.collective("receiving rank 0's weights"), torch.no_grad():
             for tensor in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(tensor.data, src=0)
 
@@ -290,11 +295,12 @@ def single_process_only(command: str) -> None:
                           f"(WORLD_SIZE is {os.environ['WORLD_SIZE']})")
 
 
-def join_process_group(device: str = "auto") -> Distributed:
+def join_process_group(device: str = "auto", parallel: str = "ddp") -> Distributed:
     """The process group torchrun started this process in (joined once), or :data:`SINGLE_PROCESS`.
 
     ``device`` is the config's ``model.device``: on CUDA each process takes the device ``LOCAL_RANK`` and the nccl
-    backend; otherwise gloo. (nccl is written to the same contract but has not run in this project's tests.)"""
+    backend; otherwise gloo. (nccl is written to the same contract but has not run in this project's tests.)
+    ``parallel`` is ``train.parallel``: ``fsdp`` makes the ranks :attr:`Distributed.sharded`."""
     if not launched_by_torchrun():
         return SINGLE_PROCESS
     import torch.distributed as dist
@@ -311,7 +317,7 @@ def join_process_group(device: str = "auto") -> Distributed:
             raise DistributedError(f"rank {rank} of {world_size}: could not join the process group within "
                                    f"{timeout:g} s: {_first_line(error)}") from None
         atexit.register(_leave_process_group)
-    return Distributed(rank=rank, world_size=world_size, timeout_s=timeout)
+    return Distributed(rank=rank, world_size=world_size, timeout_s=timeout, sharded=parallel == "fsdp")
 
 
 def _leave_process_group() -> None:
@@ -365,16 +371,19 @@ def rank_run_dir(dist: Distributed, claim: Callable[[], Any], output_dir: Path):
 def open_rank_run_dir(dist: Distributed, open_run_dir: Callable, run_dir, config, resume: bool,
                       load: Callable[[Path], int]):
     """Rank 0 opens the run directory (:func:`ppo_core.runtime.loop.open_run_dir`) and tells the others which
-    checkpoint it resumed from; they load the same one (the run directory is on a file system they share)."""
+    checkpoint it resumes from before loading it; they load the same one at the same time (the run directory is on
+    a file system they share; FSDP's loading is a collective)."""
     if dist.is_primary:
-        loaded: list[Path] = []
+        told: list[Path] = []
 
-        def load_and_tell(path: Path) -> int:
-            loaded.append(path)
+        def tell_and_load(path: Path) -> int:
+            told.append(path)
+            dist.broadcast_object(str(path), "telling the ranks the checkpoint")
             return load(path)
 
-        log = open_run_dir(run_dir, config, resume, load_and_tell)
-        dist.broadcast_object(str(loaded[0]) if loaded else None, "telling the ranks the checkpoint")
+        log = open_run_dir(run_dir, config, resume, tell_and_load)
+        if not told:
+            dist.broadcast_object(None, "telling the ranks there is no checkpoint")
         return log
     path: Optional[str] = dist.broadcast_object(None, "waiting for rank 0 to open the run directory")
     return NullMetricsLog(run_dir.work / METRICS_FILE, load(Path(path)) if path else 0)
