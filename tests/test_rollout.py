@@ -73,3 +73,18 @@ def test_logits_and_values_of_response_positions_only_match_the_full_forward(tin
     for ours, theirs in [(kept.logprobs, full.logprobs), (kept.values, full.values),
                          (kept.entropy, full.entropy), (reference.logprobs, full_reference.logprobs)]:
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_entropy_as_a_statistic_only_is_the_same_number_outside_the_graph(tiny):
+    model, tokenizer, batch = tiny
+    responses = sample(model, tokenizer, batch)
+    sequences = torch.cat([batch["input_ids"], responses.tokens], dim=1)
+    mask = torch.cat([batch["attention_mask"].bool(), responses.mask], dim=1)
+    prompt = batch["input_ids"].size(1)
+    with torch.enable_grad():
+        bonus = rollout.response_outputs(model, sequences, mask, prompt, 0.7, with_values=False, with_entropy=True)
+        statistic = rollout.response_outputs(model, sequences, mask, prompt, 0.7, with_values=False,
+                                             with_entropy=True, entropy_grad=False)
+    assert bonus.entropy.requires_grad and not statistic.entropy.requires_grad
+    assert statistic.logprobs.requires_grad  # the policy loss still has its gradient
+    assert torch.equal(statistic.entropy, bonus.entropy.detach())

@@ -346,7 +346,8 @@ class PPOEngine:
         mask = rollout.action_mask[rows]  # observation tokens are context: no loss, KL or entropy there
         how, constant = ppo.aggregation, self.aggregation_constant
         new = response_outputs(self.model, rollout.sequences[rows], rollout.attention_mask[rows],
-                               rollout.prompt_length, self.generation.temperature, with_entropy=True)
+                               rollout.prompt_length, self.generation.temperature, with_entropy=True,
+                               entropy_grad=ppo.entropy_coef != 0)
         policy_loss, clipfrac, approx_kl = clipped_policy_loss(
             new.logprobs, rollout.logprobs[rows], rollout.advantages[rows], mask, ppo.clip_range, how, constant)
         value_loss, value_stats = 0.0, {}

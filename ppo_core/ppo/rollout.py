@@ -271,6 +271,7 @@ def response_outputs(
     with_values: bool = True,
     with_entropy: bool = False,
     with_last_hidden: bool = False,
+    entropy_grad: bool = True,
 ) -> TokenOutputs:
     """log pi(a_t|s_t) (logits / temperature), V(s_t) and H at every response position.
 
@@ -278,7 +279,9 @@ def response_outputs(
     ratio is exactly 1 before the first optimizer step. ``model`` is an ActorCritic (returns logits and values)
     or a plain causal LM (reference model; ``with_values=False``). ``with_last_hidden`` (plain causal LM only)
     also returns the final hidden state at each row's last real token, which a learned reward head can read
-    without a forward of its own.
+    without a forward of its own. ``entropy_grad=False`` gives H as a statistic only, outside the autograd graph: with
+    no entropy bonus (``ppo.entropy_coef`` 0) nothing needs its gradient, and a backward through it would keep and
+    differentiate a [B, R, V] softmax for a term weighted 0.
     """
     position_ids = position_ids_from_mask(attention_mask)
     # the logits at position t predict token t+1: the response tokens are predicted from P-1 .. end-1, so only
@@ -298,7 +301,9 @@ def response_outputs(
     logits = logits[:, -predicting:-1, :].float()  # under autocast (train.precision) too: log-probs in fp32
     responses = sequences[:, prompt_length:]
     logprobs = logprobs_from_logits(logits, responses, temperature)
-    entropy = entropy_from_logits(logits, temperature) if with_entropy else None
+    entropy = None
+    if with_entropy:
+        entropy = entropy_from_logits(logits if entropy_grad else logits.detach(), temperature)
     if values is not None:
         values = values[:, -predicting:-1].float()
     return TokenOutputs(logprobs=logprobs, values=values, entropy=entropy, last_hidden=last_hidden)
