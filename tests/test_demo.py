@@ -96,8 +96,8 @@ def test_the_demo_over_two_seeds_reports_their_mean_spread_and_each_seed(tmp_pat
     assert f"report: {out / 'report' / 'report.md'}" in printed and "== seed 4 (2 of 2)" in printed
     assert (out / "seed-3" / "report" / "report.md").is_file() and (out / "seed-4" / "report" / "report.md").is_file()
     text = (out / "report" / "report.md").read_text()
-    assert "seeds 3, 4;" in text and "Each cell: the mean over the seeds (min-max)" in text
-    assert "| PPO result | greedy | 0.625 (0.500-0.750) |" in text and "| SFT start | sampled | 0.125 (0.125-0.125) |" in text
+    assert "seeds 3, 4;" in text and "Each cell: the mean over the seeds (min to max)" in text
+    assert "| PPO result | greedy | 0.625 (0.500 to 0.750) |" in text and "| SFT start | sampled | 0.125 (0.125 to 0.125) |" in text
     assert "| PPO result, seed 3 | greedy | 0.500 |" in text and "| PPO result, seed 4 | greedy | 0.750 |" in text
     assert "Seed 3:" in text and "Seed 4:" in text  # each seed's diagnostics
     assert "(mean over 2 seeds, min to max): greedy: exact match +37.5 points (+25.0 to +50.0)" in text

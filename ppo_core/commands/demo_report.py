@@ -51,7 +51,7 @@ def write_report(directory: Path, runs: Sequence[SeedRun]) -> Path:
         "",
         "## Held-out metrics",
         "",
-        *(["Each cell: the mean over the seeds (min-max); then each seed's row.", ""] if len(runs) > 1 else []),
+        *(["Each cell: the mean over the seeds (min to max); then each seed's row.", ""] if len(runs) > 1 else []),
         *metrics_table(runs),
         "",
         change_line(runs),
@@ -102,12 +102,12 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 
 def _over_seeds(values: Sequence[Optional[float]]) -> str:
-    """``0.507 (0.415-0.595)`` over several seeds, the value alone for one."""
+    """``0.507 (0.415 to 0.595)`` over several seeds, the value alone for one."""
     known = [value for value in values if value is not None]
     if len(known) < 2:
         return _fmt(known[0] if known else None)
     numbers = spread(known)
-    return f"{numbers['mean']:.3f} ({numbers['min']:.3f}-{numbers['max']:.3f})"
+    return f"{numbers['mean']:.3f} ({numbers['min']:.3f} to {numbers['max']:.3f})"
 
 
 def _fmt(value: Any) -> str:
