@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole pipeline on an embedded default, with a report")
     demo.add_argument("--out", default=None, help="directory for every stage and the report (default: runs/demo, "
-                      "or runs/demo-NAME with --env NAME)")
+                      "runs/demo-learned-reward with --learned-reward, or runs/demo-NAME with --env NAME)")
     demo.add_argument("--env", default=None, metavar="NAME", help="the pipeline on a bundled environment instead: "
                       "retry_with_feedback, calculator or guess_number (needs ppo-core-environments)")
     demo.add_argument("--quick", action="store_true", help="a few steps of each stage (what the tests run)")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds N)")
     demo.add_argument("--learned-reward", action="store_true", help="PPO driven by a learned reward: a reward model "
                       "with its whole backbone trained, half of PPO's total reward weight "
-                      "(examples/demo-learned-reward; default out: runs/demo-learned-reward)")
+                      "(examples/demo-learned-reward)")
     return parser
 
 

@@ -111,6 +111,8 @@ def test_the_demo_refuses_a_seed_named_twice_or_both_seed_options(tmp_path, caps
     assert "names a seed twice" in capsys.readouterr().err
     assert main(["demo", "--seeds", "1", "--seed", "2", "--out", str(tmp_path / "d")]) == 2
     assert "not both" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert main(["demo", "--env", "calculator", "--learned-reward", "--out", str(tmp_path / "d")]) == 2
+    assert "leave out --learned-reward" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 def test_a_failing_seed_stops_the_demo_and_keeps_the_finished_seeds(tmp_path, capsys, monkeypatch):
