@@ -9,19 +9,22 @@ header says how). For each seed the PPO stage runs with ``train.seed`` set and i
 greedy and sampled (the config's generation). Prints one JSON line per seed (also appended to ``--out``): exact
 match, eos rate and mean response length of both decodings, before and after, and the wall and CPU seconds, then
 a summary line with the mean, min and max over the seeds.
+
+``ppo-core demo --learned-reward --seeds 0 1 2`` runs the same configuration with every stage per seed (its own
+SFT start and reward model too) and writes the numbers into its report; this script varies the PPO seed alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from typing import Any
 
 # as the ppo-core command does (ppo_core/runtime/cpu.py): idle OpenMP threads sleep on a shared machine
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from ppo_core.commands.demo_report import spread as over_seeds  # noqa: E402
 from ppo_core.commands.evaluate import evaluate_model  # noqa: E402
 from ppo_core.commands.train import train  # noqa: E402
 from ppo_core.config import load_config  # noqa: E402
@@ -54,9 +57,8 @@ def spread(lines: list[dict[str, Any]]) -> dict[str, Any]:
     for model in ("sft", "ppo"):
         for decoding in DECODINGS:
             for key in NUMBERS:
-                values = [line[model][decoding][key] for line in lines]
-                out[f"{model}/{decoding}/{key}"] = {"mean": round(statistics.mean(values), 4),
-                                                    "min": min(values), "max": max(values)}
+                numbers = over_seeds([line[model][decoding][key] for line in lines])
+                out[f"{model}/{decoding}/{key}"] = {**numbers, "mean": round(numbers["mean"], 4)}
     return out
 
 

@@ -72,12 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole pipeline on an embedded default, with a report")
     demo.add_argument("--out", default=None, help="directory for every stage and the report (default: runs/demo, "
-                      "or runs/demo-NAME with --env NAME)")
+                      "runs/demo-learned-reward with --learned-reward, or runs/demo-NAME with --env NAME)")
     demo.add_argument("--env", default=None, metavar="NAME", help="the pipeline on a bundled environment instead: "
                       "retry_with_feedback, calculator or guess_number (needs ppo-core-environments)")
     demo.add_argument("--quick", action="store_true", help="a few steps of each stage (what the tests run)")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing demo directory")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N", help="run the pipeline once per "
+                      "seed (several: each in OUT/seed-N) and report the mean, min-max and each seed (default: 0)")
+    demo.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds N)")
+    demo.add_argument("--learned-reward", action="store_true", help="PPO driven by a learned reward: a reward model "
+                      "with its whole backbone trained, half of PPO's total reward weight "
+                      "(examples/demo-learned-reward)")
     return parser
 
 
@@ -257,20 +262,36 @@ def cmd_demo(args) -> int:
     from .commands.demo import run_demo
     from .runtime.loop import Interrupted
 
-    check_seed("demo", args.seed)
+    seeds = demo_seeds(args)
     try:
         if args.env is None:
-            run_demo(args.out or "runs/demo", quick=args.quick, overwrite=args.overwrite, seed=args.seed)
+            out = args.out or ("runs/demo-learned-reward" if args.learned_reward else "runs/demo")
+            run_demo(out, quick=args.quick, overwrite=args.overwrite, seeds=seeds, learned_reward=args.learned_reward)
         else:
             from .commands.env_demo import run_env_demo
 
             run_env_demo(args.env, args.out or f"runs/demo-{args.env}", quick=args.quick, overwrite=args.overwrite,
-                         seed=args.seed)
+                         seed=seeds[0])
     except Interrupted as stop:  # SIGINT/SIGTERM in its SFT or PPO stage: stopped at a safe point, as train does
         print(f"ppo-core: demo stopped by {stop.signal_name}; checkpoint {stop.checkpoint}; run it again with "
               f"--overwrite to start over", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def demo_seeds(args) -> list[int]:
+    """The demo's seeds from ``--seeds`` (or ``--seed``), each checked before any work starts."""
+    if args.seed is not None and args.seeds is not None:
+        raise UserError("demo: pass --seed N or --seeds N ..., not both")
+    seeds = args.seeds or [0 if args.seed is None else args.seed]
+    for seed in seeds:
+        check_seed("demo", seed)
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"demo: --seeds names a seed twice: {' '.join(map(str, seeds))}")
+    if args.env is not None and (len(seeds) > 1 or args.learned_reward):
+        raise UserError(f"demo: --env runs one seed with its environment's rewards; leave out "
+                        f"{'--learned-reward' if args.learned_reward else '--seeds with more than one seed'}")
+    return seeds
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config, "init-model": cmd_init_model,

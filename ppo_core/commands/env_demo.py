@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserError
-from .demo import REPORT_DIR, clear_demo_dir, evaluate_start_and_result, plot_panels, stage
+from .demo import REPORT_DIR, clear_demo_dir, evaluate_start_and_result, stage
+from .demo_report import plot_panels
 
 REVERSE = {"dataset": "reverse", "options": {"size": 2000, "eval_size": 200, "min_len": 2, "max_len": 4}}
 RETRY = {"max_attempts": 2, "feedback": "count"}
