@@ -20,7 +20,6 @@ from torch import nn
 from ..config import GenerationConfig, OptimConfig, PPOConfig
 from ..runtime.distributed import SINGLE_PROCESS, Distributed
 from ..runtime.loop import NonFiniteGuard
-from ..runtime.memory import release_freed_memory
 from ..runtime.metrics import accumulate, timed
 from ..runtime.optim import clip_gradients, make_scheduler, optimizer_for
 from ..runtime.precision import Precision
@@ -197,7 +196,6 @@ class PPOEngine:
         stats = {**self._rollout_stats(rollout, scores, responses.stopped_by_eos, kl_coef), **advantage_stats}
         stats = self.dist.reduce_stats({**score_stats, **getattr(responses, "stats", {}), **stats, **times})
         self.kl_controller.update(stats["kl"], len(scores) * self.dist.world_size)
-        release_freed_memory()  # the KV cache and the forwards' buffers: not kept through the epochs (README, Memory)
         return rollout, stats
 
     def _shaped_scores(self, scores: torch.Tensor, stopped_by_eos: torch.Tensor) -> torch.Tensor:
@@ -297,9 +295,7 @@ class PPOEngine:
         stats["optim/steps"] = steps
         stats["optim/nonfinite_skipped"] = skipped
         stats["lr"] = self.scheduler.get_last_lr()[0]
-        # free the last step's gradients and the epochs' activations before the next rollout, not after it
-        self.optimizer.zero_grad(set_to_none=True)
-        release_freed_memory()
+        self.optimizer.zero_grad(set_to_none=True)  # not held through the next rollout (README, "Memory")
         return stats
 
     def _minibatch_step(self, rollout: Rollout, minibatch: torch.Tensor) -> Optional[dict[str, float]]:
