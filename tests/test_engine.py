@@ -78,6 +78,7 @@ def test_ratio_is_exactly_one_on_the_first_minibatch(tiny_model, tmp_path):
 
     run.engine._loss = record_first
     run.engine.optimise(rollout)
+    assert all(p.grad is None for p in run.model.parameters())  # not held through the next rollout
     assert first_losses[0]["approx_kl"] == 0.0
     assert first_losses[0]["clipfrac"] == 0.0
     # later minibatches see a policy that has moved

@@ -295,6 +295,7 @@ class PPOEngine:
         stats["optim/steps"] = steps
         stats["optim/nonfinite_skipped"] = skipped
         stats["lr"] = self.scheduler.get_last_lr()[0]
+        self.optimizer.zero_grad(set_to_none=True)  # not held through the next rollout (README, "Memory")
         return stats
 
     def _minibatch_step(self, rollout: Rollout, minibatch: torch.Tensor) -> Optional[dict[str, float]]:
