@@ -95,6 +95,18 @@ METHODS: dict[str, dict[str, Any]] = {
         "data": {"corruptions": ["substitute", "substitute", "substitute", *ALL, "truncate", "double"],
                  "pairs_per_record": 8},
         "train": {"train_backbone": True, "epochs": 25, "lr": 1e-3}},
+    # the head on the mean of the final hidden states over every token instead of the last one's, or on each token
+    # with the scores summed (train.pool)
+    "frozen-varied-mean": {"data": {"corruptions": ALL}, "train": {"pool": "mean"}},
+    "full-x6-sub3-20ep-mean": {
+        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3, "pool": "mean"}},
+    "full-x6-sub3-20ep-sum": {
+        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3, "pool": "sum"}},
+    "full-x6-sub3-40ep": {
+        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 40, "lr": 1e-3}},
     "deeper2-x4-lr3e-3": {
         "data": {"corruptions": ALL, "pairs_per_record": 4},
         "train": {"train_backbone": True, "added_layers": 2, "epochs": 5, "lr": 3e-3}},
