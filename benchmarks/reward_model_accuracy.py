@@ -42,7 +42,7 @@ from ppo_core.reward_model.training import _ranked_right, accuracy_by_kind
 ALL = list(CORRUPTIONS)
 #: method -> overrides of the demo's reward config (``data``, ``train``; the demo's before this benchmark: a head
 #: on the frozen SFT backbone, substitute and shuffle corruptions, 2 pairs per word, 20 epochs at lr 3e-3) and
-#: how many heads (seeds 0, 1, ...) an ensemble averages
+#: how many heads (seeds 0, 1, ..., from ``first_seed``) an ensemble averages
 METHODS: dict[str, dict[str, Any]] = {
     "frozen-demo": {},
     "frozen-varied": {"data": {"corruptions": ALL}},
@@ -95,6 +95,30 @@ METHODS: dict[str, dict[str, Any]] = {
         "data": {"corruptions": ["substitute", "substitute", "substitute", *ALL, "truncate", "double"],
                  "pairs_per_record": 8},
         "train": {"train_backbone": True, "epochs": 25, "lr": 1e-3}},
+    # the head on the mean of the final hidden states over every token instead of the last one's, or on each token
+    # with the scores summed (train.pool)
+    "frozen-varied-mean": {"data": {"corruptions": ALL}, "train": {"pool": "mean"}},
+    "full-x6-sub3-20ep-mean": {
+        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3, "pool": "mean"}},
+    "full-x4-sum": {
+        "data": {"corruptions": ALL, "pairs_per_record": 4},
+        "train": {"train_backbone": True, "epochs": 5, "lr": 1e-3, "pool": "sum"}},
+    "full-x6-sub3-20ep-sum": {
+        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3, "pool": "sum"}},
+    "full-x6-sub3-20ep-sum-seed1": {
+        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3, "pool": "sum"}, "first_seed": 1},
+    "full-x6-sub3-20ep-sum-seed2": {
+        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3, "pool": "sum"}, "first_seed": 2},
+    "full-x6-sub3-20ep-seed1": {
+        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3}, "first_seed": 1},
+    "full-x6-sub3-40ep": {
+        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
+        "train": {"train_backbone": True, "epochs": 40, "lr": 1e-3}},
     "deeper2-x4-lr3e-3": {
         "data": {"corruptions": ALL, "pairs_per_record": 4},
         "train": {"train_backbone": True, "added_layers": 2, "epochs": 5, "lr": 3e-3}},
@@ -144,7 +168,8 @@ def run_method(sft: str, name: str, pairs: list) -> dict[str, Any]:
     spec = METHODS[name]
     models, seconds, cpu_seconds, held_out = [], 0.0, 0.0, []
     for head in range(spec.get("heads", 1)):
-        config = method_config(sft, {**spec, "train": {**spec.get("train", {}), "seed": head}})
+        seed = spec.get("first_seed", 0) + head
+        config = method_config(sft, {**spec, "train": {**spec.get("train", {}), "seed": seed}})
         started, cpu_started = time.perf_counter(), time.process_time()
         data = load_config_data(config, load_tokenizer(sft))
         result = train_reward_model(sft, data, config.train)

@@ -147,6 +147,45 @@ def test_training_the_backbone_too(tiny_model_dir, tmp_path):
     assert torch.equal(model.score_ids(rows), reloaded.score_ids(rows))
 
 
+def test_mean_pool_saves_reloads_and_ignores_padding(tiny_model_dir, tiny_tokenizer, trained_reward_model, tmp_path):
+    result = train_reward_model(str(tiny_model_dir), toy_preference_pairs(16, seed=2),
+                                RewardTrainOptions(epochs=1, batch_size=8, seed=2, pool="mean"))
+    model = result.model
+    directory = save_reward_model(model, tmp_path / "rm")
+    assert json.loads((directory / REWARD_MODEL_FILE).read_text())["pool"] == "mean"
+    reloaded = load_reward_model(directory)
+    assert reloaded.pool == "mean"
+    rows = [sample_token_ids(tiny_tokenizer, s) for s in random_samples(tiny_tokenizer, 4)]
+    assert torch.equal(model.score_ids(rows), reloaded.score_ids(rows))
+    left_ids, left_mask = left_pad(rows, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.score(left_ids, left_mask), reloaded.score_ids(rows), rtol=0, atol=1e-5)
+        # the head reads the mean over the real tokens, by hand
+        states = reloaded.backbone(input_ids=torch.tensor([rows[0]])).last_hidden_state
+        torch.testing.assert_close(reloaded.score_ids(rows[:1]), reloaded.score_hidden(states.mean(1)))
+    # a directory written before the option existed reads the last token
+    assert "pool" not in json.loads((trained_reward_model[0] / REWARD_MODEL_FILE).read_text()) or \
+        load_reward_model(trained_reward_model[0]).pool == "last"
+    old = json.loads((directory / REWARD_MODEL_FILE).read_text())
+    del old["pool"]
+    (directory / REWARD_MODEL_FILE).write_text(json.dumps(old))
+    assert load_reward_model(directory).pool == "last"
+
+
+def test_sum_pool_adds_every_tokens_score(tiny_model_dir, tiny_tokenizer, tmp_path):
+    result = train_reward_model(str(tiny_model_dir), toy_preference_pairs(16, seed=3),
+                                RewardTrainOptions(epochs=1, batch_size=8, seed=3, pool="sum"))
+    model = load_reward_model(save_reward_model(result.model, tmp_path / "rm"))
+    assert model.pool == "sum" and model.backbone_frozen
+    rows = [sample_token_ids(tiny_tokenizer, s) for s in random_samples(tiny_tokenizer, 3)]
+    with torch.no_grad():
+        by_hand = torch.stack([model.head(model.backbone(input_ids=torch.tensor([row])).last_hidden_state[0]).sum()
+                               for row in rows])
+        torch.testing.assert_close(model.score_ids(rows, normalize=False), by_hand, rtol=0, atol=1e-5)
+        left_ids, left_mask = left_pad(rows, tiny_tokenizer.pad_token_id)
+        torch.testing.assert_close(model.score(left_ids, left_mask), model.score_ids(rows), rtol=0, atol=1e-5)
+
+
 def test_accuracy_by_kind_and_the_margin_by_hand():
     rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [3.0, 1.0], [0.0, 5.0]])
     kinds = ["substitution", "substitution", "order", "length", "other"]

@@ -50,6 +50,10 @@ class RewardTrainOptions(Section):
                                 "that stop at eos end (the score is read there).")
     margin: float = Field(0.0, ge=0, description="Bradley–Terry with a margin: -log σ(r_chosen − r_rejected − "
                           "margin) keeps pushing pairs apart until they differ by at least `margin`.")
+    pool: Literal["last", "mean", "sum"] = Field(
+        "last", description="What the head reads: `last`, the final hidden state at the last real token (eos); "
+        "`mean`, the mean of the final hidden states over every real token; `sum`, each real token's state, the "
+        "scores summed (a token-level reward: one wrong token can pull the sum down on its own).")
 
 
 

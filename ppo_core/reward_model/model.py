@@ -1,4 +1,5 @@
-"""The reward model: a backbone plus an MLP head read at the last real token, and the token sequences it scores
+"""The reward model: a backbone plus an MLP head read at the last real token (or on the mean over the real
+tokens), and the token sequences it scores
 (exactly the engine's: prompt ids, response ids, eos when the response stopped at one)."""
 
 from __future__ import annotations
@@ -20,6 +21,20 @@ class RewardModelError(UserError):
     """A reward model directory is missing, incomplete or does not fit its backbone."""
 
 
+
+
+#: what the head reads (:attr:`RewardModel.pool`)
+POOLS = ("last", "mean", "sum")
+
+
+def pool_hidden(states: torch.Tensor, attention_mask: torch.Tensor, pool: str) -> torch.Tensor:
+    """Final hidden states [B, T, d] → [B, d]: each row's last real token (``last``) or the mean over its real
+    tokens (``mean``); left or right padding alike."""
+    if pool == "mean":
+        mask = attention_mask.to(states.dtype).unsqueeze(-1)
+        return (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+    rows = torch.arange(states.size(0), device=states.device)
+    return states[rows, last_token_index(attention_mask)]
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,8 +68,12 @@ class RewardModel(nn.Module):
     def __init__(self, backbone: Optional[nn.Module], head: MLPHead, tokenizer: Any = None,
                  gain: float = 1.0, bias: float = 0.0, backbone_path: Optional[str] = None,
                  tokenizer_path: Optional[str] = None, backbone_frozen: bool = True,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, pool: str = "last"):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        #: ``last``: the head reads the last real token's final hidden state; ``mean``: their mean over real tokens
+        self.pool = pool
         self.backbone = backbone
         self.head = head
         self.tokenizer = tokenizer
@@ -81,20 +100,28 @@ class RewardModel(nn.Module):
     def max_length(self) -> Optional[int]:
         return max_positions_of(self.backbone) if self.backbone is not None else None
 
-    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The backbone's final hidden state at each row's last real token [B, d] (left or right padding)."""
+    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The backbone's final hidden states [B, T, d] (position ids from the mask: left or right padding)."""
         if self.backbone is None:
             raise RewardModelError("this reward model was loaded without its backbone; it can only score "
                                    "hidden states (score_hidden)")
         attention_mask = attention_mask.long()
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                             position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-        states = out.last_hidden_state
-        rows = torch.arange(states.size(0), device=states.device)
-        return states[rows, last_token_index(attention_mask)]
+        return out.last_hidden_state
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The final hidden states pooled as :attr:`pool` says (``last`` or ``mean``) [B, d]."""
+        if self.pool == "sum":
+            raise RewardModelError("a reward model with pool: sum scores every token; it has no pooled hidden state")
+        return pool_hidden(self.states(input_ids, attention_mask), attention_mask.long(), self.pool)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Raw rewards [B]."""
+        """Raw rewards [B]; with ``pool: sum`` the head's score of every real token, summed (the prompt's tokens
+        add the same to every response of a prompt: the model is causal)."""
+        if self.pool == "sum":
+            tokens = self.head(self.states(input_ids, attention_mask))
+            return (tokens * attention_mask.to(tokens.dtype)).sum(1)
         return self.head(self.hidden(input_ids, attention_mask))
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:

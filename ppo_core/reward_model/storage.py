@@ -22,9 +22,6 @@ FORMAT_NAME = "ppo-core-reward-model"
 FORMAT_VERSION = 1
 
 
-
-
-
 class BackboneRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +41,9 @@ class RewardModelInfo(BaseModel):
     tokenizer: str = Field(description="Tokenizer path (relative paths are inside the directory) or hub id.")
     hidden_size: int = Field(gt=0)
     head_hidden: int = Field(gt=0)
+    pool: Literal["last", "mean", "sum"] = Field("last", description="What the head reads (train.pool): the last "
+                                                 "real token's final hidden state, their mean, or each token's, "
+                                                 "summed; a directory without it: `last`.")
     gain: float = Field(1.0, allow_inf_nan=False)
     bias: float = Field(0.0, allow_inf_nan=False)
     trust_remote_code: bool = False
@@ -82,7 +82,7 @@ def save_reward_model(model: RewardModel, directory: Union[str, Path]) -> Path:
         backbone = BackboneRef(path=BACKBONE_DIR, frozen=False)
         tokenizer = BACKBONE_DIR
     info = RewardModelInfo(backbone=backbone, tokenizer=tokenizer, hidden_size=model.head.hidden_size,
-                           head_hidden=model.head.inner_size, gain=model.gain, bias=model.bias,
+                           head_hidden=model.head.inner_size, pool=model.pool, gain=model.gain, bias=model.bias,
                            trust_remote_code=model.trust_remote_code, normalization=model.normalization,
                            training=model.training_info)
 
@@ -192,7 +192,7 @@ def load_reward_model(directory: Union[str, Path], device: Union[str, torch.devi
     model = RewardModel(backbone, head, tokenizer, gain=info.gain, bias=info.bias,
                         backbone_path=backbone_path if info.backbone.frozen else str(directory.resolve() / BACKBONE_DIR),
                         tokenizer_path=tokenizer_path, backbone_frozen=info.backbone.frozen,
-                        trust_remote_code=info.trust_remote_code)
+                        trust_remote_code=info.trust_remote_code, pool=info.pool)
     model.normalization = info.normalization
     model.training_info = info.training
     model.requires_grad_(False)

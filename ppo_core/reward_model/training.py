@@ -33,7 +33,7 @@ class TrainResult:
 
 def build_reward_model(backbone_path: str, tokenizer_path: Optional[str] = None, *, head_hidden: Optional[int] = None,
                        seed: int = 0, trust_remote_code: bool = False, device: Union[str, torch.device] = "cpu",
-                       frozen: bool = True) -> RewardModel:
+                       frozen: bool = True, pool: str = "last") -> RewardModel:
     """A fresh reward model: the checkpoint's backbone and a newly initialised head (seeded)."""
     from ..modeling.loading import (
         disable_dropout,
@@ -51,7 +51,7 @@ def build_reward_model(backbone_path: str, tokenizer_path: Optional[str] = None,
         head = MLPHead(hidden_size_of(backbone), head_hidden, init="normal")
     model = RewardModel(backbone, head, tokenizer, backbone_path=resolve_reference(backbone_path),
                         tokenizer_path=resolve_reference(tokenizer_path), backbone_frozen=frozen,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, pool=pool)
     if frozen:
         backbone.requires_grad_(False)
     return model.to(device)
@@ -78,7 +78,7 @@ def train_reward_model(backbone_path: str, data: Union[RewardData, Sequence[Any]
         data = RewardData.from_rows(data)
     model = build_reward_model(backbone_path, tokenizer_path, head_hidden=options.head_hidden, seed=options.seed,
                                trust_remote_code=trust_remote_code, device=device,
-                               frozen=not options.train_backbone)
+                               frozen=not options.train_backbone, pool=options.pool)
     if options.train_backbone and options.added_layers:
         add_layers(model.backbone, options.added_layers)
     if options.train_backbone and options.backbone_layers:
@@ -100,7 +100,9 @@ def train_reward_model(backbone_path: str, data: Union[RewardData, Sequence[Any]
     generator = torch.Generator().manual_seed(options.seed)
     held_out, train = _split([item.prompt for item in data.items], options.held_out_fraction, generator)
 
-    trainer = _FrozenTrainer(model, rows, options) if not options.train_backbone else _FullTrainer(model, rows, options)
+    # a head summing per-token scores trains on the frozen backbone's forward at every step (its input is every token)
+    pooled_frozen = not options.train_backbone and options.pool != "sum"
+    trainer = _FrozenTrainer(model, rows, options) if pooled_frozen else _FullTrainer(model, rows, options)
     trainer.fit(train, targets, data.kind, generator, progress)
     model.eval()
     metrics: dict[str, Any] = {"kind": data.kind, "train_size": len(train), "held_out_size": len(held_out)}

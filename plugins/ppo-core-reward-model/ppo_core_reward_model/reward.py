@@ -10,7 +10,8 @@ Zero extra forward: the reward is a :class:`ppo_core.HiddenStateReward`. When th
 ``model.path``, both resolved) and the run's tokenizer has the reward model's vocabulary, the instance declares
 ``reads_reference_hidden`` at init: the engine then hands :meth:`RewardModelReward.score_hidden` the frozen
 reference model's final hidden states at each sample's last real token, which are exactly what the backbone
-would compute, and no forward pass of the reward model runs (docs/design.md, D10).
+would compute, and no forward pass of the reward model runs (docs/design.md, D10). A head reading every token
+(``train.pool: mean`` or ``sum``) runs its own backbone: the engine hands only the last token's state.
 ``zero_extra_forward: off`` turns this off (the backbone is then loaded and run on every batch).
 """
 
@@ -82,6 +83,9 @@ class RewardModelReward(HiddenStateReward):
         """Whether the engine's reference hidden states are this head's input, and why (not)."""
         if self.options.zero_extra_forward == "off":
             return False, "zero_extra_forward: off"
+        if self.info.pool != "last":
+            return False, (f"the head reads every token's hidden state (pool: {self.info.pool}); the engine "
+                           f"hands the last token's only")
         if not self.info.backbone.frozen:
             return False, "the reward model's backbone was trained, so it is not the policy's starting checkpoint"
         if self.context.policy_path is None:

@@ -159,6 +159,13 @@ def test_zero_extra_forward_only_when_the_head_sits_on_the_policys_frozen_backbo
     other_vocab.add_tokens(["<extra>"])
     flag, reason = reads(RunContext(tokenizer=other_vocab, policy_path=str(tiny_model_dir)))
     assert not flag and "vocabulary" in reason
+    # a head on the mean over every token needs those states: it runs its own backbone
+    mean_pooled = shutil.copytree(directory, tmp_path / "mean")
+    info = json.loads((mean_pooled / REWARD_MODEL_FILE).read_text())
+    (mean_pooled / REWARD_MODEL_FILE).write_text(json.dumps({**info, "pool": "mean"}))
+    directory = str(mean_pooled)
+    flag, reason = reads(RunContext(tokenizer=tiny_tokenizer, policy_path=str(tiny_model_dir)))
+    assert not flag and "pool: mean" in reason
 
 
 def test_score_hidden_rejects_the_wrong_shape(trained_reward_model):
