@@ -38,12 +38,16 @@ $(MIN_VENV)/.installed: pyproject.toml $(PLUGINS) .ci/lowest_versions.py
 demo: setup
 	$(VENV)/bin/ppo-core demo
 
+# the suite in 2 worker processes (pytest-xdist): most tests keep one core busy (tiny models, Python, waiting on
+# the processes they start), so 2 workers use both cores of the CI machine; TEST_WORKERS=0 runs it in one process
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # PYTEST_ARGS narrows the run, e.g. PYTEST_ARGS="--ignore=tests/test_demo.py" (.ci/run does)
 test-min-deps: $(MIN_VENV)/.installed
-	$(MIN_PY) -m pytest $(PYTEST_ARGS)
+	$(MIN_PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/ppo_throughput.py

@@ -169,7 +169,10 @@ def worker_processes() -> list[int]:
     """Live (not zombie) worker processes: children of this process started by multiprocessing's spawn."""
     children = []
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        children += (task / "children").read_text().split()
+        try:
+            children += (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that ended since the listing (pytest-xdist's run their own)
+            continue
     alive = []
     for pid in children:
         try:
