@@ -275,6 +275,17 @@ COMMAND_FAULTS = [
     Fault("overwrite-whose-new-run-fails", ("non-finite",),
           {"optim": {"max_grad_norm": None}, "ppo": {"vf_coef": 1e300}, "train": {"max_nonfinite_steps": 1}},
           args=("--overwrite",), run_dir="previous"),
+    # ---- stop 14's options: FSDP outside torchrun, the reward head's pooling, the demo's seeds ------------------
+    Fault("train-parallel-fsdp-without-torchrun", ("bad.yaml", "train.parallel", "torchrun"),
+          {"train": {"parallel": "fsdp"}}),
+    Fault("train-parallel-unknown", ("bad.yaml", "train.parallel"), {"train": {"parallel": "zero3"}}),
+    Fault("train-reward-unknown-pool", ("bad.yaml", "train.pool"), command="train-reward",
+          text=reward_model_config(train={"epochs": 1, "pool": "median"}), files={"pairs.jsonl": jsonl(PAIR, PAIR)},
+          absent=("rm",)),
+    Fault("demo-seeds-twice", ("demo", "--seeds", "twice"), argv=("demo", "--seeds", "0", "0", "--out", "{tmp}/demo"),
+          absent=("demo",)),
+    Fault("demo-seed-and-seeds", ("demo", "--seed", "--seeds"),
+          argv=("demo", "--seed", "1", "--seeds", "0", "1", "--out", "{tmp}/demo"), absent=("demo",)),
     # ---- a run directory held by another live process -----------------------------------------------------------
     Fault("resume-while-another-run-holds-it", ("train.output_dir", "in use by another ppo-core process",
                                                 "PID {holder}"),
