@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -101,7 +102,8 @@ def _run_resumable(args, command: str, unit: str, run) -> int:
         print(f"ppo-core: stopped by {stop.signal_name} after {unit} {stop.update}; checkpoint {stop.checkpoint}\n"
               f"resume with: {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"final model: {result.final_model}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns here; rank 0 wrote the model
+        print(f"final model: {result.final_model}")
     return 0
 
 

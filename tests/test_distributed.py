@@ -169,12 +169,13 @@ def without_timing(lines: list[dict]) -> list[dict]:
 def test_sigkill_of_one_rank_then_resume_gives_the_uninterrupted_run(tiny_model_dir, tmp_path, parallel):
     """The uninterrupted run under torchrun itself; the interrupted one loses rank 1 to a SIGKILL after its first
     checkpoint (rank 0 then stops with a named error), and --resume on 2 ranks finishes it: the same weights,
-    bit for bit, and the same metrics lines. Only rank 0 wrote into the run directory. ``fsdp``: the same with
+    bit for bit, and the same metrics lines. Only rank 0 wrote into the run directory and printed the final model. ``fsdp``: the same with
     sharded modules (its checkpoints are full, gathered to rank 0)."""
     reference = cli_config(tiny_model_dir, tmp_path / "reference", tmp_path / "reference.yaml", parallel)
     done = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
                            "-m", "ppo_core", "train", str(reference)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.count("final model: ") == 1, done.stdout  # rank 0 says where it wrote it, once
     assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == [
         ".ppo-core-run", ".ppo-core.lock", "checkpoints", "config.yaml", "final", "metrics.jsonl"]
 

@@ -74,8 +74,9 @@ tzdata==2026.6
 xxhash==4.1.0
 EOF
 
-# torch first and pinned exactly (resolves to the local 2.13.0+cpu wheel), then the HF stack.
-"$VENV/bin/pip" install "torch==2.13.0"
+# torch first and pinned exactly (resolves to the local 2.13.0+cpu wheel), then the HF stack; both under the
+# constraints, so torch's own dependencies (filelock, sympy, ...) get the pinned versions from the start.
+"$VENV/bin/pip" install -c "$CONSTRAINTS" "torch==2.13.0"
 "$VENV/bin/pip" install -c "$CONSTRAINTS" \
   "trl==1.0.0" "transformers==5.23.0" "accelerate==1.15.0" "datasets==5.2.0" \
   "tokenizers==0.23.3" "safetensors==0.8.0"
