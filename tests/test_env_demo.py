@@ -32,6 +32,26 @@ def test_an_unknown_environment_demo_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "demo").exists()
 
 
+def test_the_guess_number_demo_teaches_on_train_episodes_only_and_plays_the_same_game():
+    from ppo_core import RunContext
+    from ppo_core.commands.env_demo import env_demo_configs
+    from ppo_core.plugin.loading import load_plugins
+
+    configs = env_demo_configs("guess_number", "demo")
+    sft_data, environment = configs["sft"]["data"], configs["ppo"]["environment"]
+    # the transcripts play PPO's own game (same episodes, same feedback); SFT reads no eval split
+    options = dict(sft_data["options"])
+    assert options.pop("linear_search") > 0 and options == environment["options"]
+    assert "eval_every" not in configs["sft"]["sft"]
+    registry = load_plugins().registry
+    transcripts = registry.build("dataset", sft_data["dataset"], sft_data["options"], RunContext())
+    game = registry.build("environment", environment["name"], environment["options"], RunContext())
+    key = lambda record: (record.fields["low"], record.solution)  # noqa: E731
+    train, held_out = list(game.records("train")), {key(record) for record in game.records("eval")}
+    assert [t.messages[0].content for t in transcripts.records("train")] == [r.messages[0].content for r in train]
+    assert not {key(record) for record in train} & held_out and len(held_out) >= 200
+
+
 def test_the_retry_demo_stops_its_sft_on_train_words_and_never_sees_the_held_out_ones():
     from ppo_core import RunContext
     from ppo_core.commands.env_demo import env_demo_configs

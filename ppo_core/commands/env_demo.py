@@ -41,8 +41,14 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
         "lr": 3.0e-4,
     },
     "guess_number": {
-        "environment": {"name": "guess_number", "max_turns": 6, "max_turn_tokens": 4, "max_episode_tokens": 72},
-        "sft_steps": 200,
+        # a wrong guess hears the range still open (`33-48`): no bookkeeping, but the next guess is still a choice
+        "environment": {"name": "guess_number", "max_turns": 6, "max_turn_tokens": 4, "max_episode_tokens": 72,
+                        "options": {"feedback": "range"}},
+        # ~60% of the transcripts count up from the range's start (most run out of guesses), the rest bisect: the
+        # start can bisect but counts up when greedy; PPO must learn that bisecting finds the number. SFT sees
+        # only the train episodes PPO plays; the held-out (eval) episodes are disjoint from them
+        "sft_data": {"dataset": "guess_number_transcripts", "options": {"feedback": "range", "linear_search": 0.6}},
+        "sft_steps": 600,
     },
     "calculator": {
         # no stop string: the transcripts end a tool call with eos, and the warm-started model does too

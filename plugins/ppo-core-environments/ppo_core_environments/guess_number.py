@@ -1,6 +1,7 @@
 """``guess_number``: find a secret number in a range by guessing; each wrong guess is told ``higher`` (the
-secret is higher) or ``lower``. Finding it at guess g scores ``decay ** (g - 1)``; running out of guesses
-scores 0.0.
+secret is higher) or ``lower``; or (``feedback: range``) the range still open, ``33-48``, which spares the
+player the bookkeeping but not the choice of the next guess. Finding it at guess g scores ``decay ** (g - 1)``;
+running out of guesses scores 0.0.
 
 Episodes: its own (``"guess 17-48"``, the secret as the solution; seeded, train and eval disjoint), or any
 dataset whose records carry a ``solution`` (the secret) and the fields ``low`` and ``high``.
@@ -9,7 +10,7 @@ dataset whose records carry a ``solution`` (the secret) and the fields ``low`` a
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Literal, Sequence
 
 from pydantic import Field, model_validator
 
@@ -30,6 +31,9 @@ class GuessNumberOptions(EpisodeOptions):
     max_guesses: int = Field(6, ge=1, le=1000, description="guesses per episode (binary search needs "
                              "floor(log2(span)) + 1)")
     decay: float = Field(0.9, gt=0, le=1, description="reward for finding the number at guess g: decay ** (g - 1)")
+    feedback: Literal["direction", "range"] = Field("direction", description="what a wrong guess hears: "
+                                                    "'higher' or 'lower' (direction), or the range still open, "
+                                                    "e.g. '33-48' (range)")
 
     @model_validator(mode="after")
     def _span_fits(self) -> "GuessNumberOptions":
@@ -88,9 +92,16 @@ class GuessNumber(Environment):
         low, high = (max(state["low"], guess + 1), state["high"]) if secret > guess else \
             (state["low"], min(state["high"], guess - 1))
         state = {**state, "guesses": guesses, "low": low, "high": high}
+        if self.options.feedback == "range":
+            return TurnResult(state, f"{low}-{high}", None, False)
         return TurnResult(state, "higher" if secret > guess else "lower", None, False)
 
     @staticmethod
     def good_response(record: Record, state: dict) -> str:
         """A good policy's next guess: the middle of the range still open (binary search)."""
         return str((state["low"] + state["high"]) // 2)
+
+    @staticmethod
+    def linear_response(record: Record, state: dict) -> str:
+        """A weak policy's next guess: the smallest number still open (counting up from the range's start)."""
+        return str(state["low"])

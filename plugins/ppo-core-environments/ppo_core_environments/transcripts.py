@@ -23,8 +23,8 @@ from .episodes import check_split
 from .guess_number import GuessNumber, GuessNumberOptions
 from .retry import RetryOptions, RetryWithFeedback
 
-__all__ = ["CalculatorTranscriptOptions", "CalculatorTranscripts", "GuessNumberTranscripts", "RetryTranscripts",
-           "RetryTranscriptOptions", "play"]
+__all__ = ["CalculatorTranscriptOptions", "CalculatorTranscripts", "GuessNumberTranscriptOptions",
+           "GuessNumberTranscripts", "RetryTranscripts", "RetryTranscriptOptions", "play"]
 
 MAX_TURNS = 1000  # a good policy ends long before; this only stops an environment that never says done
 
@@ -103,12 +103,27 @@ class CalculatorTranscripts(_Transcripts):
         return super().respond(record, index, split)
 
 
+class GuessNumberTranscriptOptions(GuessNumberOptions):
+    linear_search: float = Field(0.0, ge=0, le=1, description="share of episodes played by counting up: each "
+                                 "guess the smallest number still open (mostly out of guesses before the secret): "
+                                 "a start taught on them can bisect but prefers to count")
+
+
 class GuessNumberTranscripts(_Transcripts):
-    """``guess_number`` episodes played by binary search."""
+    """``guess_number`` episodes played by binary search; or (``linear_search``) by counting up."""
 
     name = "guess_number_transcripts"
-    Options = GuessNumberOptions
+    Options = GuessNumberTranscriptOptions
     environment = GuessNumber
+
+    def environment_options(self) -> GuessNumberOptions:
+        return GuessNumberOptions.model_validate(self.options.model_dump(include=set(GuessNumberOptions.model_fields)))
+
+    def respond(self, record: Record, index: int, split: Split) -> Callable[[Any], str]:
+        # which episodes count up: seeded by the episodes' seed, split and index, like calculator's direct answers
+        if random.Random(f"{self.options.seed}/{split}/{index}").random() < self.options.linear_search:
+            return lambda state: self._environment.linear_response(record, state)
+        return super().respond(record, index, split)
 
 
 class RetryTranscriptOptions(RetryOptions):

@@ -34,6 +34,15 @@ def test_wrong_guesses_hear_higher_or_lower_and_the_reward_decays(play):
     assert [(s.states[0]["low"], s.states[0]["high"]) for s in steps[:3]] == [(17, 32), (17, 23), (17, 19)]
 
 
+def test_range_feedback_states_the_range_still_open(play):
+    """``feedback: range``: a wrong guess hears the numbers still open instead of higher/lower; same rewards."""
+    steps = play(make(decay=0.5, feedback="range"), ["16", "24", "x", "20", "17"], secret(17))
+    assert [s.observations[0] for s in steps] == ["17-32", "17-23", "say a number", "17-19", None]
+    assert steps[-1].rewards == (0.0625,) and steps[-1].success == (True,)
+    with pytest.raises(ValueError):
+        GuessNumberOptions(feedback="middle")
+
+
 def test_not_a_number_is_told_so_and_costs_a_guess(play):
     steps = play(make(), ["seventeen", "17.0", "", "17"], secret(17))
     assert [s.observations[0] for s in steps] == ["say a number"] * 3 + [None]

@@ -113,6 +113,29 @@ def test_calculator_direct_answers_skip_the_tool_on_a_seeded_share_of_episodes(r
         registry.build("dataset", "calculator_transcripts", {"direct_answers": 1.5}, RunContext())
 
 
+def test_guess_number_linear_search_counts_up_on_a_seeded_share_of_episodes(registry):
+    """``linear_search``: that share guesses the smallest number still open, one by one (most run out of
+    guesses); the episodes are the same as without it, and the default keeps every transcript a binary search."""
+    options = {**SMALL["guess_number"], "feedback": "range"}
+    environment = registry.build("environment", "guess_number", options, RunContext())
+    episodes = list(environment.records("train"))
+    played = list(registry.build("dataset", "guess_number_transcripts", {**options, "linear_search": 0.5},
+                                 RunContext()).records("train"))
+    counting = [(r, t) for r, t in zip(episodes, played) if t.messages[1].content == str(r.fields["low"])
+                and int(r.solution) - r.fields["low"] >= 2]  # a secret near the start is found by both ways
+    assert 10 < len(counting) < 40
+    for record, transcript in counting:
+        guesses = [int(m.content) for m in transcript.messages[1::2]]
+        assert guesses == list(range(record.fields["low"], record.fields["low"] + len(guesses)))
+        assert transcript.messages[2].content == f"{record.fields['low'] + 1}-{record.fields['high']}"
+        produced, success = replay(environment, record, transcript)
+        assert produced == [m.model_dump() for m in transcript.messages] and transcript.fields == {"success": success}
+        assert success is (int(record.solution) - record.fields["low"] < 6)
+    assert sum(t.fields["success"] for t in played) < 64
+    assert all(t.fields["success"] for t in registry.build("dataset", "guess_number_transcripts", options,
+                                                            RunContext()).records("train"))
+
+
 def test_every_character_is_in_the_tiny_vocabulary_and_every_transcript_fits_the_context(registry):
     """The tiny models' tokenizer has printable ASCII only (no newline): no prompt, observation, error or
     transcript may fall back to <unk>; a whole transcript, one separator per message plus bos/eos, must leave a
