@@ -58,7 +58,7 @@ def test_the_retry_demo_stops_its_sft_on_train_words_and_never_sees_the_held_out
     from ppo_core.plugin.loading import load_plugins
 
     configs = env_demo_configs("retry_with_feedback", "demo")
-    assert configs["sft"]["sft"]["stop_at"] == "eval/loss <= 0.9" and configs["sft"]["sft"]["eval_every"] > 0
+    assert configs["sft"]["sft"]["stop_at"] == "eval/exact_match >= 0.45" and configs["sft"]["sft"]["eval_every"] > 0
     registry = load_plugins().registry
 
     def words(data: dict) -> dict[str, set]:
@@ -70,3 +70,7 @@ def test_the_retry_demo_stops_its_sft_on_train_words_and_never_sees_the_held_out
         words(configs["ppo"]["data"])
     assert sft["train"] <= ppo["train"] and not sft["train"] & sft["eval"]
     assert sft["eval"] <= ppo["train"] and not (sft["train"] | sft["eval"]) & ppo["eval"] and len(ppo["eval"]) == 200
+    # the stop's eval records: those same eval words as bare prompts with their answer, for the exact match
+    stop_source = registry.build("dataset", configs["sft"]["data"]["dataset"], transcripts, RunContext())
+    stop_words = list(stop_source.records("eval"))
+    assert {r.messages[0].content for r in stop_words} == sft["eval"] and all(r.solution for r in stop_words)

@@ -6,7 +6,9 @@ Feedback (``feedback``), against the nearest solution:
 
 - ``none``: ``wrong``;
 - ``count``: ``wrong: 2 differ`` (positions that differ, a length difference counting as differing positions);
-- ``positions``: ``wrong: pq_bn_`` (the solution with the characters the answer got wrong as ``_``).
+- ``positions``: ``wrong: pq_bn_`` (the solution with the characters the answer got wrong as ``_``);
+- ``marks``: ``wrong: ++-++-`` (which of the solution's positions the answer got right, ``+``, or wrong, ``-``,
+  and a ``-`` per extra character of a longer answer: where to change the answer, not the letters to write).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .episodes import TurnResult, solutions_of, step_each
 
 __all__ = ["RetryOptions", "RetryWithFeedback", "differing", "feedback_text"]
 
-Feedback = Literal["none", "count", "positions"]
+Feedback = Literal["none", "count", "positions", "marks"]
 
 
 class RetryOptions(BaseModel):
@@ -29,7 +31,8 @@ class RetryOptions(BaseModel):
 
     max_attempts: int = Field(3, ge=1, le=100, description="answers per episode")
     decay: float = Field(0.5, gt=0, le=1, description="reward for the exact answer at attempt k: decay ** (k - 1)")
-    feedback: Feedback = Field("count", description="what a wrong answer is told: none, count or positions")
+    feedback: Feedback = Field("count", description="what a wrong answer is told: none, count, "
+                          "positions or marks")
 
 
 def differing(answer: str, solution: str) -> int:
@@ -41,9 +44,11 @@ def feedback_text(kind: Feedback, answer: str, solutions: Sequence[str]) -> str:
     nearest = min(solutions, key=lambda solution: differing(answer, solution))
     if kind == "count":
         return f"wrong: {differing(answer, nearest)} differ"
+    right = [i < len(answer) and answer[i] == s for i, s in enumerate(nearest)]
     if kind == "positions":
-        mask = "".join(s if i < len(answer) and answer[i] == s else "_" for i, s in enumerate(nearest))
-        return f"wrong: {mask}"
+        return "wrong: " + "".join(s if ok else "_" for s, ok in zip(nearest, right))
+    if kind == "marks":
+        return "wrong: " + "".join("+" if ok else "-" for ok in right) + "-" * (len(answer) - len(nearest))
     return "wrong"
 
 

@@ -132,6 +132,9 @@ class RetryTranscriptOptions(RetryOptions):
     wrong_first: float = Field(0.0, ge=0, le=1, description="share of episodes whose first answer is wrong (one "
                                "character changed), so the transcript shows the feedback and the fix")
     seed: int = Field(0, description="seed of which episodes start wrong, and where")
+    eval_answers: bool = Field(False, description="the eval split holds the dataset's own records (prompt and "
+                               "solution) instead of transcripts: SFT's eval/loss and eval/exact_match are then "
+                               "the first answer's, greedy, so `sft.stop_at` can stop at a success rate")
 
     @model_validator(mode="after")
     def _room_to_retry(self) -> "RetryTranscriptOptions":
@@ -161,6 +164,11 @@ class RetryTranscripts(_Transcripts):
 
     def episodes(self, split: Split) -> Iterator[Record]:
         return self._dataset.records(split)
+
+    def records(self, split: Split) -> Iterator[Record]:
+        if split == "eval" and self.options.eval_answers:
+            return self.episodes(split)
+        return super().records(split)
 
     def respond(self, record: Record, index: int, split: Split) -> Callable[[Any], str]:
         rng = random.Random(f"{self.options.seed}/{split}/{index}")

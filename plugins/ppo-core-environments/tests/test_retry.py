@@ -45,6 +45,9 @@ def test_wrong_then_right_hears_feedback_and_the_reward_decays(play):
     ("positions", "pxibnx", "wrong: p_ibn_"),
     ("positions", "pq", "wrong: pq____"),
     ("positions", "", "wrong: ______"),
+    ("marks", "pxibnx", "wrong: +-+++-"),
+    ("marks", "pq", "wrong: ++----"),
+    ("marks", "pqibnyzz", "wrong: ++++++--"),
 ])
 def test_feedback_kinds(kind, answer, text, play):
     (step, _) = play(make(feedback=kind), [answer, "pqibny"], task())

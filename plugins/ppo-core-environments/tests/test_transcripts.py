@@ -155,15 +155,26 @@ def test_every_character_is_in_the_tiny_vocabulary_and_every_transcript_fits_the
                                                  "<calc>" + "999*" * 15 + "9</calc>")]
     guess = registry.build("environment", "guess_number", {}, RunContext())
     texts += [o for o in guess.step(guess.reset(list(guess.records("eval"))[:1]).states, ["x"]).observations if o]
-    for kind in ("none", "count", "positions"):
+    for kind in ("none", "count", "positions", "marks"):
         retry = registry.build("environment", "retry_with_feedback", {"feedback": kind}, RunContext())
         texts += list(retry.step(retry.reset([Record.from_dict({"prompt": "p", "solution": "abc"})]).states,
                                  ["abx"]).observations)
-    assert {"error: division by zero", "error: too big", "say a number", "wrong", "wrong: ab_"} <= set(texts)
+    assert {"error: division by zero", "error: too big", "say a number", "wrong", "wrong: ab_", "wrong: ++-"} <= set(texts)
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert UNK_ID not in ids and len(ids) == len(text), f"{text!r} has characters outside the vocabulary"
     assert max(longest.values()) <= CONTEXT * 3 // 4, longest
+
+
+def test_eval_answers_make_the_eval_split_the_datasets_records_and_marks_show_where_the_fix_is(registry):
+    options = {**TRANSCRIPT_OPTIONS["retry_with_feedback"], "feedback": "marks", "eval_answers": True}
+    dataset = registry.build("dataset", "retry_with_feedback_transcripts", options, RunContext())
+    _, words = environment_and_episodes(registry, "retry_with_feedback", "eval")
+    assert list(dataset.records("eval")) == words and all(w.solution and len(w.messages) == 1 for w in words)
+    retried = [t.messages for t in dataset.records("train") if len(t.messages) == 4]
+    assert retried and all(m[2].content == "wrong: " + "".join("+" if a == b else "-" for a, b in
+                                                                zip(m[1].content, m[3].content)) for m in retried)
+    assert all(m[2].content.count("-") == 1 for m in retried)
 
 
 def test_transcript_options_are_checked(registry):
