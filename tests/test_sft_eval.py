@@ -30,9 +30,10 @@ from ppo_core.commands.sft import (
 )
 from ppo_core.config import load_config
 from ppo_core.data.prompts import encode_records, left_pad
-from ppo_core.errors import ConfigError, UserError
+from ppo_core.errors import ConfigError, DataError, UserError
 from ppo_core.modeling.loading import load_causal_lm, load_tokenizer
 from ppo_core.modeling.tiny import init_model
+from ppo_core.plugin.contract import Message, Record
 from ppo_core.plugin.loading import ALLOW_ENV, BLOCK_ENV
 from ppo_core.ppo.rollout import position_ids_from_mask
 from ppo_core.runtime.metrics import read_metrics
@@ -307,3 +308,31 @@ def test_stop_at_ends_sft_at_the_first_evaluation_that_meets_it(trained, tiny_mo
 def test_bad_stop_at_names_the_field(tiny_model, tmp_path, sft, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, base=config_data(tiny_model, tmp_path / "run", **sft))
+
+
+@pytest.mark.parametrize("change, error, message", [
+    ({"data": {"dataset": "reverse", "options": {"size": 64, "eval_size": 0}}}, DataError,
+     "sft.stop_at: eval/exact_match is measured on the eval split of dataset 'reverse', which has no records"),
+    ({"sft": {"stop_at": "eval/reward/repetition_penalty >= 0.5"}}, ConfigError,
+     "by the reward 'repetition_penalty', which is not in `rewards` (edit_distance, exact_match)"),
+])
+def test_a_stop_at_that_could_never_fire_is_named_before_anything_is_written(tiny_model, tmp_path, change, error,
+                                                                           message):
+    data = config_data(tiny_model, tmp_path / "run", stop_at="eval/exact_match >= 0.9")
+    data["data"] = change.get("data", data["data"])
+    data["sft"].update(change.get("sft", {}))
+    with pytest.raises(error, match=re.escape(message)):
+        train_sft(load_config(None, base=data))
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {".ppo-core-run", ".ppo-core.lock"}  # no config, no model
+
+
+def test_stop_at_exact_match_needs_eval_records_with_solutions():
+    """Transcripts (messages, no solution) log no eval/exact_match: a stop on it would never fire."""
+    from ppo_core.config.sections import check_stop_can_fire
+
+    transcripts = [Record(messages=[Message(role="user", content="q"), Message(role="assistant", content="a")])]
+    with pytest.raises(DataError, match=re.escape("whose records carry no solution to match (stop on eval/loss")):
+        check_stop_can_fire("eval/exact_match >= 0.5", "transcripts", transcripts, set(), "sft.yaml")
+    check_stop_can_fire("eval/loss <= 0.5", "transcripts", transcripts, set(), "sft.yaml")  # loss needs none
+    check_stop_can_fire("eval/exact_match >= 0.5", "reverse", [Record.from_dict({"prompt": "q", "solution": "a"})],
+                        set(), "sft.yaml")

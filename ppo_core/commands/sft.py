@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
-from ..config.sections import stop_condition_met
+from ..config.sections import check_stop_can_fire, stop_condition_met
 from ..data.prompts import EncodedPrompt, encode_record, left_pad, long_prompt_stats
 from ..data.stream import PromptStream, take_records
 from ..data.turns import assistant_turns_start, first_prompt, transcript_targets
@@ -220,6 +220,8 @@ def build_sft(config: RunConfig, extra_plugins: Iterable = (), source: str = "co
     eval_records: list[Record] = []
     if config.sft.eval_every:
         eval_records = take_records(dataset, "eval", config.sft.eval_samples)
+    check_stop_can_fire(config.sft.stop_at, config.data.dataset, eval_records, {term.name for term in composer.terms},
+                        source)
     model = load_causal_lm(config.model.path, config.model.trust_remote_code, tokenizer).to(device)
     if not config.sft.dropout:
         disable_dropout(model)

@@ -23,7 +23,7 @@ from .plugin_sections import (
     PluginsConfig,
     RewardConfig,
 )
-from .sft_section import SFTConfig, parse_stop_at, stop_condition_met  # noqa: F401  (re-exported)
+from .sft_section import SFTConfig, check_stop_can_fire, parse_stop_at, stop_condition_met  # noqa: F401  (re-exported)
 
 
 class EstimatorDefaults(NamedTuple):

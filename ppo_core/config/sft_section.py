@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from ..errors import ConfigError, DataError
 from .base import MAX_BATCH, MAX_TOKENS, Section, _must_divide
 
 _STOP_AT = re.compile(r"^\s*(eval/(?:loss|exact_match|reward/\S+))\s*(>=|<=)\s*(\S+)\s*$")
@@ -35,6 +36,24 @@ def stop_condition_met(stop_at: str, metrics: dict) -> bool:
     return value >= threshold if operator == ">=" else value <= threshold
 
 
+def check_stop_can_fire(stop_at: Optional[str], dataset: str, eval_records: Sequence[Any], rewards: set[str],
+                        source: str) -> None:
+    """``stop_at`` names a metric the evaluations will log on ``eval_records`` (records with ``solutions``) and
+    ``rewards`` (the configured rewards' names): otherwise it would silently never stop the run."""
+    if stop_at is None:
+        return
+    metric = parse_stop_at(stop_at)[0]
+    where = f"{source}: sft.stop_at: {metric} is measured on the eval split of dataset '{dataset}'"
+    if not eval_records:
+        raise DataError(f"{where}, which has no records")
+    if metric == "eval/exact_match" and not any(record.solutions for record in eval_records):
+        raise DataError(f"{where}, whose records carry no solution to match (stop on eval/loss instead)")
+    reward = metric.removeprefix("eval/reward/")
+    if reward != metric and reward not in rewards:
+        raise ConfigError(f"{where}, by the reward '{reward}', which is not in `rewards` "
+                          f"({', '.join(sorted(rewards)) or 'none configured'})")
+
+
 class SFTConfig(Section):
     """`ppo-core sft`: supervised fine-tuning on the records' solutions (optim, data, model, train reused)."""
 
@@ -59,7 +78,9 @@ class SFTConfig(Section):
     stop_at: Optional[str] = Field(None, description="Stop early at the first evaluation (`eval_every`) that meets "
                                    "this condition, `<metric> >= <number>` or `<=`, on a metric evaluation logs: "
                                    "`eval/exact_match`, `eval/loss`, `eval/reward/<name>`; e.g. "
-                                   "`eval/exact_match >= 0.9`. The final model is that step's.")
+                                   "`eval/exact_match >= 0.9`. The final model is that step's. A metric the evaluations cannot log (no "
+                                   "eval records, records without solutions, a reward not configured) is refused "
+                                   "before the run starts.")
     output_dir: Optional[str] = Field(None, description="Run directory; defaults to `train.output_dir`.")
 
     @field_validator("stop_at")
