@@ -2,7 +2,7 @@
 gradient checkpointing (``model.gradient_checkpointing``) and their combination.
 
     python benchmarks/memory.py [--modes full,checkpointing] [--size medium] [--max-new-tokens 128]
-                                [--updates 2] [--rounds 2] [--rank 8] [--set KEY=VALUE ...] [--glibc-malloc]
+                                [--updates 2] [--rounds 2] [--rank 8] [--set KEY=VALUE ...] [--release-freed-memory]
 
 The workload is benchmarks/ppo_throughput.py's (the TRL baseline's: 64 rollouts, 4 epochs x 4 minibatches of 16,
 a random GPT-2 ``small`` 4x256 or ``medium`` 6x512, the shared critic), built by its ``make_config``, with at most
@@ -23,9 +23,9 @@ Two measures of memory, both per run:
   (``torch.cuda.max_memory_allocated`` is CUDA only), so this is the closest to them; 0 off glibc.
 
 Each is also given per phase of the updates (``rollout``: sampling, log-probs, scoring; ``optimise``: the epochs),
-so the part that sets the peak is visible. ppo-core fixes glibc's mmap threshold at 128 KiB (every block over it is
-mapped on its own and unmapped when torch frees it: the RSS follows the live bytes; ppo_core/runtime/malloc.py);
-``--glibc-malloc`` runs every mode with ``PPO_CORE_MALLOC=glibc``, glibc's own behaviour, for comparison.
+so the part that sets the peak is visible. ``--release-freed-memory`` runs every mode with ``PPO_CORE_MALLOC=release``
+(ppo-core fixes glibc's mmap threshold at 128 KiB: every block over it is mapped on its own and unmapped when torch
+frees it, so the RSS follows the live bytes; ppo_core/runtime/malloc.py).
 
 Prints one JSON line: medians per mode (peaks, per-phase peaks, sec/update) and each mode's ratios to the first.
 """
@@ -126,7 +126,7 @@ def run_once(mode: str, args) -> dict:
     n_positions = 128 if args.max_new_tokens <= 64 else 256
     settings = {"overrides": overrides, "size": args.size, "updates": args.updates, "n_positions": n_positions,
                 "max_new_tokens": args.max_new_tokens}
-    env = dict(os.environ, **({"PPO_CORE_MALLOC": "glibc"} if args.glibc_malloc else {}))
+    env = dict(os.environ, **({"PPO_CORE_MALLOC": "release"} if args.release_freed_memory else {}))
     done = subprocess.run([sys.executable, "-c", RUN, str(HERE), json.dumps(settings)], capture_output=True,
                           text=True, check=False, env=env)
     if done.returncode != 0:
@@ -149,8 +149,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every mode (repeatable)")
-    parser.add_argument("--glibc-malloc", action="store_true", help="PPO_CORE_MALLOC=glibc: glibc's own malloc "
-                        "thresholds, not ppo-core's fixed 128 KiB")
+    parser.add_argument("--release-freed-memory", action="store_true", help="PPO_CORE_MALLOC=release: glibc's "
+                        "mmap threshold fixed at 128 KiB")
     args = parser.parse_args()
     modes = args.modes.split(",")
     unknown = [mode for mode in modes if mode not in MODES]
@@ -184,7 +184,7 @@ def main() -> None:
                                            "sec_per_update", "cpu_s")}
               for mode in modes[1:]}
     print(json.dumps({"size": args.size, "max_new_tokens": args.max_new_tokens, "updates": args.updates,
-                      "rounds": args.rounds, "rank": args.rank, "set": args.set, "glibc_malloc": args.glibc_malloc,
+                      "rounds": args.rounds, "rank": args.rank, "set": args.set, "release_freed_memory": args.release_freed_memory,
                       **summary, **ratios}))
 
 

@@ -1,5 +1,5 @@
-"""ppo-core fixes glibc's mmap threshold so freed tensors leave the RSS (ppo_core/runtime/malloc.py), unless the
-user chose malloc's settings."""
+"""With PPO_CORE_MALLOC=release ppo-core fixes glibc's mmap threshold so freed tensors leave the RSS
+(ppo_core/runtime/malloc.py); without it, or beside the user's own malloc settings, glibc is left alone."""
 
 from __future__ import annotations
 
@@ -40,12 +40,11 @@ def glibc_with_mallinfo2() -> bool:
 
 @pytest.mark.skipif(not glibc_with_mallinfo2(), reason="glibc's malloc (2.33+) only")
 @pytest.mark.parametrize("first, preset, mapped", [
-    ("sys", {}, "False"),  # glibc's own behaviour, without ppo-core
-    ("ppo_core", {}, "True"),
-    ("ppo_core", {"PPO_CORE_MALLOC": "glibc"}, "False"),  # the opt-out
-    ("ppo_core", {"MALLOC_MMAP_THRESHOLD_": "33554432"}, "False"),  # the user's own threshold stands
+    ("ppo_core", {}, "False"),  # glibc's own behaviour: the default
+    ("ppo_core", {"PPO_CORE_MALLOC": "release"}, "True"),
+    ("ppo_core", {"PPO_CORE_MALLOC": "release", "MALLOC_MMAP_THRESHOLD_": "33554432"}, "False"),  # the user's own
 ])
-def test_freed_blocks_are_returned_unless_the_user_chose_mallocs_settings(first, preset, mapped):
+def test_freed_blocks_are_returned_when_asked_and_the_user_set_no_threshold(first, preset, mapped):
     env = {key: value for key, value in os.environ.items() if key not in MALLOC_VARIABLES}
     done = subprocess.run([sys.executable, "-c", IS_MAPPED.format(first=first)], env={**env, **preset},
                           capture_output=True, text=True, check=True, timeout=120)
