@@ -2,13 +2,15 @@
 gradient checkpointing (``model.gradient_checkpointing``) and their combination.
 
     python benchmarks/memory.py [--modes full,checkpointing] [--size medium] [--max-new-tokens 128]
-                                [--updates 2] [--rounds 2] [--rank 8] [--glibc-mmap-threshold]
+                                [--updates 2] [--rounds 2] [--rank 8] [--set KEY=VALUE ...] [--release-freed-memory]
 
 The workload is benchmarks/ppo_throughput.py's (the TRL baseline's: 64 rollouts, 4 epochs x 4 minibatches of 16,
 a random GPT-2 ``small`` 4x256 or ``medium`` 6x512, the shared critic), built by its ``make_config``, with at most
 ``--max-new-tokens`` new tokens (the model gets 256 positions when 128 would not hold prompt + response). LoRA puts
 rank-``--rank`` adapters on every linear layer (``target_modules: all-linear``). Each run is its own subprocess,
-so its peak is its own; round r runs the modes in order, round r+1 in reverse order (A, B / B, A ...).
+so its peak is its own; round r runs the modes in order, round r+1 in reverse order (A, B / B, A ...). ``--set``
+adds config overrides to every mode (``generation.batch_size=16``: the rollout samples 16 rows at a time;
+``ppo.epochs=1``: a quicker run with the same peaks from the second minibatch on).
 
 Two measures of memory, both per run:
 
@@ -21,9 +23,9 @@ Two measures of memory, both per run:
   (``torch.cuda.max_memory_allocated`` is CUDA only), so this is the closest to them; 0 off glibc.
 
 Each is also given per phase of the updates (``rollout``: sampling, log-probs, scoring; ``optimise``: the epochs),
-so the part that sets the peak is visible. ``--glibc-mmap-threshold`` runs every mode with
-``MALLOC_MMAP_THRESHOLD_=131072`` (glibc then maps every block over 128 KiB on its own and unmaps it when torch frees
-it, instead of keeping it: the RSS follows the live bytes; README, "Memory").
+so the part that sets the peak is visible. ``--release-freed-memory`` runs every mode with ``PPO_CORE_MALLOC=release``
+(ppo-core fixes glibc's mmap threshold at 128 KiB: every block over it is mapped on its own and unmapped when torch
+frees it, so the RSS follows the live bytes; ppo_core/runtime/malloc.py).
 
 Prints one JSON line: medians per mode (peaks, per-phase peaks, sec/update) and each mode's ratios to the first.
 """
@@ -80,8 +82,10 @@ def sample_live():
 
 threading.Thread(target=sample_live, daemon=True).start()
 base_rss = rss_peak()
+import transformers.models.gpt2.modeling_gpt2  # noqa: F401  (the model's code: sympy, torch._dynamo, ...)
 import ppo_throughput as bench
 from ppo_core.commands.train import build_run, make_scorer, next_prompt_batch
+libs_rss = rss_peak()
 from ppo_core.config import load_config
 args = argparse.Namespace(critic="shared", max_new_tokens=settings["max_new_tokens"], updates=settings["updates"],
                           seed=0, threads=2, advantage="gae", samples_per_prompt=None)
@@ -109,18 +113,20 @@ for _ in range(settings["updates"]):
     seconds.append(time.perf_counter() - started)
 run.composer.close()
 trained = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-print(json.dumps({"peak_rss_mib": rss_peak(), "base_rss_mib": base_rss,
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"peak_rss_mib": rss_peak(), "base_rss_mib": base_rss, "libs_rss_mib": libs_rss,
+                  "cpu_s": usage.ru_utime + usage.ru_stime, "minor_faults": usage.ru_minflt,
                   "peak_live_mib": max(p["live"] for p in phases.values()), "phases": phases,
                   "sec_per_update": seconds[1:] or seconds, "trained_parameters": trained}))
 """
 
 
 def run_once(mode: str, args) -> dict:
-    overrides = [item.format(rank=args.rank, alpha=2 * args.rank) for item in MODES[mode]]
+    overrides = [item.format(rank=args.rank, alpha=2 * args.rank) for item in MODES[mode]] + args.set
     n_positions = 128 if args.max_new_tokens <= 64 else 256
     settings = {"overrides": overrides, "size": args.size, "updates": args.updates, "n_positions": n_positions,
                 "max_new_tokens": args.max_new_tokens}
-    env = dict(os.environ, **({"MALLOC_MMAP_THRESHOLD_": "131072"} if args.glibc_mmap_threshold else {}))
+    env = dict(os.environ, **({"PPO_CORE_MALLOC": "release"} if args.release_freed_memory else {}))
     done = subprocess.run([sys.executable, "-c", RUN, str(HERE), json.dumps(settings)], capture_output=True,
                           text=True, check=False, env=env)
     if done.returncode != 0:
@@ -141,7 +147,10 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--glibc-mmap-threshold", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every mode (repeatable)")
+    parser.add_argument("--release-freed-memory", action="store_true", help="PPO_CORE_MALLOC=release: glibc's "
+                        "mmap threshold fixed at 128 KiB")
     args = parser.parse_args()
     modes = args.modes.split(",")
     unknown = [mode for mode in modes if mode not in MODES]
@@ -160,18 +169,22 @@ def main() -> None:
         summary[mode] = {
             "peak_rss_mib": median_of(results, lambda r: r["peak_rss_mib"]),
             "above_base_mib": median_of(results, lambda r: r["peak_rss_mib"] - r["base_rss_mib"]),
+            "above_libs_mib": median_of(results, lambda r: r["peak_rss_mib"] - r["libs_rss_mib"]),
             "peak_live_mib": median_of(results, lambda r: r["peak_live_mib"]),
             "phases": {name: {measure: median_of(results, lambda r: r["phases"][name][measure])
                               for measure in ("rss", "live")} for name in results[0]["phases"]},
             "sec_per_update": round(statistics.median(s for r in results for s in r["sec_per_update"]), 2),
+            "cpu_s": median_of(results, lambda r: r["cpu_s"]),
+            "minor_faults": median_of(results, lambda r: r["minor_faults"]),
             "trained_parameters": results[0]["trained_parameters"],
         }
     baseline = summary[modes[0]]
     ratios = {f"{mode}_over_{modes[0]}": {key: round(summary[mode][key] / baseline[key], 3) for key in
-                                          ("peak_rss_mib", "above_base_mib", "peak_live_mib", "sec_per_update")}
+                                          ("peak_rss_mib", "above_base_mib", "above_libs_mib", "peak_live_mib",
+                                           "sec_per_update", "cpu_s")}
               for mode in modes[1:]}
     print(json.dumps({"size": args.size, "max_new_tokens": args.max_new_tokens, "updates": args.updates,
-                      "rounds": args.rounds, "rank": args.rank, "glibc_mmap_threshold": args.glibc_mmap_threshold,
+                      "rounds": args.rounds, "rank": args.rank, "set": args.set, "release_freed_memory": args.release_freed_memory,
                       **summary, **ratios}))
 
 
