@@ -23,9 +23,9 @@ Two measures of memory, both per run:
   (``torch.cuda.max_memory_allocated`` is CUDA only), so this is the closest to them; 0 off glibc.
 
 Each is also given per phase of the updates (``rollout``: sampling, log-probs, scoring; ``optimise``: the epochs),
-so the part that sets the peak is visible. ``--release-freed-memory`` runs every mode with ``PPO_CORE_MALLOC=release``
-(ppo-core fixes glibc's mmap threshold at 128 KiB: every block over it is mapped on its own and unmapped when torch
-frees it, so the RSS follows the live bytes; ppo_core/runtime/malloc.py).
+so the part that sets the peak is visible. ``--release-freed-memory`` runs every mode with glibc's own tunables
+``MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072`` (every block over 128 KiB is mapped on its own and
+unmapped when torch frees it, so the RSS follows the live bytes; README, "Memory").
 
 Prints one JSON line: medians per mode (peaks, per-phase peaks, sec/update) and each mode's ratios to the first.
 """
@@ -121,12 +121,16 @@ print(json.dumps({"peak_rss_mib": rss_peak(), "base_rss_mib": base_rss, "libs_rs
 """
 
 
+#: glibc's tunables (read at process start): every block over 128 KiB mapped on its own, unmapped when freed
+RELEASE_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
 def run_once(mode: str, args) -> dict:
     overrides = [item.format(rank=args.rank, alpha=2 * args.rank) for item in MODES[mode]] + args.set
     n_positions = 128 if args.max_new_tokens <= 64 else 256
     settings = {"overrides": overrides, "size": args.size, "updates": args.updates, "n_positions": n_positions,
                 "max_new_tokens": args.max_new_tokens}
-    env = dict(os.environ, **({"PPO_CORE_MALLOC": "release"} if args.release_freed_memory else {}))
+    env = dict(os.environ, **(RELEASE_FREED_MEMORY if args.release_freed_memory else {}))
     done = subprocess.run([sys.executable, "-c", RUN, str(HERE), json.dumps(settings)], capture_output=True,
                           text=True, check=False, env=env)
     if done.returncode != 0:
@@ -149,8 +153,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every mode (repeatable)")
-    parser.add_argument("--release-freed-memory", action="store_true", help="PPO_CORE_MALLOC=release: glibc's "
-                        "mmap threshold fixed at 128 KiB")
+    parser.add_argument("--release-freed-memory", action="store_true", help="glibc's mmap and trim "
+                        "thresholds fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_)")
     args = parser.parse_args()
     modes = args.modes.split(",")
     unknown = [mode for mode in modes if mode not in MODES]
@@ -184,7 +188,8 @@ def main() -> None:
                                            "sec_per_update", "cpu_s")}
               for mode in modes[1:]}
     print(json.dumps({"size": args.size, "max_new_tokens": args.max_new_tokens, "updates": args.updates,
-                      "rounds": args.rounds, "rank": args.rank, "set": args.set, "release_freed_memory": args.release_freed_memory,
+                      "rounds": args.rounds, "rank": args.rank, "set": args.set,
+                      "release_freed_memory": args.release_freed_memory,
                       **summary, **ratios}))
 
 

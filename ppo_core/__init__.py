@@ -11,10 +11,8 @@ plain functions as rewards (``ppo_core.reward``) and callbacks (``ppo_core.Early
 """
 
 from .runtime.cpu import prefer_passive_openmp_threads
-from .runtime.malloc import return_freed_memory
 
 prefer_passive_openmp_threads()  # before anything imports torch (ppo_core.runtime.cpu says why)
-return_freed_memory()  # only with PPO_CORE_MALLOC=release (ppo_core.runtime.malloc says why)
 
 from .errors import (
     ConfigError,
