@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserError
-from .demo import REPORT_DIR, clear_demo_dir, evaluate_start_and_result, stage
+from .demo import REPORT_DIR, SFT_TASK, clear_demo_dir, evaluate_start_and_result, stage
 from .demo_report import plot_panels
 
 REVERSE = {"dataset": "reverse", "options": {"size": 2000, "eval_size": 200, "min_len": 2, "max_len": 4}}
@@ -31,7 +31,7 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
         # train words, so the held-out episodes stay unseen by both stages and by the stop below
         "sft_data": {"dataset": "retry_with_feedback_transcripts",
                      "options": {**RETRY, "dataset": "reverse", "wrong_first": 0.3,
-                                 "dataset_options": {**REVERSE["options"], "size": 1800, "eval_size": 150}}},
+                                 "dataset_options": SFT_TASK["options"]}},
         # the start is half-learned on every seed: SFT stops at the same held-out loss (the seeds reach it
         # between 360 and 880 steps; at a fixed 500 steps they started at 0.59-1.00 greedy)
         "sft_steps": 1500,
