@@ -43,6 +43,12 @@ def test_the_demo_stops_its_sft_on_train_words_and_never_sees_the_held_out_ones(
     assert ppo["eval"] == prompts(demo.demo_configs("demo", 2, learned_reward=True)["ppo"]["data"])["eval"]
 
 
+def test_the_fixed_step_overrides_give_back_the_sft_the_benchmarks_published():
+    config = load_config(None, [*demo.FIXED_STEP_SFT, "sft.steps=330"], base=demo.demo_configs("demo")["sft"])
+    assert config.sft.stop_at is None and not config.sft.eval_every and config.sft.steps == 330
+    assert config.data.options == demo.TASK["options"]
+
+
 def test_the_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
