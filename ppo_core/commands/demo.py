@@ -120,7 +120,8 @@ def learned_reward_configs(start: str, out: str, seed: int = SEED) -> dict[str, 
                 "missing_eos_penalty": 1.0},
         "generation": GENERATION,
         "optim": {"lr": 1.0e-3, "schedule": "linear"},
-        "train": {"seed": seed, "updates": 110, "output_dir": f"{out}/ppo"},
+        # twice the plain demo's: from a start stopped at 0.3 the policy still learned at update 110
+        "train": {"seed": seed, "updates": 220, "output_dir": f"{out}/ppo"},
     }
     return {"reward": reward, "ppo": ppo}
 
@@ -272,7 +273,9 @@ LEARNED_REWARD_HEADERS = {
 # Every stage, seeds 0 to 2: ppo-core demo --learned-reward --seeds 0 1 2
 # PPO seeds 0 to 2 from one SFT start: python benchmarks/learned_reward_ppo.py --config <this file>
 #
-# kl.coef is 10x the demo's: the policy stays near the responses the reward was fitted on. The guard against
+# train.updates is 2x the demo's: from the SFT start stopped at 0.3, 110 updates lifted greedy exact match by 6
+# points on the mean of seeds 0-2, 220 by 16. kl.coef is 10x the demo's: the policy stays near the responses the
+# reward was fitted on. The guard against
 # the exploit an earlier trial found (answers run past the word to the length limit without eos, a response no
 # training pair shows): `missing_eos_penalty` subtracts from the score of every response cut off by the length
 # limit, as TRL's and OpenRLHF's PPO trainers do.
