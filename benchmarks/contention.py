@@ -78,7 +78,9 @@ def stage_seconds(stage: str, rows: list[dict]) -> float:
 
 
 def run_stage(stage: str, setting: str, loaded: bool, model: Path, out: Path, args) -> float:
-    overrides = {"sft": [f"sft.steps={args.sft_steps}", f"sft.log_every={args.sft_steps}"],
+    from ppo_core.commands.demo import FIXED_STEP_SFT
+
+    overrides = {"sft": [*FIXED_STEP_SFT, f"sft.steps={args.sft_steps}", f"sft.log_every={args.sft_steps}"],
                  "ppo": [f"train.updates={args.ppo_updates}", "train.progress=none"]}[stage]
     settings = {"stage": stage, "default": setting == "default", "model": str(model), "out": str(out),
                 "overrides": overrides}

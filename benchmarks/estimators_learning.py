@@ -66,6 +66,7 @@ def task_configs(task: str, directory: Path) -> dict:
 def sft_start(task: str, steps: int, seed: int = 0) -> Path:
     """The demo's SFT warm start on ``task`` (init-model, then ``examples/demo/sft.yaml`` for ``steps`` steps), built
     once per task and step count under .bench/."""
+    from ppo_core.commands.demo import FIXED_STEP_SFT
     from ppo_core.commands.sft import train_sft
     from ppo_core.config import load_config
     from ppo_core.modeling.tiny import init_model
@@ -75,7 +76,7 @@ def sft_start(task: str, steps: int, seed: int = 0) -> Path:
     if not (final / "model.safetensors").is_file():
         log(f"building the SFT start in {final}")
         init_model(configs["sft"]["model"]["path"], "tiny", seed=seed, overwrite=True)
-        sft = load_config(None, ["train.progress=none", f"sft.steps={steps}"], base=configs["sft"])
+        sft = load_config(None, [*FIXED_STEP_SFT, "train.progress=none", f"sft.steps={steps}"], base=configs["sft"])
         train_sft(sft, source="sft", overwrite=True)
     return final
 
@@ -152,7 +153,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--estimators", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sft-steps", type=int, default=330, help="SFT steps of the start (the demo's: 330)")
+    parser.add_argument("--sft-steps", type=int, default=330,
+                        help="SFT steps of the start (330: the demo's before it stopped at a metric)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="ppo-core overrides for every variant, after its own (e.g. optim.lr=3e-4)")
     args = parser.parse_args(argv)

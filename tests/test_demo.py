@@ -25,6 +25,30 @@ def test_example_configs_are_the_demo_configs():
         assert path.read_text(encoding="utf-8") == text, "regenerate with: python -m ppo_core.commands.demo examples"
 
 
+def test_the_demo_stops_its_sft_on_train_words_and_never_sees_the_held_out_ones():
+    from ppo_core import RunContext
+    from ppo_core.plugin.loading import load_plugins
+
+    configs = demo.demo_configs("demo")
+    assert configs["sft"]["sft"]["stop_at"].startswith("eval/") and configs["sft"]["sft"]["eval_every"] > 0
+    registry = load_plugins().registry
+
+    def prompts(data: dict) -> dict[str, set]:
+        dataset = registry.build("dataset", data["dataset"], data["options"], RunContext())
+        return {split: {record.messages[0].content for record in dataset.records(split)} for split in ("train", "eval")}
+
+    sft, ppo = prompts(configs["sft"]["data"]), prompts(configs["ppo"]["data"])
+    assert sft["train"] <= ppo["train"] and not sft["train"] & sft["eval"] and len(sft["eval"]) == 150
+    assert sft["eval"] <= ppo["train"] and not (sft["train"] | sft["eval"]) & ppo["eval"] and len(ppo["eval"]) == 200
+    assert ppo["eval"] == prompts(demo.demo_configs("demo", 2, learned_reward=True)["ppo"]["data"])["eval"]
+
+
+def test_the_fixed_step_overrides_give_back_the_sft_the_benchmarks_published():
+    config = load_config(None, [*demo.FIXED_STEP_SFT, "sft.steps=330"], base=demo.demo_configs("demo")["sft"])
+    assert config.sft.stop_at is None and not config.sft.eval_every and config.sft.steps == 330
+    assert config.data.options == demo.TASK["options"]
+
+
 def test_the_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
