@@ -113,11 +113,13 @@ METHODS: dict[str, dict[str, Any]] = {
     "full-x6-sub3-20ep-sum-seed2": {
         "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
         "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3, "pool": "sum"}, "first_seed": 2},
-    # the demo's learned-reward recipe (examples/demo-learned-reward/train-reward.yaml): `sum`, 30 epochs
-    **{f"full-x6-sub3-30ep-sum{'-seed%d' % seed if seed else ''}": {
-        "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
+    # `sum` for 30 epochs (the demo's learned-reward recipe, examples/demo-learned-reward/train-reward.yaml), and
+    # the same with truncations among the negatives
+    **{f"full-x6-sub3{trunc}-30ep-sum{'-seed%d' % seed if seed else ''}": {
+        "data": {"corruptions": ["substitute", "substitute", *ALL, *(["truncate"] if trunc else [])],
+                 "pairs_per_record": 6},
         "train": {"train_backbone": True, "epochs": 30, "lr": 1e-3, "pool": "sum"}, "first_seed": seed}
-       for seed in (0, 1, 2)},
+       for seed in (0, 1, 2) for trunc in ("", "-trunc")},
     "full-x6-sub3-20ep-seed1": {
         "data": {"corruptions": ["substitute", "substitute", *ALL], "pairs_per_record": 6},
         "train": {"train_backbone": True, "epochs": 20, "lr": 1e-3}, "first_seed": 1},
