@@ -319,11 +319,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             single_process_only(f"ppo-core {args.command}")
         return COMMANDS[args.command](args)
     except UserError as error:
-        print(f"ppo-core: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report_user_error(error)
     except KeyboardInterrupt:
         print("ppo-core: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def report_user_error(error: UserError) -> int:
+    """A user's mistake as one line on stderr, and the exit status. A torchrun rank leaves at once: the other ranks
+    stop too, and destroying the process group at exit, or gloo's threads at teardown, can abort the process
+    ("terminate called without an active exception", SIGABRT) instead of exiting with this status. What the run
+    wrote was closed on the way here (atomic writes, context managers)."""
+    print(f"ppo-core: error: {error}", file=sys.stderr)
+    dist = sys.modules.get("torch.distributed")  # only a training run imports it and joins a process group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_USER_ERROR)
+    return EXIT_USER_ERROR
 
 
 def run() -> None:

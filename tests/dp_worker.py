@@ -137,6 +137,7 @@ def failing_reward(samples):
 
 def run_failing(model_dir, run_dir, parallel: str = "ddp") -> int:
     from ppo_core import api
+    from ppo_core.cli import report_user_error
     from ppo_core.errors import UserError
 
     config = equivalence_sections(model_dir, run_dir)
@@ -145,9 +146,8 @@ def run_failing(model_dir, run_dir, parallel: str = "ddp") -> int:
     config["train"].update(updates=4, parallel=parallel)
     try:
         api.train(config, rewards=[failing_reward])
-    except UserError as error:  # as the CLI does it
-        print(f"ppo-core: error: {error}", file=sys.stderr)
-        return 2
+    except UserError as error:
+        return report_user_error(error)  # as the CLI does it
     return 0
 
 
