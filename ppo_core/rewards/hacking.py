@@ -4,7 +4,8 @@ A policy that games a learned reward shows it in a few numbers before its held-o
 grow or shrink against the start (``response/length_drift`` = this update's mean response length over the first
 update's), they stop ending at eos (``response/eos_rate``, from the engine), the learned reward stops agreeing
 with the rule rewards on the same samples (``reward/corr/<a>/<b>``, from the composer), and the learned reward
-rises while a rule reward falls (watched when the learned reward carries at least a tenth of the weight).
+rises while a rule reward falls (watched when the learned reward carries at least a tenth of the weight; a change
+counts only past the noise of the per-update means, :func:`direction`).
 :class:`HackingWatch` adds the first number to each line and prints one warning
 line on stderr when the last happens for several updates in a row (once per episode: again only after it
 stopped).
@@ -13,6 +14,7 @@ stopped).
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -21,9 +23,14 @@ LEARNED_REWARDS = ("reward_model",)
 #: the least share of the total |weight| a learned reward needs to be watched
 STEERING = 0.1
 #: updates whose mean is compared with the mean of the same number of updates before them
-WINDOW = 5
+WINDOW = 8
 #: updates in a row the trends must point apart before the warning (one noisy update does not make an episode)
 PATIENCE = 3
+#: standard errors a window's change must exceed to count as a rise or a fall: a rule reward that stays put (a
+#: repetition penalty at 0.000 +- 0.005) wobbles, and with no margin its wobbles raised 9-22 warnings on each of
+#: three sound 220-update demo runs (replayed: 0 at 8 updates and 2 standard errors; a run that gamed its learned
+#: reward still warns, at update 19)
+SIGNIFICANCE = 2.0
 
 
 def trend(values: Sequence[float], window: int = WINDOW) -> Optional[float]:
@@ -37,6 +44,19 @@ def trend(values: Sequence[float], window: int = WINDOW) -> Optional[float]:
     return sum(recent) / window - sum(before) / window
 
 
+def direction(values: Sequence[float], window: int = WINDOW, significance: float = SIGNIFICANCE) -> int:
+    """+1 when :func:`trend` rose by more than ``significance`` standard errors of the difference of the two
+    windows' means, -1 when it fell by as much, 0 otherwise (a change within the noise, or no trend yet)."""
+    change = trend(values, window)
+    if change is None:
+        return 0
+    recent, before = values[-window:], values[-2 * window:-window]
+    spread = math.sqrt((statistics.variance(recent) + statistics.variance(before)) / window) if window > 1 else 0.0
+    if abs(change) <= significance * spread or change == 0:
+        return 0
+    return 1 if change > 0 else -1
+
+
 class HackingWatch:
     """Fed every PPO metrics line in order (:meth:`__call__`); adds ``response/length_drift`` and warns when a
     learned reward's :func:`trend` has been up while a rule reward's was down for ``patience`` updates in a row.
@@ -44,8 +64,10 @@ class HackingWatch:
     ``learned`` and ``rules`` name the rewards (``reward/<name>`` in the lines); ``warn`` prints a line."""
 
     def __init__(self, learned: Sequence[str], rules: Sequence[str], window: int = WINDOW, patience: int = PATIENCE,
+                 significance: float = SIGNIFICANCE,
                  warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)):
         self.learned, self.rules, self.window, self.patience = list(learned), list(rules), window, patience
+        self.significance = significance
         self.warn = warn
         self.first_length: Optional[float] = None
         self.history: dict[str, list[float]] = {name: [] for name in self.learned + self.rules}
@@ -83,12 +105,10 @@ class HackingWatch:
         """(learned, rule) pairs whose trends point apart: the learned reward up, the rule reward down."""
         found = []
         for learned in self.learned:
-            up = trend(self.history[learned], self.window)
-            if up is None or up <= 0:
+            if direction(self.history[learned], self.window, self.significance) != 1:
                 continue
             for rule in self.rules:
-                down = trend(self.history[rule], self.window)
-                if down is not None and down < 0:
+                if direction(self.history[rule], self.window, self.significance) == -1:
                     found.append((learned, rule))
         return found
 
