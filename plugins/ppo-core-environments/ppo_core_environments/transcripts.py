@@ -70,6 +70,11 @@ class _Transcripts(Dataset):
     def respond(self, record: Record, index: int, split: Split) -> Callable[[Any], str]:
         return lambda state: self._environment.good_response(record, state)
 
+    def episode_rng(self, split: Split, index: int) -> random.Random:
+        """The episode's own generator, seeded by the options' seed, the split and the episode's index: which
+        episodes take another path (and where) is fixed per episode, whatever else is read or drawn."""
+        return random.Random(f"{self.options.seed}/{split}/{index}")
+
     def records(self, split: Split) -> Iterator[Record]:
         check_split(split)
         for index, record in enumerate(self.episodes(split)):
@@ -96,9 +101,7 @@ class CalculatorTranscripts(_Transcripts):
         return CalculatorOptions.model_validate(self.options.model_dump(include=set(CalculatorOptions.model_fields)))
 
     def respond(self, record: Record, index: int, split: Split) -> Callable[[Any], str]:
-        # which episodes answer directly: seeded by the episodes' seed, split and index, like retry's wrong_first
-        direct = random.Random(f"{self.options.seed}/{split}/{index}").random() < self.options.direct_answers
-        if direct:
+        if self.episode_rng(split, index).random() < self.options.direct_answers:
             return lambda state: f"<answer>{record.solution}</answer>"
         return super().respond(record, index, split)
 
@@ -120,8 +123,7 @@ class GuessNumberTranscripts(_Transcripts):
         return GuessNumberOptions.model_validate(self.options.model_dump(include=set(GuessNumberOptions.model_fields)))
 
     def respond(self, record: Record, index: int, split: Split) -> Callable[[Any], str]:
-        # which episodes count up: seeded by the episodes' seed, split and index, like calculator's direct answers
-        if random.Random(f"{self.options.seed}/{split}/{index}").random() < self.options.linear_search:
+        if self.episode_rng(split, index).random() < self.options.linear_search:
             return lambda state: self._environment.linear_response(record, state)
         return super().respond(record, index, split)
 
@@ -171,7 +173,7 @@ class RetryTranscripts(_Transcripts):
         return super().records(split)
 
     def respond(self, record: Record, index: int, split: Split) -> Callable[[Any], str]:
-        rng = random.Random(f"{self.options.seed}/{split}/{index}")
+        rng = self.episode_rng(split, index)
         starts_wrong = rng.random() < self.options.wrong_first
 
         def answer(state: dict) -> str:
