@@ -4,7 +4,8 @@ for LoRA, gradient checkpointing, precision (and `sft`, which supports none of t
 eos ids a checkpoint lists, `sft.stop_at`, a stop string and a reward model path that is a policy checkpoint. A
 run that stops on such a mistake leaves its new run directory free for the corrected run (no --overwrite
 needed). The slow cases SIGKILL a LoRA run while its adapter checkpoint is written and while it resumes from one,
-and check that --resume ends where the uninterrupted run ends, bit for bit.
+and check that --resume ends where the uninterrupted run ends, bit for bit; and start ranks as torchrun would, for
+a batch that does not divide by them and a resume on another number of ranks.
 """
 
 from __future__ import annotations
@@ -131,7 +132,59 @@ def test_gradient_checkpointing_on_a_model_without_it(tmp_path, tiny_model, requ
 
 
 def scaling_catalogue_ids() -> list[str]:
-    return [fault.id for fault in SCALING_FAULTS] + [NO_CHECKPOINTING.id] + [kill[0] for kill in LORA_KILLS]
+    return ([fault.id for fault in SCALING_FAULTS] + [NO_CHECKPOINTING.id] + [kill[0] for kill in LORA_KILLS]
+            + list(RANK_CASES))
+
+
+# ---- under torchrun: a mistake every rank finds is one line per rank, exit status 2 on each ------------------
+RANK_CASES = {  # case: (ranks, the arguments after the config, what each rank's line says)
+    "ranks-that-do-not-divide-the-batch": (3, (), ("ppo.rollout_batch_size (8)", "must divide by the number of "
+                                                   "ranks (3)")),
+    "resume-on-more-ranks": (4, ("--resume", "--set", "train.updates=3"), ("--resume", "written by 2 rank(s)",
+                                                                            "this run has 4", "--nproc-per-node 2")),
+    "resume-in-one-process": (1, ("--resume", "--set", "train.updates=3"), ("written by 2 rank(s)", "this run has 1")),
+}
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory, tiny_model):
+    """A finished run of 2 updates on 2 ranks, a checkpoint after each."""
+    from test_distributed import finish, start_ranks
+
+    root = tmp_path_factory.mktemp("two-ranks")
+    config = root / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"path": str(tiny_model)}, "data": {"dataset": "reverse", "options": {"size": 16}},
+        "rewards": [{"name": "exact_match", "isolation": "none"}],
+        "ppo": {"rollout_batch_size": 8, "minibatch_size": 4, "epochs": 1}, "generation": {"max_new_tokens": 4},
+        "train": {"updates": 2, "save_every": 1, "output_dir": str(root / "run"), "progress": "none"}}))
+    results = finish(start_ranks(2, "-m", "ppo_core", "train", str(config)))
+    assert all(code == 0 for code, _ in results), results
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(RANK_CASES))
+def test_a_mistake_under_torchrun_is_one_line_on_every_rank(case, two_rank_run):
+    from faultkit import check_error_line, snapshot
+    from test_distributed import finish, start_ranks
+
+    ranks, args, expected = RANK_CASES[case]
+    run_dir = two_rank_run.parent / "run"
+    before = {path: digest for path, digest in snapshot(run_dir).items() if not path.endswith(".ppo-core.lock")}
+    config = two_rank_run if args else two_rank_run.with_name("fresh.yaml")
+    if not args:  # a new run: the same config into a new directory
+        config.write_text(two_rank_run.read_text().replace(str(run_dir), str(run_dir.with_name("fresh"))))
+    command = ("-m", "ppo_core", "train", str(config), *args)
+    if ranks == 1:
+        done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120)
+        results = [(done.returncode, done.stderr)]
+    else:
+        results = finish(start_ranks(ranks, *command), timeout=120)
+    for code, stderr in results:
+        check_error_line(code, "", stderr, list(expected))
+    after = {path: digest for path, digest in snapshot(run_dir).items() if not path.endswith(".ppo-core.lock")}
+    assert after == before
 
 
 # ---- SIGKILL of a LoRA run at the worst moments, then --resume ---------------------------------------------------
