@@ -183,7 +183,7 @@ def readme_block(name: str) -> str:
 def test_the_readme_api_example_runs(tmp_path, monkeypatch, capsys):
     """The README's Python API example, executed as a notebook cell would run it."""
     monkeypatch.chdir(tmp_path)
-    namespace = {"__name__": "readme_example"}
+    namespace = {"__name__": "__main__"}  # as a notebook cell is run
     exec(compile(readme_block("api-example"), "README.md (Python API)", "exec"), namespace)
     result = namespace["result"]
     assert isinstance(result, ppo_core.TrainResult)

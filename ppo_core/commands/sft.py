@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
-from ..config.sections import check_stop_can_fire, stop_condition_met
+from ..config.sft_section import check_sft_options, check_stop_can_fire, stop_condition_met
 from ..data.prompts import EncodedPrompt, encode_record, left_pad, long_prompt_stats
 from ..data.stream import PromptStream, take_records
 from ..data.turns import assistant_turns_start, first_prompt, transcript_targets
@@ -208,6 +208,7 @@ def planned_steps(config: RunConfig, train_size: int) -> int:
 
 def build_sft(config: RunConfig, extra_plugins: Iterable = (), source: str = "config") -> SFTRun:
     """Load plugins, tokenizer, model and data; nothing is written."""
+    check_sft_options(config, source)
     torch.manual_seed(config.train.seed)
     inputs = load_run_inputs(config, extra_plugins, source)
     device, tokenizer, dataset, composer = inputs.device, inputs.tokenizer, inputs.dataset, inputs.composer

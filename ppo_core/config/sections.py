@@ -61,13 +61,15 @@ class LoRAConfig(Section):
     save_merged: bool = Field(False, description="Also write `final/merged`: a full model with the adapters folded "
                               "in (transformers loads it without peft).")
 
-    @field_validator("dropout")
+    @field_validator("dropout", "target_modules")
     @classmethod
-    def _no_dropout_in_ppo(cls, dropout: float) -> float:
-        if dropout:
+    def _usable_in_ppo(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name == "dropout" and value:
             raise ValueError("must be 0: a PPO run turns every dropout off (its first minibatch's ratio must be "
                              "exactly 1)")
-        return dropout
+        if value == []:  # target_modules
+            raise ValueError("names no module: list one or more, or all-linear; unset: peft's default")
+        return value
 
 
 class ModelConfig(Section):

@@ -54,6 +54,17 @@ def check_stop_can_fire(stop_at: Optional[str], dataset: str, eval_records: Sequ
                           f"({', '.join(sorted(rewards)) or 'none configured'})")
 
 
+def check_sft_options(config: Any, source: str) -> None:
+    """``ppo-core sft`` trains every weight in fp32: the PPO run's memory options would be silently ignored (a
+    full fine-tune where adapters were asked for), so they are refused."""
+    ignored = [name for name, asked in (("model.lora", config.model.lora is not None),
+                                        ("model.gradient_checkpointing", config.model.gradient_checkpointing),
+                                        ("train.precision", config.train.precision != "fp32")) if asked]
+    if ignored:
+        raise ConfigError(f"{source}: {ignored[0]}: `ppo-core sft` trains every weight in fp32, without LoRA, "
+                          f"gradient checkpointing or autocast (they are `ppo-core train`'s); unset it for sft")
+
+
 class SFTConfig(Section):
     """`ppo-core sft`: supervised fine-tuning on the records' solutions (optim, data, model, train reused)."""
 

@@ -101,7 +101,21 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, tokenizer=None,
         model.config.pad_token_id = tokenizer.pad_token_id
         if model.generation_config is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
+    check_listed_eos_ids(model, f"{field}: {path}/generation_config.json")
     return model
+
+
+def check_listed_eos_ids(model: nn.Module, where: str) -> None:
+    """Every eos id the generation config lists must be a token the model can sample: an id outside its vocabulary
+    would never end a response, silently (and a text there is no id at all)."""
+    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if listed is None:
+        return
+    vocabulary = model.get_input_embeddings().num_embeddings
+    for eos in [listed] if isinstance(listed, (int, str)) else listed:
+        if isinstance(eos, bool) or not isinstance(eos, int) or not 0 <= eos < vocabulary:
+            raise UserError(f"{where}: eos_token_id {listed!r}: {eos!r} is not a token id of the model's "
+                            f"vocabulary (0 to {vocabulary - 1})")
 
 
 def end_of_response_ids(tokenizer, model: Optional[nn.Module] = None) -> tuple[int, ...]:

@@ -56,6 +56,12 @@ def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
+def holds_nothing_written(path: Path) -> bool:
+    """Empty, or holding only what claiming it wrote (marker, lock): a run that stopped before writing anything,
+    e.g. on a config mistake found while loading. A new run may start there without --overwrite."""
+    return path.is_dir() and all(child.name in (MARKER_FILE, LOCK_FILE) for child in path.iterdir())
+
+
 class DirectoryLock:
     """An exclusive, non-blocking ``flock`` on ``directory/.ppo-core.lock`` holding the owner's PID."""
 
@@ -108,7 +114,7 @@ class RunDirectory:
         self.field_name = field_name
         self.locks: list[DirectoryLock] = []
         self.staging: Optional[Path] = None
-        replacing = overwrite and not resume and final.is_dir() and not is_empty_dir(final)
+        replacing = overwrite and not resume and final.is_dir() and not holds_nothing_written(final)
         try:
             final.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -166,8 +172,8 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, field_name: str 
         raise RunDirError(f"{field_name}: --resume continues {run_dir} and --overwrite replaces it; pass one of them")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{field_name}: {run_dir} is a file, not a directory")
-    if not run_dir.is_dir() or is_empty_dir(run_dir):
-        return run_dir  # a new run (--resume of a run killed before it wrote anything starts it afresh)
+    if not run_dir.is_dir() or holds_nothing_written(run_dir):
+        return run_dir  # a new run (--resume of a run stopped before it wrote anything starts it afresh)
     if not (resume or overwrite):
         raise RunDirError(f"{field_name}: {run_dir} already holds a run; pass --resume to continue it or "
                           f"--overwrite to start over")

@@ -131,12 +131,17 @@ def load_classifier(path: str, trust_remote_code: bool, device: torch.device, re
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32,
-                                                                   trust_remote_code=trust_remote_code)
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=torch.float32, trust_remote_code=trust_remote_code, output_loading_info=True)
     except (OSError, ValueError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise RewardModelError(f"reward '{reward}' option path: cannot load a sequence classifier from {path!r}: "
                                f"{first_line}") from None
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:  # transformers would score with freshly initialised weights, e.g. a policy's missing `score` head
+        raise RewardModelError(f"reward '{reward}' option path: {path!r} is not a trained sequence classifier: "
+                               f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''} not in the checkpoint "
+                               f"(a causal LM, such as a policy checkpoint, has no classification head)")
     return tokenizer, model.to(device).eval()
 
 
