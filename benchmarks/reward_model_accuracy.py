@@ -1,7 +1,7 @@
 """How well each way of training the demo's reward model ranks held-out pairs, and what it costs.
 
     python benchmarks/reward_model_accuracy.py --sft DIR [--methods NAME,...] [--out FILE]
-    python benchmarks/reward_model_accuracy.py --saved DIR[,DIR...] [--out FILE]
+    python benchmarks/reward_model_accuracy.py --saved DIR[,DIR...] [--normalized] [--out FILE]
 
 ``--sft DIR`` is the demo's SFT start (``ppo-core init-model M --size tiny`` then ``ppo-core sft`` with the demo's
 sft config, ``examples/demo/sft.yaml``, writes ``<output_dir>/final``). Every method trains on pairs made from the
@@ -11,7 +11,8 @@ of its reversal that exists (one letter substituted; two neighbours swapped or a
 letter inserted or deleted: length). Prints one JSON line per method (and appends it to ``--out``): test pair
 accuracy overall and per kind, train-reward's own held-out accuracy, and the training time in seconds.
 ``--saved`` scores reward models ``ppo-core train-reward`` already wrote (several: an ensemble of their mean raw
-score) on the same test pairs, with the held-out accuracy stored in each.
+score; with ``--normalized`` of their mean normalised score, as the reward ``reward_model`` with a list of paths
+scores) on the same test pairs, with the held-out accuracy stored in each.
 """
 
 from __future__ import annotations
@@ -160,13 +161,14 @@ def test_pairs(seed: int = 0) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def test_accuracy(models: list, pairs: list[tuple[str, str, str]]) -> dict[str, Any]:
-    """Accuracy of the mean raw score of ``models`` on ``pairs``, overall and per kind."""
+def test_accuracy(models: list, pairs: list[tuple[str, str, str]], normalize: bool = False) -> dict[str, Any]:
+    """Accuracy of the mean raw (or normalised) score of ``models`` on ``pairs``, overall and per kind."""
     tokenizer = models[0].tokenizer
     chosen = [text_token_ids(tokenizer, p, c) for p, c, _r in pairs]
     rejected = [text_token_ids(tokenizer, p, r) for p, _c, r in pairs]
-    rewards = torch.stack([torch.stack([m.score_ids(chosen, 256, normalize=False),
-                                        m.score_ids(rejected, 256, normalize=False)], dim=1) for m in models]).mean(0)
+    rewards = torch.stack([torch.stack([m.score_ids(chosen, 256, normalize=normalize),
+                                        m.score_ids(rejected, 256, normalize=normalize)], dim=1)
+                           for m in models]).mean(0)
     by_kind = accuracy_by_kind(rewards, [pair_kind(c, r) for _p, c, r in pairs])
     return {"accuracy": _ranked_right(rewards[:, 0] - rewards[:, 1]), **by_kind}
 
@@ -189,10 +191,11 @@ def run_method(sft: str, name: str, pairs: list) -> dict[str, Any]:
             "threads": torch.get_num_threads()}
 
 
-def saved_method(directories: list[str], pairs: list) -> dict[str, Any]:
+def saved_method(directories: list[str], pairs: list, normalize: bool = False) -> dict[str, Any]:
     models = [load_reward_model(directory) for directory in directories]
     held_out = [model.training_info["metrics"]["held_out_accuracy"] for model in models]
-    return {"method": "saved:" + ",".join(directories), "test": test_accuracy(models, pairs),
+    return {"method": "saved:" + ",".join(directories), "normalized": normalize,
+            "test": test_accuracy(models, pairs, normalize),
             "train_reward_held_out": statistics.mean(held_out),
             "train_pairs": models[0].training_info["metrics"]["train_size"]
             + models[0].training_info["metrics"]["held_out_size"], "threads": torch.get_num_threads()}
@@ -202,13 +205,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sft", help="the demo's SFT start (a checkpoint directory)")
     parser.add_argument("--saved", default=None, help="comma-separated reward model directories to score instead")
+    parser.add_argument("--normalized", action="store_true",
+                        help="with --saved: an ensemble's mean normalised score (as the reward plugin), not raw")
     parser.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
     parser.add_argument("--out", default=None, help="also append each JSON line to this file")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.saved:
-        emit(saved_method(args.saved.split(","), test_pairs()), args.out)
+        emit(saved_method(args.saved.split(","), test_pairs(), args.normalized), args.out)
         return
     if not args.sft:
         sys.exit("give --sft (to train each method) or --saved (to score trained reward models)")

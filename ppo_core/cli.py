@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N", help="run the pipeline once per "
                       "seed (several: each in OUT/seed-N) and report the mean, min-max and each seed (default: 0)")
     demo.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds N)")
-    demo.add_argument("--learned-reward", action="store_true", help="PPO driven by a learned reward: a reward model "
-                      "with its whole backbone trained, half of PPO's total reward weight "
+    demo.add_argument("--learned-reward", action="store_true", help="PPO driven by a learned reward: an ensemble of "
+                      "3 reward models, each with its whole backbone trained, half of PPO's total reward weight "
                       "(examples/demo-learned-reward)")
     return parser
 

@@ -93,8 +93,10 @@ def test_the_demo_refuses_to_overwrite_a_previous_demo(tmp_path, capsys):
 
 def fake_seed_run(root: Path, seed: int, greedy: float, learned_reward: bool = False) -> demo.SeedRun:
     """A finished seed's numbers, samples and metrics as run_seed returns them, without running the pipeline."""
-    config = load_config(None, base=demo.demo_configs(str(root), seed, learned_reward)["ppo"])
+    configs = demo.demo_configs(str(root), seed, learned_reward)
+    config = load_config(None, base=configs["ppo"])
     names = [term.name for term in config.rewards]
+    members = demo.reward_member_count(configs["ppo"])
 
     def numbers(exact_match: float) -> dict:
         entry = {"exact_match": exact_match, "rewards": {name: exact_match for name in names},
@@ -108,7 +110,8 @@ def fake_seed_run(root: Path, seed: int, greedy: float, learned_reward: bool = F
         (report_dir / name).write_text(json.dumps(row) + "\n")
     metrics = [{"update": update, "kl": 0.1, "reward/mean": 1.0, "response/eos_rate": 1.0,
                 **{f"reward/{name}": 0.5 for name in names}} for update in (1, 2)]
-    return demo.SeedRun(seed, config, metrics, numbers(0.25), numbers(greedy), 0.75, {}, report_dir)
+    return demo.SeedRun(seed, config, metrics, numbers(0.25), numbers(greedy), [0.75] * members,
+                         [{"substitution": 0.5}] * members, report_dir)
 
 
 def test_the_demo_over_two_seeds_reports_their_mean_spread_and_each_seed(tmp_path, capsys, monkeypatch):
@@ -161,6 +164,8 @@ def test_the_learned_reward_demo_makes_the_learned_reward_dominant(tmp_path, cap
     assert main(["demo", "--learned-reward", "--out", str(tmp_path / "demo")]) == 0
     text = (tmp_path / "demo" / "report" / "report.md").read_text()
     assert "`reward_model` 1 (50.0%)" in text and "The learned reward is the dominant term" in text
+    # its reward model is an ensemble: each member's held-out accuracy is reported
+    assert "accuracy: member 1 0.750 (substitution 0.500), member 2 0.750 (substitution 0.500), member 3" in text
 
 
 @pytest.mark.slow  # two minutes on a shared machine: the fast tests above run the report on stubbed stages
@@ -173,8 +178,11 @@ def test_the_quick_learned_reward_demo_runs_every_stage(tmp_path, capsys):
     text = (out / "report" / "report.md").read_text()
     assert "`reward_model` 1 (50.0%)" in text and "The learned reward is the dominant term" in text
     assert "Divergence warnings" in text  # the watch is on: the learned reward steers
-    saved = json.loads((out / "reward-model" / "reward_model.json").read_text())
-    assert not saved["backbone"]["frozen"] and (out / "reward-model" / "backbone").is_dir()
+    for member, seed in (("reward-model", 0), *((f"reward-model-{k}", k * demo.MEMBER_SEED_STEP)
+                                                 for k in range(1, demo.REWARD_MEMBERS))):
+        saved = json.loads((out / member / "reward_model.json").read_text())
+        assert not saved["backbone"]["frozen"] and (out / member / "backbone").is_dir()
+        assert saved["training"]["options"]["seed"] == seed
     metrics = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [m["update"] for m in metrics] == [1, 2] and "reward/reward_model" in metrics[0]
 

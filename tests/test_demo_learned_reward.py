@@ -17,7 +17,10 @@ def test_the_learned_reward_dominates_and_starts_from_the_demo():
     demo = demo_configs()
     weights = {term.name: term.weight for term in ppo.rewards}
     assert weights["reward_model"] >= 0.5 * sum(weights.values())
-    assert ppo.rewards[0].options["path"] == reward.output_dir
+    # an ensemble: train-reward.yaml's output and the members trained with train.seed 100, 200 (its header says how)
+    assert ppo.rewards[0].options["path"] == [reward.output_dir, reward.output_dir + "-1", reward.output_dir + "-2"]
+    assert "--set train.seed=200 --set output_dir=" + reward.output_dir + "-2" in " ".join(
+        (EXAMPLE / "train-reward.yaml").read_text().replace("\\\n#", "").split())
     assert ppo.model.path == reward.model.path == demo["ppo"]["model"]["path"]
     assert ppo.data.dataset == reward.data.dataset == TASK["dataset"]
     assert ppo.data.options == TASK["options"] and ppo.ppo.missing_eos_penalty

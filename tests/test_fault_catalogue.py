@@ -64,6 +64,20 @@ def remote_code_reward_model() -> dict:
             "remote/tokenizer.json": "@{model}/tokenizer.json",
             "remote/tokenizer_config.json": "@{model}/tokenizer_config.json"}
 
+def ensemble_with_a_wrong_member() -> dict:
+    """Two head-only reward-model folders on the tiny model's frozen backbone: rm-a is sound, rm-b's
+    reward_model.json claims hidden size 32 for a head whose weights are 64 wide."""
+    from safetensors.torch import save
+
+    from ppo_core.modeling.heads import MLPHead
+
+    head = save({k: v.contiguous() for k, v in MLPHead(64, 8, init="normal").state_dict().items()})
+    info = {"format": "ppo-core-reward-model", "version": 1, "backbone": {"path": "{model}", "frozen": True},
+            "tokenizer": "{model}", "hidden_size": 64, "head_hidden": 8}
+    return {"rm-a/reward_model.json": json.dumps(info), "rm-a/reward_head.safetensors": head,
+            "rm-b/reward_model.json": json.dumps({**info, "hidden_size": 32}), "rm-b/reward_head.safetensors": head}
+
+
 FAULTS = [
     # ---- the config's shape: sections and keys --------------------------------------------------------------
     Fault("unknown-section", ("{config}", "trainer", "Extra inputs"), {"trainer": {"updates": 3}}),
@@ -252,6 +266,11 @@ FAULTS = [
                                                 "model.trust_remote_code"),
           rewards({"name": "reward_model", "options": {"path": "{tmp}/rm", "zero_extra_forward": "off"}}),
           files=remote_code_reward_model(), absent=("{tmp}/remote-code-ran",)),
+    # ---- an ensemble of reward models: the member at fault is named by its place and its path ----------------
+    Fault("reward-model-ensemble-wrong-member", ("option path[1] ({tmp}/rm-b)", "reward_head.safetensors",
+                                                 "do not fit a head of hidden size 32"),
+          rewards({"name": "reward_model", "options": {"path": ["{tmp}/rm-a", "{tmp}/rm-b"]}}),
+          files=ensemble_with_a_wrong_member()),
     # ---- the other commands ----------------------------------------------------------------------------------
     Fault("eval-model-dir-missing", ("--model", "{tmp}/nowhere", "no such file or directory"), command="eval",
           args=("--model", "{tmp}/nowhere")),

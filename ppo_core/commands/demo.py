@@ -48,7 +48,12 @@ QUICK = {  # the reduced size the test suite runs, so the pipeline cannot rot
 REPORT_DIR = "report"
 #: what a demo directory holds (with several seeds: a seed-N folder each, and the report); --overwrite removes
 #: nothing else
-DEMO_ENTRIES = {"model", "sft", "reward-model", "ppo", REPORT_DIR}
+#: --learned-reward's reward model is an ensemble of this many members, each trained by train-reward
+REWARD_MEMBERS = 3
+#: member k trains with train.seed = the demo's seed + k * MEMBER_SEED_STEP, into <out>/reward-model-k (k >= 1)
+MEMBER_SEED_STEP = 100
+DEMO_ENTRIES = {"model", "sft", "reward-model", *(f"reward-model-{k}" for k in range(1, REWARD_MEMBERS)), "ppo",
+                REPORT_DIR}
 SEED_DIR = re.compile(r"seed-\d+")
 
 
@@ -100,6 +105,7 @@ def learned_reward_configs(start: str, out: str, seed: int = SEED) -> dict[str, 
     """Issue 18's reward and PPO stages from the SFT start ``start``: a reward model with its whole backbone
     trained, weighing 1.0 of PPO's total 2.0 (``examples/demo-learned-reward/`` says why each setting)."""
     reward_dir = f"{out}/reward-model"
+    members = [reward_dir, *(f"{reward_dir}-{index}" for index in range(1, REWARD_MEMBERS))]
     reward = {
         "model": {"path": start},
         "data": {"dataset": TASK["dataset"], "options": {**TASK["options"], "eval_size": 0},
@@ -114,7 +120,7 @@ def learned_reward_configs(start: str, out: str, seed: int = SEED) -> dict[str, 
     ppo = {
         "model": {"path": start, "critic": "shared"},
         "data": TASK,
-        "rewards": [{"name": "reward_model", "weight": 1.0, "options": {"path": reward_dir}},
+        "rewards": [{"name": "reward_model", "weight": 1.0, "options": {"path": members}},
                     *rule_rewards(0.3, 0.6)],
         "ppo": {"rollout_batch_size": 64, "minibatch_size": 16, "epochs": 4, "kl": {"coef": 0.1},
                 "missing_eos_penalty": 1.0},
@@ -156,13 +162,9 @@ def seed_dirs(root: Path) -> set[str]:
 def run_seed(root: Path, seed: int, quick: bool, learned_reward: bool) -> SeedRun:
     """Every stage of one seed's pipeline under ``root``: its held-out numbers, samples and metrics."""
     from ..config import load_config
-    from ..config.train_reward import TrainRewardConfig
-    import torch
-
     from ..modeling.tiny import init_model
     from .sft import train_sft
     from .train import train
-    from .train_reward import run_train_reward
 
     configs = demo_configs(str(root), seed, learned_reward)
 
@@ -175,15 +177,16 @@ def run_seed(root: Path, seed: int, quick: bool, learned_reward: bool) -> SeedRu
 
     stage("3/5 train-reward: " + ("a reward model, its whole backbone trained, from preference pairs" if learned_reward
                                   else "a reward head on the SFT model's frozen backbone, from preference pairs"))
-    reward_data = _with_overrides(configs["reward"], QUICK["reward"] if quick else [])
-    reward_config = TrainRewardConfig.model_validate(reward_data)
-    threads = torch.get_num_threads()  # the stage's `threads` setting is for that stage, not the ones after it
-    try:
-        outcome = run_train_reward(reward_config, source="demo reward config", progress=epoch_progress(reward_config))
-    finally:
-        torch.set_num_threads(threads)
-    kinds = {key.split("/", 1)[1]: value for key, value in outcome.result.metrics.items()
-             if key.startswith("held_out_accuracy/")}
+    members = ensemble_members(configs["reward"], reward_member_count(configs["ppo"]))
+    accuracies, kinds = [], []
+    for index, member in enumerate(members):
+        if len(members) > 1:
+            print(f"member {index + 1} of {len(members)}: train.seed {member['train']['seed']} -> "
+                  f"{member['output_dir']}", flush=True)
+        result = train_reward_stage(member, quick)
+        accuracies.append(result.metrics["held_out_accuracy"])
+        kinds.append({key.split("/", 1)[1]: value for key, value in result.metrics.items()
+                      if key.startswith("held_out_accuracy/")})
 
     stage("4/5 train: PPO against the weighted mix of rewards" + (" (the learned reward dominant)" if learned_reward
                                                                    else ""))
@@ -194,8 +197,39 @@ def run_seed(root: Path, seed: int, quick: bool, learned_reward: bool) -> SeedRu
     report_dir = root / REPORT_DIR
     before, after, metrics = evaluate_start_and_result(ppo_config, configs["ppo"]["model"]["path"], final,
                                                        report_dir, QUICK["eval_records"] if quick else None)
-    return SeedRun(seed, ppo_config, metrics, before, after, outcome.result.metrics["held_out_accuracy"], kinds,
-                   report_dir)
+    return SeedRun(seed, ppo_config, metrics, before, after, accuracies, kinds, report_dir)
+
+
+def train_reward_stage(data: dict[str, Any], quick: bool):
+    """``ppo-core train-reward`` on one reward config; returns its TrainResult."""
+    import torch
+
+    from ..config.train_reward import TrainRewardConfig
+    from .train_reward import run_train_reward
+
+    reward_config = TrainRewardConfig.model_validate(_with_overrides(data, QUICK["reward"] if quick else []))
+    threads = torch.get_num_threads()  # the stage's `threads` setting is for that stage, not the ones after it
+    try:
+        outcome = run_train_reward(reward_config, source="demo reward config", progress=epoch_progress(reward_config))
+    finally:
+        torch.set_num_threads(threads)
+    return outcome.result
+
+
+def reward_member_count(ppo: dict[str, Any]) -> int:
+    """How many reward model directories the PPO stage's ``reward_model`` reads (an ensemble: several)."""
+    path = next(term["options"]["path"] for term in ppo["rewards"] if term["name"] == "reward_model")
+    return len(path) if isinstance(path, list) else 1
+
+
+def ensemble_members(reward: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """``count`` train-reward configs: ``reward`` itself, then copies differing only in ``train.seed`` (+100 per
+    member: the head's initialisation, the held-out split and the batch order) and ``output_dir`` (``-1``, ...)."""
+    members = [reward]
+    for index in range(1, count):
+        members.append(_with_overrides(reward, [f"train.seed={reward['train']['seed'] + MEMBER_SEED_STEP * index}",
+                                                f"output_dir={reward['output_dir']}-{index}"]))
+    return members
 
 
 def clear_demo_dir(out: str, overwrite: bool, entries: set[str]) -> Path:
@@ -249,26 +283,33 @@ def _with_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 EXAMPLE_FILES = {"sft": "sft.yaml", "reward": "train-reward.yaml", "ppo": "ppo.yaml"}
 LEARNED_REWARD_HEADERS = {
     "reward": """\
-# A reward model good enough for PPO to follow (issue 18): the demo's task, the backbone trained too.
-# `ppo-core demo --learned-reward` runs every stage into runs/demo-learned-reward; stage by stage, from the
-# plain demo's SFT start:
+# A reward model good enough for PPO to follow (issue 18): the demo's task, the backbone trained too, three
+# members averaged. `ppo-core demo --learned-reward` runs every stage into runs/demo-learned-reward; stage by stage, from
+# the plain demo's SFT start:
 #   ppo-core demo --out runs/demo           (or its first two stages: the SFT start runs/demo/sft/final)
 #   ppo-core train-reward examples/demo-learned-reward/train-reward.yaml
+#   ppo-core train-reward examples/demo-learned-reward/train-reward.yaml --set train.seed=100 \\
+#       --set output_dir=runs/demo-learned-reward/reward-model-1
+#   ppo-core train-reward examples/demo-learned-reward/train-reward.yaml --set train.seed=200 \\
+#       --set output_dir=runs/demo-learned-reward/reward-model-2
 #   ppo-core train examples/demo-learned-reward/ppo.yaml
 #
 # Unlike the demo's head on the frozen backbone (0.69 to 0.78 held-out pair accuracy over seeds 0-2), the
 # whole 2-layer backbone is trained, on six pairs per word with substitutions (the hardest pairs: one letter
 # wrong) drawn three times as often as each other corruption, for 30 epochs. pool: sum scores every token's
-# state and sums the scores, so one wrong letter pulls the reward down on its own. Its backbone is no longer the policy's, so PPO scores with
-# a separate forward (about 0.03 s of a 2 s update). benchmarks/README.md, "reward_model_accuracy.py", has each
-# method tried.
+# state and sums the scores, so one wrong letter pulls the reward down on its own. One such model fell short on
+# one SFT start of three (substitution 0.75, two such models 0.88): the other members train on the same pairs
+# with another train.seed (the head's start, the held-out split, the batch order), and PPO's `path` lists all
+# three (the mean of their normalised scores). Their backbones are no longer the policy's, so PPO scores with
+# one forward per member. benchmarks/README.md, "reward_model_accuracy.py", has each method tried.
 # normalization: gain and bias give mean 0, std 1 on the SFT policy's own responses. threads: 1, as for the
 # numbers in benchmarks/README.md; other thread counts round differently.
 """,
     "ppo": """\
-# PPO driven by a learned reward (issue 18): the reward model of train-reward.yaml (this folder) weighs 1.0 of
-# the total 2.0; the rule rewards are minor terms (edit distance also prices a wrong length, which the reward
-# model only saw one letter off). From the demo's SFT start:
+# PPO driven by a learned reward (issue 18): the reward model of train-reward.yaml (this folder), an ensemble of
+# three members trained with train.seed 0, 100 and 200 (`path` lists them; the reward is the mean of their
+# normalised scores), weighs 1.0 of the total 2.0; the rule rewards are minor terms (edit distance also prices a wrong
+# length, which the reward model only saw one letter off). From the demo's SFT start:
 #   ppo-core train examples/demo-learned-reward/ppo.yaml
 # Every stage, seeds 0 to 2: ppo-core demo --learned-reward --seeds 0 1 2
 # PPO seeds 0 to 2 from one SFT start: python benchmarks/learned_reward_ppo.py --config <this file>

@@ -24,8 +24,8 @@ class SeedRun:
     metrics: list[dict]  # the PPO run's metrics lines
     before: dict  # held-out numbers of the SFT start (evaluate_model's)
     after: dict  # ... and of the PPO result
-    reward_accuracy: Optional[float]
-    reward_accuracy_by_kind: dict
+    reward_accuracy: list[Optional[float]]  # each reward model member's held-out pair accuracy (one: no ensemble)
+    reward_accuracy_by_kind: list[dict]  # ... and per kind of pair
     report_dir: Path  # where its samples_sft.jsonl / samples_ppo.jsonl are
 
 
@@ -38,8 +38,7 @@ def write_report(directory: Path, runs: Sequence[SeedRun]) -> Path:
     plot = plot_rewards(by_seed, list(weights), directory / "rewards.png")
     diagnostics = plot_diagnostics(by_seed, directory / "diagnostics.png")
     seeds = ", ".join(str(run.seed) for run in runs)
-    accuracy = "; ".join((f"seed {run.seed} " if len(runs) > 1 else "")
-                         + _with_kinds(run.reward_accuracy, run.reward_accuracy_by_kind) for run in runs)
+    accuracy = "; ".join((f"seed {run.seed} " if len(runs) > 1 else "") + members_accuracy(run) for run in runs)
     lines = [
         "# ppo-core demo report",
         "",
@@ -112,6 +111,14 @@ def _over_seeds(values: Sequence[Optional[float]]) -> str:
 
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def members_accuracy(run: SeedRun) -> str:
+    """One reward model's held-out pair accuracy, or each ensemble member's (``member 1 0.990 (...), member 2 ...``)."""
+    texts = [_with_kinds(accuracy, kinds) for accuracy, kinds in zip(run.reward_accuracy, run.reward_accuracy_by_kind)]
+    if len(texts) == 1:
+        return texts[0]
+    return ", ".join(f"member {index} {text}" for index, text in enumerate(texts, 1))
 
 
 def _with_kinds(accuracy: Optional[float], by_kind: Optional[dict]) -> str:

@@ -73,8 +73,8 @@ def test_zero_extra_forward_scores_equal_the_standalone_plugin(trained_reward_mo
     fast = RewardModelReward(RewardModelOptions(path=directory), context)
     slow = RewardModelReward(RewardModelOptions(path=directory, zero_extra_forward="off", batch_size=5), context)
     assert isinstance(fast, HiddenStateReward)  # the capability is declared by the class, decided per instance
-    assert fast.reads_reference_hidden and fast.model.backbone is None  # no backbone loaded at all
-    assert not slow.reads_reference_hidden and slow.model.backbone is not None
+    assert fast.reads_reference_hidden and fast.members[0].model.backbone is None  # no backbone loaded at all
+    assert not slow.reads_reference_hidden and slow.members[0].model.backbone is not None
 
     samples = random_samples(tiny_tokenizer, 12)
     assert {s.stop_reason for s in samples} == {"eos", "length"} and min(len(s.response_ids) for s in samples) == 0
@@ -168,12 +168,48 @@ def test_zero_extra_forward_only_when_the_head_sits_on_the_policys_frozen_backbo
     assert not flag and "pool: mean" in reason
 
 
-def test_score_hidden_rejects_the_wrong_shape(trained_reward_model):
+def test_score_hidden_rejects_the_wrong_shape(trained_reward_model, tiny_model_dir):
     reward = RewardModelReward(RewardModelOptions(path=str(trained_reward_model[0])),
-                               RunContext(policy_path="/nowhere"))
+                               RunContext(policy_path=str(tiny_model_dir)))
+    assert reward.reads_reference_hidden  # only a member that reads the hidden states checks their width
     samples = [Sample(prompt="p", response="", response_ids=(), solution=None, stop_reason="eos")]
     with pytest.raises(ValueError, match=r"shape \[1, 64\]"):
         reward.score_hidden(samples, torch.zeros(1, 32))
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_each_normalised_its_own_way(trained_reward_model, tiny_model_dir,
+                                                                                tiny_tokenizer, tmp_path):
+    """``path`` as a list: a head on the policy's frozen backbone (reads the reference hidden states) and a member
+    with its backbone saved beside it and another normalisation (runs its own forward); the score is the mean of
+    the members' normalised scores, from the engine's hidden states and from the samples alone alike."""
+    from ppo_core.reward_model import load_reward_model, save_reward_model
+
+    frozen = str(trained_reward_model[0])
+    member = load_reward_model(frozen)
+    gain, bias = member.gain, member.bias
+    member.backbone_frozen, member.gain, member.bias = False, 2.0 * gain, bias - 0.5  # same weights, other scale
+    trained = str(save_reward_model(member, tmp_path / "trained"))
+    context = RunContext(tokenizer=tiny_tokenizer, policy_path=str(tiny_model_dir))
+    ensemble = RewardModelReward(RewardModelOptions(path=[frozen, trained]), context)
+    assert ensemble.reads_reference_hidden
+    assert [m.reads_reference_hidden for m in ensemble.members] == [True, False]
+    assert ensemble.zero_extra_forward_reason.startswith("path[0]: reads the reference model's hidden states")
+    assert "path[1]: the reward model's backbone was trained" in ensemble.zero_extra_forward_reason
+
+    samples = random_samples(tiny_tokenizer, 8)
+    one = [torch.tensor(RewardModelReward(RewardModelOptions(path=path, zero_extra_forward="off"), context)(samples))
+           for path in (frozen, trained)]
+    assert not torch.allclose(one[0], one[1], atol=1e-3)  # the members disagree: the mean is a real mean
+    reference = frozen_copy(load_causal_lm(str(tiny_model_dir), tokenizer=tiny_tokenizer))
+    sequences, attention_mask, prompt_length = engine_batch(tiny_tokenizer, samples)
+    hidden = response_outputs(reference, sequences, attention_mask, prompt_length, 1.0, with_values=False,
+                              with_last_hidden=True).last_hidden
+    expected = (one[0] + one[1]) / 2
+    torch.testing.assert_close(torch.tensor(ensemble.score_hidden(samples, hidden)), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(ensemble(samples)), expected, rtol=0, atol=1e-5)
+    raw = RewardModelReward(RewardModelOptions(path=[frozen, trained], normalize=False), context)
+    # both members hold the same weights: their raw scores, and so the mean of them, are the first one's raw
+    torch.testing.assert_close(torch.tensor(raw(samples)), (one[0] - bias) / gain, rtol=0, atol=1e-4)
 
 
 def test_plugin_is_discovered_through_its_entry_point():
@@ -198,6 +234,10 @@ def registry():
     ({"path": "x", "zero_extra_forward": "yes"}, "zero_extra_forward: Input should be 'auto' or 'off'"),
     ({"path": "x", "normalize": "maybe"}, "normalize: Input should be a valid boolean"),
     ({"path": "x", "normalise": True}, "unknown option(s) normalise for reward 'reward_model'"),
+    ({"path": ""}, "path: Value error, a directory is an empty string"),
+    ({"path": []}, "path: Value error, an empty list names no reward model directory"),
+    ({"path": ["a", ""]}, "path: Value error, a directory is an empty string"),
+    ({"path": ["a", "b", "a"]}, "path: Value error, lists a more than once"),
 ])
 def test_bad_options_are_config_errors(registry, options, message):
     with pytest.raises(ConfigError) as info:
@@ -243,6 +283,12 @@ def test_missing_or_broken_directories_are_clear_user_errors(registry, trained_r
     # without zero extra forward the backbone is loaded at once, so a missing one is reported at start
     assert "backbone.path: cannot load a transformer backbone" in broken(
         "backbone", edit=lambda d: d["backbone"].update(path=str(tmp_path / "gone")))
+    # an ensemble's broken member: the message names its place in the list and its path
+    with pytest.raises(RewardModelError) as info:
+        registry.build("reward", PLUGIN, {"path": [str(trained_reward_model[0]), str(tmp_path / "empty")]},
+                       RunContext())
+    assert str(info.value).startswith(f"reward 'reward_model' option path[1] ({tmp_path / 'empty'}): ")
+    assert f"has no {REWARD_MODEL_FILE}" in str(info.value)
 
 
 def test_zero_extra_forward_off_can_be_written_unquoted_in_yaml():
