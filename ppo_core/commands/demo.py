@@ -284,8 +284,8 @@ EXAMPLE_FILES = {"sft": "sft.yaml", "reward": "train-reward.yaml", "ppo": "ppo.y
 LEARNED_REWARD_HEADERS = {
     "reward": """\
 # A reward model good enough for PPO to follow (issue 18): the demo's task, the backbone trained too, three
-# members averaged. `ppo-core demo --learned-reward` runs every stage into runs/demo-learned-reward; stage by stage, from
-# the plain demo's SFT start:
+# members averaged. `ppo-core demo --learned-reward` runs every stage into runs/demo-learned-reward; stage by
+# stage, from the plain demo's SFT start:
 #   ppo-core demo --out runs/demo           (or its first two stages: the SFT start runs/demo/sft/final)
 #   ppo-core train-reward examples/demo-learned-reward/train-reward.yaml
 #   ppo-core train-reward examples/demo-learned-reward/train-reward.yaml --set train.seed=100 \\
