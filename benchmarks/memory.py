@@ -186,8 +186,8 @@ def main() -> None:
             runs[mode].append(run_once(mode, args))
             last = runs[mode][-1]
             print(f"round {round_ + 1}/{args.rounds} {mode}: peak RSS {last['peak_rss_mib']:.0f} MiB, live "
-                  f"{last['peak_live_mib']:.0f} MiB, {statistics.median(last['sec_per_update']):.1f} s/update",
-                  file=sys.stderr, flush=True)
+                  f"{last['peak_live_mib']:.0f} MiB, {statistics.median(last['sec_per_update']):.1f} s/update; "
+                  f"the run: {json.dumps(last)}", file=sys.stderr, flush=True)
     summary = {}
     for mode, results in runs.items():
         summary[mode] = {
