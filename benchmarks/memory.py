@@ -5,8 +5,9 @@ gradient checkpointing (``model.gradient_checkpointing``) and their combination.
                                 [--updates 2] [--rounds 2] [--rank 8] [--set KEY=VALUE ...] [--release-freed-memory]
 
 The workload is benchmarks/ppo_throughput.py's (the TRL baseline's: 64 rollouts, 4 epochs x 4 minibatches of 16,
-a random GPT-2 ``small`` 4x256 or ``medium`` 6x512, the shared critic), built by its ``make_config``, with at most
-``--max-new-tokens`` new tokens (the model gets 256 positions when 128 would not hold prompt + response). LoRA puts
+a random GPT-2 ``small`` 4x256, ``medium`` 6x512 or ``large`` 12x1024 (this benchmark's own size), the shared
+critic), built by its ``make_config``, with at most ``--max-new-tokens`` new tokens (the model gets 256 positions
+when 128 would not hold prompt + response). LoRA puts
 rank-``--rank`` adapters on every linear layer (``target_modules: all-linear``). Each run is its own subprocess,
 so its peak is its own; round r runs the modes in order, round r+1 in reverse order (A, B / B, A ...). ``--set``
 adds config overrides to every mode (``generation.batch_size=16``: the rollout samples 16 rows at a time;
@@ -42,6 +43,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+#: sizes beyond init-model's, for where the ratios go when the model, not the libraries, dominates the peak
+EXTRA_SIZES = {"large": dict(n_layer=12, n_head=16, n_embd=1024, n_positions=128)}
+
 MODES = {
     "full": [],
     "lora": ["model.lora={{r: {rank}, alpha: {alpha}, target_modules: all-linear}}"],
@@ -51,7 +55,7 @@ MODES = {
 }
 
 RUN = r"""
-import argparse, ctypes, json, resource, sys, threading, time
+import argparse, ctypes, json, resource, sys, threading, time, traceback
 sys.path.insert(0, sys.argv[1])
 settings = json.loads(sys.argv[2])
 import torch, transformers  # noqa: F401  (the base every run pays)
@@ -74,16 +78,29 @@ except (OSError, AttributeError):
         return 0.0
 
 live_peak = {"since_mark": live()}
+where = {"mib": 0.0, "stack": []}  # the main thread's innermost frames when the phase's live peak was sampled
+main_thread = threading.main_thread().ident
+
+def stack_of_main():
+    frames = traceback.extract_stack(sys._current_frames()[main_thread])
+    return [f"{frame.filename.split('site-packages/')[-1].split('ppo_core/')[-1]}:{frame.lineno} {frame.name}"
+            for frame in frames[-12:]]
 
 def sample_live():
     while True:
-        live_peak["since_mark"] = max(live_peak["since_mark"], live())
+        now = live()
+        if now > live_peak["since_mark"]:
+            live_peak["since_mark"] = now
+            if now > where["mib"] + 1.0:
+                where.update(mib=now, stack=stack_of_main())
         time.sleep(0.002)
 
 threading.Thread(target=sample_live, daemon=True).start()
 base_rss = rss_peak()
 import transformers.models.gpt2.modeling_gpt2  # noqa: F401  (the model's code: sympy, torch._dynamo, ...)
 import ppo_throughput as bench
+from ppo_core.modeling import tiny
+tiny.MODEL_SIZES.update(settings["extra_sizes"])  # --size large: this benchmark's own, not init-model's
 from ppo_core.commands.train import build_run, make_scorer, next_prompt_batch
 libs_rss = rss_peak()
 from ppo_core.config import load_config
@@ -98,8 +115,11 @@ phases = {"build": {"rss": rss_peak(), "live": live_peak["since_mark"]}}
 def phase(name):
     time.sleep(0.01)
     seen = phases.setdefault(name, {"rss": 0.0, "live": 0.0})
+    if live_peak["since_mark"] > seen["live"]:
+        seen["where"] = where["stack"]
     seen["rss"], seen["live"] = max(seen["rss"], rss_peak()), max(seen["live"], live_peak["since_mark"])
     live_peak["since_mark"] = live()
+    where.update(mib=0.0, stack=[])
 
 seconds = []
 for _ in range(settings["updates"]):
@@ -129,7 +149,7 @@ def run_once(mode: str, args) -> dict:
     overrides = [item.format(rank=args.rank, alpha=2 * args.rank) for item in MODES[mode]] + args.set
     n_positions = 128 if args.max_new_tokens <= 64 else 256
     settings = {"overrides": overrides, "size": args.size, "updates": args.updates, "n_positions": n_positions,
-                "max_new_tokens": args.max_new_tokens}
+                "max_new_tokens": args.max_new_tokens, "extra_sizes": EXTRA_SIZES}
     env = dict(os.environ, **(RELEASE_FREED_MEMORY if args.release_freed_memory else {}))
     done = subprocess.run([sys.executable, "-c", RUN, str(HERE), json.dumps(settings)], capture_output=True,
                           text=True, check=False, env=env)
@@ -146,7 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", default="full,lora", help=f"comma-separated, the first is the baseline: "
                         f"{', '.join(MODES)}")
-    parser.add_argument("--size", choices=["small", "medium"], default="medium")
+    parser.add_argument("--size", choices=["small", "medium", *EXTRA_SIZES], default="medium")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--updates", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
@@ -166,8 +186,8 @@ def main() -> None:
             runs[mode].append(run_once(mode, args))
             last = runs[mode][-1]
             print(f"round {round_ + 1}/{args.rounds} {mode}: peak RSS {last['peak_rss_mib']:.0f} MiB, live "
-                  f"{last['peak_live_mib']:.0f} MiB, {statistics.median(last['sec_per_update']):.1f} s/update",
-                  file=sys.stderr, flush=True)
+                  f"{last['peak_live_mib']:.0f} MiB, {statistics.median(last['sec_per_update']):.1f} s/update; "
+                  f"the run: {json.dumps(last)}", file=sys.stderr, flush=True)
     summary = {}
     for mode, results in runs.items():
         summary[mode] = {
@@ -175,8 +195,10 @@ def main() -> None:
             "above_base_mib": median_of(results, lambda r: r["peak_rss_mib"] - r["base_rss_mib"]),
             "above_libs_mib": median_of(results, lambda r: r["peak_rss_mib"] - r["libs_rss_mib"]),
             "peak_live_mib": median_of(results, lambda r: r["peak_live_mib"]),
-            "phases": {name: {measure: median_of(results, lambda r: r["phases"][name][measure])
-                              for measure in ("rss", "live")} for name in results[0]["phases"]},
+            "phases": {name: {**{measure: median_of(results, lambda r: r["phases"][name][measure])
+                                 for measure in ("rss", "live")},
+                              "where": results[0]["phases"][name].get("where", [])}
+                       for name in results[0]["phases"]},
             "sec_per_update": round(statistics.median(s for r in results for s in r["sec_per_update"]), 2),
             "cpu_s": median_of(results, lambda r: r["cpu_s"]),
             "minor_faults": median_of(results, lambda r: r["minor_faults"]),

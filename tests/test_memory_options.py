@@ -105,3 +105,36 @@ def test_forced_half_precision_runs_an_update_under_autocast_with_fp32_log_probs
             assert any(not torch.equal(p, before[name]) for name, p in run.model.named_parameters())
         else:  # the loss scale is kept (and checkpointed) by the engine
             assert run.engine.state_dict()["grad_scaler"]["scale"] > 0
+
+
+# ---- generation.batch_size ---------------------------------------------------------------------------------
+def test_a_sampled_chunks_kv_cache_is_freed_before_the_next_chunk_is_sampled(tiny_model_dir, tmp_path, monkeypatch):
+    """generation.batch_size bounds the KV cache at one chunk's: no chunk's cache outlives its chunk (unless the
+    caller keeps the states to continue from, an episode's next turn)."""
+    import gc
+    import weakref
+
+    from ppo_core.ppo import rollout as rollout_module
+
+    caches = []
+    real_sample = rollout_module.sample_responses
+
+    def sample_and_watch(*args, **kwargs):
+        responses = real_sample(*args, **kwargs)
+        caches.append(weakref.ref(responses.states[0].cache))
+        return responses
+
+    def check_earlier_chunks(rows, responses):
+        gc.collect()
+        assert [cache() is None for cache in caches[:-1]] == [True] * (len(caches) - 1)
+
+    monkeypatch.setattr(rollout_module, "sample_responses", sample_and_watch)
+    run = build_run(make_config(tiny_model_dir, tmp_path / "run", "generation.batch_size=2"))
+    with run.composer:
+        batch = next_prompt_batch(run)
+        run.engine.generate(batch.input_ids, batch.attention_mask, on_chunk=check_earlier_chunks)
+        assert len(caches) == 4
+        kept = rollout_module.generate_responses(run.model.policy, batch.input_ids, batch.attention_mask,
+                                                 run.config.generation, run.engine.eos_token_id,
+                                                 run.engine.pad_token_id, run.engine.generator, keep_states=True)
+        assert len(kept.states) == 4 and all(cache() is not None for cache in caches[4:])

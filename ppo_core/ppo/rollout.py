@@ -228,8 +228,9 @@ def generate_responses(policy: nn.Module, input_ids: torch.Tensor, attention_mas
                                 generator, generation.temperature, generation.top_k, generation.top_p,
                                 greedy=greedy, stop=stop, state=states[index] if states else None,
                                 running=None if running is None else running[rows])
-        kept += part.states
-        part.states = None  # a kept KV cache holds memory: only for who asked
+        if keep_states:  # a kept KV cache holds memory, every chunk's until the last is done: only for who asked
+            kept += part.states
+        part.states = None
         parts.append(part)
         if on_chunk is not None:
             on_chunk(rows, part)
