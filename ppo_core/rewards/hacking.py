@@ -52,7 +52,7 @@ def direction(values: Sequence[float], window: int = WINDOW, significance: float
         return 0
     recent, before = values[-window:], values[-2 * window:-window]
     spread = math.sqrt((statistics.variance(recent) + statistics.variance(before)) / window) if window > 1 else 0.0
-    if abs(change) <= significance * spread or change == 0:
+    if abs(change) <= significance * spread:  # no change at all is never past it
         return 0
     return 1 if change > 0 else -1
 
